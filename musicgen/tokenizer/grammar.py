@@ -1,0 +1,176 @@
+"""The REMI grammar: which tokens may follow a prefix. The decoder and constrained sampling share it.
+
+A piece is `BOS (Bar [TimeSig] (Position [Tempo] [Chord] Note*)*)* EOS PAD*`, where a note is
+`[Program] Velocity Pitch Duration`. Rules beyond the sequence shape:
+- positions strictly increase inside a bar and stay below the bar's length (which the current metre sets;
+  4/4 until a TimeSig says otherwise, and a metre holds until the next TimeSig);
+- a Position must be followed by something (Tempo, Chord or a note) before the next Position or Bar;
+- the program is 0 at every Bar and a Program token changes it for the following notes of that bar;
+- EOS is followed by PAD only.
+A sequence may also start directly with a Bar (training crops do). The decoder skips every token the grammar
+does not allow at that point, leaving the state unchanged, and drops an unfinished note at the end; it counts
+what it skipped. Constrained sampling only ever offers allowed tokens, so it never skips anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import IntEnum
+
+import numpy as np
+
+from .vocab import TokenType, Vocabulary
+
+
+class Phase(IntEnum):
+    """What the last accepted token was (START before any token)."""
+
+    START = 0
+    BOS = 1
+    BAR = 2
+    TIME_SIG = 3
+    POSITION = 4
+    TEMPO = 5
+    CHORD = 6
+    PROGRAM = 7
+    VELOCITY = 8
+    PITCH = 9
+    DURATION = 10
+    EOS = 11
+    PAD = 12
+
+
+_PHASE_OF_TYPE = {
+    TokenType.BOS: Phase.BOS, TokenType.BAR: Phase.BAR, TokenType.TIME_SIG: Phase.TIME_SIG,
+    TokenType.POSITION: Phase.POSITION, TokenType.TEMPO: Phase.TEMPO, TokenType.CHORD: Phase.CHORD,
+    TokenType.PROGRAM: Phase.PROGRAM, TokenType.VELOCITY: Phase.VELOCITY, TokenType.PITCH: Phase.PITCH,
+    TokenType.DURATION: Phase.DURATION, TokenType.EOS: Phase.EOS, TokenType.PAD: Phase.PAD,
+}
+
+_CLOSES_EVENT = {TokenType.BAR, TokenType.EOS}
+_NOTE_START = {TokenType.PROGRAM, TokenType.VELOCITY}
+# Token types allowed after each phase (Position additionally needs a valid value, see `allows`).
+FOLLOWERS: dict[Phase, frozenset[TokenType]] = {
+    Phase.START: frozenset({TokenType.BOS, TokenType.BAR}),
+    Phase.BOS: frozenset({TokenType.BAR, TokenType.EOS}),
+    Phase.BAR: frozenset({TokenType.TIME_SIG, TokenType.POSITION} | _CLOSES_EVENT),
+    Phase.TIME_SIG: frozenset({TokenType.POSITION} | _CLOSES_EVENT),
+    Phase.POSITION: frozenset({TokenType.TEMPO, TokenType.CHORD} | _NOTE_START),
+    Phase.TEMPO: frozenset({TokenType.CHORD, TokenType.POSITION} | _NOTE_START | _CLOSES_EVENT),
+    Phase.CHORD: frozenset({TokenType.POSITION} | _NOTE_START | _CLOSES_EVENT),
+    Phase.PROGRAM: frozenset({TokenType.VELOCITY}),
+    Phase.VELOCITY: frozenset({TokenType.PITCH}),
+    Phase.PITCH: frozenset({TokenType.DURATION}),
+    Phase.DURATION: frozenset({TokenType.POSITION} | _NOTE_START | _CLOSES_EVENT),
+    Phase.EOS: frozenset({TokenType.PAD}),
+    Phase.PAD: frozenset({TokenType.PAD}),
+}
+
+
+@dataclass(frozen=True)
+class GrammarState:
+    """Everything the grammar (and the decoder) needs to know about a prefix. Immutable and cheap to copy.
+
+    `bar_start` is the absolute grid step of the current bar (-1 before the first Bar), `position` the last
+    position in the bar (-1 when none yet), `metre` the current time signature, `bar_length` its steps.
+    """
+
+    phase: Phase = Phase.START
+    bar_start: int = -1
+    bar_length: int = 16
+    metre: tuple[int, int] = (4, 4)
+    position: int = -1
+    program: int = 0
+    velocity: int = 0
+    pitch: int = 0
+
+    @property
+    def step(self) -> int:
+        """Absolute grid step of the current position."""
+        return self.bar_start + max(self.position, 0)
+
+    @property
+    def ended(self) -> bool:
+        return self.phase in (Phase.EOS, Phase.PAD)
+
+
+class RemiGrammar:
+    """Incremental REMI grammar over one vocabulary.
+
+    `allows(state, id)` / `advance(state, id)` drive decoding; `allowed_types(state)` says which token
+    families may come next; `allowed_mask(state)` gives a boolean mask over the whole vocabulary for
+    constrained sampling.
+    """
+
+    def __init__(self, vocab: Vocabulary) -> None:
+        self.vocab = vocab
+        self._types = vocab.types
+        self._values = vocab.values
+        self._grid = vocab.config.grid
+        self._position_start = vocab.ranges[TokenType.POSITION].start
+        self._base_masks: dict[Phase, np.ndarray] = {}
+        for phase, followers in FOLLOWERS.items():
+            mask = np.zeros(len(vocab), dtype=bool)
+            for kind in followers:
+                if kind != TokenType.POSITION:
+                    span = vocab.ranges[kind]
+                    mask[span.start:span.stop] = True
+            self._base_masks[phase] = mask
+        self._mask_cache: dict[tuple[Phase, int, int], np.ndarray] = {}
+
+    def initial_state(self) -> GrammarState:
+        return GrammarState(bar_length=self._grid)
+
+    def allowed_types(self, state: GrammarState) -> frozenset[TokenType]:
+        """Token families that may follow `state` (Position only while a later position fits in the bar)."""
+        followers = FOLLOWERS[state.phase]
+        if TokenType.POSITION in followers and state.position + 1 >= state.bar_length:
+            followers = followers - {TokenType.POSITION}
+        if not self.vocab.ranges[TokenType.PROGRAM].size or not self.vocab.ranges[TokenType.CHORD].size:
+            followers = frozenset(k for k in followers if self.vocab.ranges[k].size)
+        return followers
+
+    def allows(self, state: GrammarState, token_id: int) -> bool:
+        if not 0 <= token_id < len(self._types):
+            return False
+        kind = TokenType(int(self._types[token_id]))
+        if kind not in FOLLOWERS[state.phase]:
+            return False
+        if kind == TokenType.POSITION:
+            value = int(self._values[token_id])
+            return state.position < value < state.bar_length
+        return True
+
+    def advance(self, state: GrammarState, token_id: int) -> GrammarState:
+        """State after `token_id`, which must be allowed (check with `allows`)."""
+        kind = TokenType(int(self._types[token_id]))
+        value = int(self._values[token_id])
+        phase = _PHASE_OF_TYPE[kind]
+        if kind == TokenType.BAR:
+            start = 0 if state.bar_start < 0 else state.bar_start + state.bar_length
+            return replace(state, phase=phase, bar_start=start, position=-1, program=0)
+        if kind == TokenType.TIME_SIG:
+            num, den = self.vocab.time_signatures[value]
+            return replace(state, phase=phase, metre=(num, den), bar_length=self._grid * num // den)
+        if kind == TokenType.POSITION:
+            return replace(state, phase=phase, position=value)
+        if kind == TokenType.PROGRAM:
+            return replace(state, phase=phase, program=value)
+        if kind == TokenType.VELOCITY:
+            return replace(state, phase=phase, velocity=value)
+        if kind == TokenType.PITCH:
+            return replace(state, phase=phase, pitch=value)
+        return replace(state, phase=phase)
+
+    def allowed_mask(self, state: GrammarState) -> np.ndarray:
+        """Boolean mask over the vocabulary of the ids allowed next (cached; do not modify it)."""
+        key = (state.phase, state.position, state.bar_length)
+        mask = self._mask_cache.get(key)
+        if mask is None:
+            mask = self._base_masks[state.phase].copy()
+            if TokenType.POSITION in FOLLOWERS[state.phase]:
+                lo = self._position_start + state.position + 1
+                hi = self._position_start + min(state.bar_length, self.vocab.config.max_bar_steps)
+                mask[lo:hi] = True
+            self._mask_cache[key] = mask
+        return mask
