@@ -1,0 +1,94 @@
+"""PyTorch datasets over a token cache: random training crops and fixed evaluation crops.
+
+Every item is a LongTensor of `seq_len + 1` ids (inputs are `item[:-1]`, targets `item[1:]`), padded with PAD
+(id 0), which the loss ignores. Training crops start at a Bar or at the song start, so the model always sees
+whole bars; item `i` of epoch `e` depends only on (seed, e, i), so a resumed run sees the same data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .augment import Augmenter
+from .cache import SongEntry, TokenCache
+
+
+def _pad(ids: np.ndarray, length: int, pad_id: int) -> torch.Tensor:
+    out = np.full(length, pad_id, dtype=np.int64)
+    out[: len(ids)] = ids[:length]
+    return torch.from_numpy(out)
+
+
+class RandomCrops(Dataset):
+    """Training crops of `seq_len + 1` tokens starting at a random Bar (or song start) of the split."""
+
+    def __init__(self, cache: TokenCache, split: str, seq_len: int, samples_per_epoch: int,
+                 augmenter: Augmenter | None = None, seed: int = 0) -> None:
+        songs = cache.split(split)
+        if not songs:
+            raise ValueError(f"{cache.dir}: the '{split}' split has no songs")
+        self.cache = cache
+        self.seq_len = int(seq_len)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.augmenter = augmenter
+        self.seed = int(seed)
+        self.epoch = 0
+        vocab = cache.vocab
+        starts, ends = [], []
+        for song in songs:
+            ids = cache.song_tokens(song)
+            local = np.flatnonzero((ids == vocab.bar_id) | (ids == vocab.bos_id))
+            local = local[local < len(ids) - 1]
+            starts.append(song.offset + local)
+            ends.append(np.full(len(local), song.offset + song.length))
+        self.starts = np.concatenate(starts).astype(np.int64)
+        self.ends = np.concatenate(ends).astype(np.int64)
+        self.pad_id = vocab.pad_id
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        j = int(rng.integers(len(self.starts)))
+        start = int(self.starts[j])
+        stop = min(start + self.seq_len + 1, int(self.ends[j]))
+        ids = np.asarray(self.cache.tokens[start:stop], dtype=np.int64)
+        if self.augmenter is not None:
+            ids = self.augmenter(ids, rng)
+        return _pad(ids, self.seq_len + 1, self.pad_id)
+
+
+class SequentialCrops(Dataset):
+    """Fixed crops for evaluation: each song cut from its start into consecutive windows of `seq_len + 1`
+    tokens (consecutive windows share one token, so every target is scored once). With `first_only`, only
+    each song's first window: positions then count from the song start, which NLL-by-position needs."""
+
+    def __init__(self, cache: TokenCache, split: str, seq_len: int, first_only: bool = False,
+                 max_songs: int | None = None) -> None:
+        songs: list[SongEntry] = cache.split(split)
+        if not songs:
+            raise ValueError(f"{cache.dir}: the '{split}' split has no songs")
+        if max_songs:
+            songs = songs[: int(max_songs)]
+        self.cache = cache
+        self.seq_len = int(seq_len)
+        self.pad_id = cache.vocab.pad_id
+        self.windows: list[tuple[int, int]] = []
+        for song in songs:
+            for begin in range(0, max(song.length - 1, 1), self.seq_len):
+                self.windows.append((song.offset + begin, song.offset + min(begin + self.seq_len + 1, song.length)))
+                if first_only:
+                    break
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        start, stop = self.windows[index]
+        return _pad(np.asarray(self.cache.tokens[start:stop], dtype=np.int64), self.seq_len + 1, self.pad_id)

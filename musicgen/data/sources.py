@@ -1,0 +1,94 @@
+"""Which MIDI files make up a corpus, which metre each one is read with, and which split it belongs to."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..tokenizer import find_midi_files, parse_time_signature
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    relpath: str
+    split: str
+    time_signature: tuple[int, int] | None  # None = use the file's own time-signature events
+
+
+def pop909_split(song_id: int) -> str:
+    """POP909's fixed split: id % 20 == 0 -> test, id % 20 == 1 -> valid (45 + 46 songs), else train."""
+    if song_id % 20 == 0:
+        return "test"
+    if song_id % 20 == 1:
+        return "valid"
+    return "train"
+
+
+def hash_split(relpath: str) -> str:
+    """A split that never changes when files are added: 5% test, 5% valid by a hash of the relative path."""
+    bucket = int(hashlib.sha1(relpath.encode()).hexdigest()[:8], 16) % 20
+    return pop909_split(bucket)
+
+
+def read_pop909_metres(root: Path) -> dict[int, tuple[int, int]]:
+    """Song id -> metre from POP909's index.tsv (num_beats_per_measure beats of num_quavers_per_beat quavers)."""
+    index = root / "index.tsv"
+    if not index.exists():
+        raise FileNotFoundError(
+            f"{index}: missing. POP909's own time signatures are wrong, so its metre comes from index.tsv; "
+            "set data.time_signature=file (the files' events) or e.g. data.time_signature=4/4 instead")
+    metres = {}
+    with index.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            beats = int(row["num_beats_per_measure"])
+            quavers = int(row.get("num_quavers_per_beat") or 2)
+            # A beat of 2 quavers is a quarter note (2/4, 3/4); a beat of 3 quavers a dotted quarter (6/8).
+            metres[int(row["song_id"])] = (beats, 4) if quavers == 2 else (beats * quavers, 8)
+    return metres
+
+
+def list_sources(data_cfg: Mapping[str, Any]) -> list[SourceFile]:
+    """The corpus described by a data config (see conf/data/*.yaml), sorted by relative path."""
+    root = Path(str(data_cfg["root"]))
+    if not root.exists():
+        hint = " (or set data.download=true)" if data_cfg.get("name") == "pop909" else ""
+        raise FileNotFoundError(f"data.root={root}: no such folder{hint}")
+    files = find_midi_files(root)
+    if not files:
+        raise FileNotFoundError(f"data.root={root}: no MIDI files (.mid/.midi/.kar) found")
+    max_files = data_cfg.get("max_files")
+    if max_files:
+        files = files[: int(max_files)]
+    ts_option = str(data_cfg.get("time_signature", "file"))
+    split_rule = str(data_cfg.get("split", "hash"))
+    metres: dict[int, tuple[int, int]] = {}
+    forced: tuple[int, int] | None = None
+    if ts_option == "index":
+        metres = read_pop909_metres(root)
+    elif ts_option != "file":
+        forced = parse_time_signature(ts_option)
+    sources = []
+    for path in files:
+        relpath = path.relative_to(root).as_posix() if path != root else path.name
+        song_id = int(path.stem) if path.stem.isdigit() else None
+        if split_rule == "pop909":
+            if song_id is None:
+                raise ValueError(f"{path}: data.split=pop909 needs files named by song id (001.mid ...)")
+            split = pop909_split(song_id)
+        elif split_rule == "hash":
+            split = hash_split(relpath)
+        else:
+            raise ValueError(f"data.split={split_rule}: unknown (use pop909 or hash)")
+        metre = forced
+        if ts_option == "index":
+            metre = metres.get(song_id) if song_id is not None else None
+            if metre is None:
+                raise ValueError(f"{path}: no row for song {song_id} in {root / 'index.tsv'}")
+        sources.append(SourceFile(path, relpath, split, metre))
+    return sources

@@ -1,0 +1,252 @@
+"""Stochastic Positional Encoding (Liutkus et al., ICML 2021, arXiv 2105.08399).
+
+SPE makes linear attention *relative*: for every head and key feature d it draws R realisations
+of two jointly stationary random processes Qbar_d(n), Kbar_d(m) whose cross-covariance is a
+learnable positional kernel P_d(n - m). Filtering queries and keys with them,
+
+    qhat[n, r] = sum_d q[n, d] Qbar[n, d, r],   khat[m, r] = sum_d k[m, d] Kbar[m, d, r],
+
+gives E[qhat·khat] ∝ sum_d q_d k_d P_d(n - m): a relative-position attention kernel that never
+forms the (L x L) matrix. Two code generators:
+
+* :class:`SineSPE` — P_d is a sum of K cosines with learnable frequencies, phases and gains.
+  Codes at any position come from K sines, so generation has no maximum length.
+* :class:`ConvSPE` — Qbar, Kbar are white noise filtered by two learnable kernels of length
+  ``kernel_size``; generation keeps a ring buffer of the last ``kernel_size`` noise samples.
+
+Codes are shared across the batch (one draw per forward) and, with ``pe.share``, across layers:
+one generator for the whole model, one :class:`SPEFilter` (gate) per layer.
+Layouts: codes (L, H, d, R); queries/keys (B, L, H, d); filtered (B, L, H, R).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .noise import NoiseStream, derive_seed, randn
+
+__all__ = ["SineSPE", "ConvSPE", "SPEFilter", "ConvNoise", "build_code_generator"]
+
+
+class SineSPE(nn.Module):
+    """Sinusoidal SPE code generator.
+
+    Per head and feature d: frequencies f = sigmoid(theta)/2 in [0, 1/2] (initialised low for
+    long-range kernels), query phase offsets phi, gains softplus(lambda) >= 0. With white noise
+    z ~ N(0, 1/(2K)) of shape (H, d, 2K, R) scaled by the gains,
+
+        Qbar[n] = Omega_q(n) z,  Omega_q(n) = [cos(2 pi f n + phi), sin(2 pi f n + phi)]
+        Kbar[m] = Omega_k(m) z,  Omega_k(m) = [cos(2 pi f m),       sin(2 pi f m)]
+
+    so that E[Qbar[n]·Kbar[m]] = sum_k gain_k^2 cos(2 pi f_k (n - m) + phi_k) / (2K): stationary.
+    (The query offset enters both the cosine and the sine; otherwise the covariance would
+    depend on n and m separately.) Both codes are scaled by (R d)^(-1/4).
+    """
+
+    def __init__(self, n_heads: int, head_dim: int, realizations: int, sines: int) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.realizations, self.sines = realizations, sines
+        self.freqs = nn.Parameter(torch.randn(n_heads, head_dim, sines) - 4.0)
+        self.offsets = nn.Parameter(torch.randn(n_heads, head_dim, sines))
+        self.gains = nn.Parameter(torch.randn(n_heads, head_dim, sines))
+
+    @property
+    def scale(self) -> float:
+        return (self.realizations * self.head_dim) ** -0.25
+
+    def draw(self, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """White noise z of shape (H, d, 2K, R), one per sequence (shared by the batch)."""
+        shape = (self.n_heads, self.head_dim, 2 * self.sines, self.realizations)
+        return randn(shape, generator, device) / math.sqrt(2 * self.sines)
+
+    def _mixing(self, z: Tensor) -> Tensor:
+        """(H, d, 2K, 2R) matrix M with [Qbar | Kbar](n) = Omega_k(n) M.
+
+        cos(a + phi) = cos a cos phi - sin a sin phi (and likewise for sin), so the query code
+        is the key basis times a phase-rotated noise: one set of sines serves both codes.
+        """
+        k = self.sines
+        gains = F.softplus(self.gains).unsqueeze(-1)  # (H, d, K, 1)
+        zc = z[:, :, 0::2] * gains  # cosine coefficients (H, d, K, R)
+        zs = z[:, :, 1::2] * gains
+        c, s = torch.cos(self.offsets).unsqueeze(-1), torch.sin(self.offsets).unsqueeze(-1)
+        zq = torch.cat([c * zc + s * zs, c * zs - s * zc], dim=2)  # (H, d, 2K, R)
+        zk = torch.cat([zc, zs], dim=2)
+        assert zq.shape[2] == 2 * k
+        return torch.cat([zq, zk], dim=-1) * self.scale
+
+    def codes_at(self, noise: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Codes for arbitrary (float) positions (L,) -> two (L, H, d, R) tensors."""
+        freqs = torch.sigmoid(self.freqs) / 2  # (H, d, K)
+        phase = 2 * math.pi * freqs.unsqueeze(0) * positions.to(freqs.dtype).view(-1, 1, 1, 1)
+        omega = torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)  # (L, H, d, 2K)
+        mix = self._mixing(noise)  # (H, d, 2K, 2R)
+        both = torch.einsum("lhdk,hdkr->lhdr", omega, mix)
+        return both[..., : self.realizations], both[..., self.realizations :]
+
+    # uniform interface used by the model -------------------------------------------------
+    def codes(self, noise: Tensor, length: int) -> tuple[Tensor, Tensor]:
+        pos = torch.arange(length, device=self.freqs.device, dtype=torch.float32)
+        return self.codes_at(noise, pos)
+
+    def begin(self, noise: Tensor, consumed: int = 0) -> Tensor:
+        """Recurrent state: just the noise; codes at n are recomputed from the sines."""
+        return noise
+
+    def step(self, state: Tensor, position: int) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        pos = torch.tensor([position], device=self.freqs.device, dtype=torch.float32)
+        return self.codes_at(state, pos), state
+
+
+@dataclass
+class ConvNoise:
+    """ConvSPE's per-sequence randomness: a noise stream, plus the ring buffer used by ``step``.
+
+    ``ring`` (K, R, H*d) holds noise samples z[t - K + 1 .. t]; sample z[t] sits in slot t mod K.
+    """
+
+    stream: NoiseStream
+    ring: Tensor | None = None
+
+    def nbytes(self) -> int:
+        ring = 0 if self.ring is None else self.ring.numel() * self.ring.element_size()
+        return ring + self.stream.nbytes()
+
+
+class ConvSPE(nn.Module):
+    """Convolutive SPE code generator.
+
+    White noise z[t] (R, H*d) — shared by queries and keys — is filtered by two learnable
+    depthwise kernels of length K (one per head and feature): Qbar[n] = sum_j wq[j] z[n-K+1+j],
+    Kbar[m] = sum_j wk[j] z[m-K+1+j]. The noise starts K-1 samples before position 0, so
+    every position sees a full window (no border effect) and the cross-covariance,
+    sum_j wq[j] wk[j + n - m], depends only on n - m.
+    """
+
+    def __init__(self, n_heads: int, head_dim: int, realizations: int, kernel_size: int) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.realizations, self.kernel_size = realizations, kernel_size
+        channels = n_heads * head_dim
+        init_scale = math.sqrt(kernel_size / 2)
+        self.weight_q = nn.Parameter(torch.rand(channels, kernel_size) / init_scale)
+        self.weight_k = nn.Parameter(torch.rand(channels, kernel_size) / init_scale)
+
+    @property
+    def scale(self) -> float:
+        return (self.realizations * self.head_dim) ** -0.25
+
+    def draw(self, generator: torch.Generator | None, device: torch.device) -> ConvNoise:
+        seed = derive_seed(generator)
+        shape = (self.realizations, self.n_heads * self.head_dim)
+        return ConvNoise(NoiseStream(seed, shape, device))
+
+    def _to_codes(self, x: Tensor) -> Tensor:
+        """(R, H*d, L) -> (L, H, d, R), scaled."""
+        r, _, length = x.shape
+        return (x.permute(2, 1, 0) * self.scale).reshape(length, self.n_heads, self.head_dim, r)
+
+    def codes(self, noise: ConvNoise, length: int) -> tuple[Tensor, Tensor]:
+        """Consume K-1+L noise samples and return codes for positions 0..L-1."""
+        k = self.kernel_size
+        z = noise.stream.take(length + k - 1)  # (T, R, C)
+        noise.ring = self._ring_from(z, length)
+        x = z.permute(1, 2, 0)  # (R, C, T)
+        channels = x.shape[1]
+        w = torch.stack([self.weight_q, self.weight_k], dim=1).view(2 * channels, 1, k)
+        y = F.conv1d(x, w.to(x.dtype), groups=channels)  # (R, 2C, L), interleaved q/k
+        y = y.view(y.shape[0], channels, 2, length)
+        return self._to_codes(y[:, :, 0]), self._to_codes(y[:, :, 1])
+
+    def _ring_from(self, z: Tensor, length: int) -> Tensor:
+        """Ring buffer after a parallel pass: samples z[length-K+1 .. length-1] at slot t mod K."""
+        k = self.kernel_size
+        ring = z.new_zeros((k, *z.shape[1:]))
+        if k > 1:
+            times = torch.arange(length - k + 1, length)
+            ring[times % k] = z[-(k - 1) :]
+        return ring
+
+    def begin(self, noise: ConvNoise, consumed: int = 0) -> ConvNoise:
+        """Prepare the ring buffer for stepping from position ``consumed`` (0: fresh sequence)."""
+        if noise.ring is None:
+            k = self.kernel_size
+            z = noise.stream.take(k - 1)
+            noise.ring = self._ring_from(torch.cat([z.new_zeros((1, *z.shape[1:])), z]), 0)
+        return noise
+
+    def step(self, noise: ConvNoise, position: int) -> tuple[tuple[Tensor, Tensor], ConvNoise]:
+        """Codes for ``position`` from the last K noise samples: O(K R H d), no max length."""
+        k = self.kernel_size
+        assert noise.ring is not None
+        ring = noise.ring.clone()
+        ring[position % k] = noise.stream.take(1)[0]
+        # slot s holds z[position - K + 1 + j] with j = (s - position - 1) mod K
+        shift = (position + 1) % k
+        wq = torch.roll(self.weight_q, shift, dims=-1).to(ring.dtype)  # (C, K) indexed by slot
+        wk = torch.roll(self.weight_k, shift, dims=-1).to(ring.dtype)
+        qbar = torch.einsum("src,cs->rc", ring, wq).T.unsqueeze(-1)  # (C, R, 1)
+        kbar = torch.einsum("src,cs->rc", ring, wk).T.unsqueeze(-1)
+        return (self._to_codes(qbar.permute(1, 0, 2)), self._to_codes(kbar.permute(1, 0, 2))), ConvNoise(
+            noise.stream, ring
+        )
+
+
+class SPEFilter(nn.Module):
+    """Per-layer application of shared SPE codes, with optional gating.
+
+    Gating (``gated``) mixes in position-independent noise eps, shared by queries and keys:
+    Qbar <- sqrt(1-g) Qbar + sqrt(g) eps (same for Kbar), g = sigmoid(gate) per (head, feature),
+    so each feature learns how positional it is. Because the mix is linear and per feature,
+    it is applied to q and k instead of the (large, shared) codes:
+    qhat = (sqrt(1-g) q)·Qbar + (sqrt(g) q)·eps.
+    """
+
+    def __init__(self, n_heads: int, head_dim: int, realizations: int, gated: bool) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim, self.realizations = n_heads, head_dim, realizations
+        self.gated = gated
+        if gated:
+            self.gate = nn.Parameter(torch.randn(n_heads, head_dim))
+
+    def draw(self, generator: torch.Generator | None, device: torch.device) -> Tensor | None:
+        """Gating noise eps (H, d, R) for one sequence, scaled like the codes."""
+        if not self.gated:
+            return None
+        shape = (self.n_heads, self.head_dim, self.realizations)
+        return randn(shape, generator, device) * (self.realizations * self.head_dim) ** -0.25
+
+    def forward(
+        self, q: Tensor, k: Tensor, codes: tuple[Tensor, Tensor], eps: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """q, k: (B, L, H, d); codes: (L, H, d, R) each -> qhat, khat: (B, L, H, R)."""
+        qbar, kbar = codes
+        if self.gated:
+            assert eps is not None
+            keep = torch.sigmoid(-self.gate).sqrt()  # sqrt(1 - g)
+            mix = torch.sigmoid(self.gate).sqrt()  # sqrt(g)
+            eps = eps.to(q.dtype)
+            qhat = torch.einsum("blhd,lhdr->blhr", q * keep, qbar.to(q.dtype))
+            khat = torch.einsum("blhd,lhdr->blhr", k * keep, kbar.to(k.dtype))
+            qhat = qhat + torch.einsum("blhd,hdr->blhr", q * mix, eps)
+            khat = khat + torch.einsum("blhd,hdr->blhr", k * mix, eps)
+            return qhat, khat
+        return (
+            torch.einsum("blhd,lhdr->blhr", q, qbar.to(q.dtype)),
+            torch.einsum("blhd,lhdr->blhr", k, kbar.to(k.dtype)),
+        )
+
+
+def build_code_generator(pe_cfg: dict, n_heads: int, head_dim: int) -> nn.Module:
+    kind = pe_cfg["kind"]
+    if kind == "spe_sine":
+        return SineSPE(n_heads, head_dim, pe_cfg["realizations"], pe_cfg["sines"])
+    if kind == "spe_conv":
+        return ConvSPE(n_heads, head_dim, pe_cfg["realizations"], pe_cfg["kernel_size"])
+    raise ValueError(f"pe.kind {kind!r} has no SPE code generator")
