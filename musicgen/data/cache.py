@@ -72,7 +72,8 @@ class TokenCache:
 
 
 def write_cache(cache_dir: Path, vocab: Vocabulary, songs: list[tuple[str, str, str, np.ndarray]],
-                settings: dict[str, Any], bad_files: list[tuple[str, str, str]]) -> TokenCache:
+                settings: dict[str, Any], bad_files: list[tuple[str, str, str]],
+                last_run: dict[str, int] | None = None) -> TokenCache:
     """Write a complete cache from (relpath, sha1, split, ids) tuples and (relpath, reason, sha1) bad files,
     replacing any previous cache atomically (the manifest, written last, is what makes it valid)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,7 @@ def write_cache(cache_dir: Path, vocab: Vocabulary, songs: list[tuple[str, str, 
         "settings": settings,
         "songs": entries,
         "bad_files": [{"path": p, "reason": r, "sha1": h} for p, r, h in bad_files],
+        "last_run": last_run or {},
     }
     atomic_write_bytes(cache_dir / "manifest.json", json.dumps(manifest, indent=1).encode())
     return TokenCache(cache_dir)

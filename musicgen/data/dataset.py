@@ -2,7 +2,8 @@
 
 Every item is a LongTensor of `seq_len + 1` ids (inputs are `item[:-1]`, targets `item[1:]`), padded with PAD
 (id 0), which the loss ignores. Training crops start at a Bar or at the song start, so the model always sees
-whole bars; item `i` of epoch `e` depends only on (seed, e, i), so a resumed run sees the same data.
+whole bars; training item `i` depends only on (seed, i), so a resumed run sees exactly the same data (the
+trainer asks for item numbers step by step rather than iterating epochs).
 """
 
 from __future__ import annotations
@@ -24,17 +25,15 @@ def _pad(ids: np.ndarray, length: int, pad_id: int) -> torch.Tensor:
 class RandomCrops(Dataset):
     """Training crops of `seq_len + 1` tokens starting at a random Bar (or song start) of the split."""
 
-    def __init__(self, cache: TokenCache, split: str, seq_len: int, samples_per_epoch: int,
-                 augmenter: Augmenter | None = None, seed: int = 0) -> None:
+    def __init__(self, cache: TokenCache, split: str, seq_len: int, augmenter: Augmenter | None = None,
+                 seed: int = 0) -> None:
         songs = cache.split(split)
         if not songs:
             raise ValueError(f"{cache.dir}: the '{split}' split has no songs")
         self.cache = cache
         self.seq_len = int(seq_len)
-        self.samples_per_epoch = int(samples_per_epoch)
         self.augmenter = augmenter
         self.seed = int(seed)
-        self.epoch = 0
         vocab = cache.vocab
         starts, ends = [], []
         for song in songs:
@@ -47,14 +46,12 @@ class RandomCrops(Dataset):
         self.ends = np.concatenate(ends).astype(np.int64)
         self.pad_id = vocab.pad_id
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def __len__(self) -> int:
-        return self.samples_per_epoch
+        """Number of distinct crop starts; any non-negative index is valid (each is its own random crop)."""
+        return len(self.starts)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        rng = np.random.default_rng((self.seed, int(index)))
         j = int(rng.integers(len(self.starts)))
         start = int(self.starts[j])
         stop = min(start + self.seq_len + 1, int(self.ends[j]))

@@ -111,7 +111,8 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
             bad.append((s.relpath, reason or "unreadable", hashes[s.relpath]))
         else:
             songs.append((s.relpath, hashes[s.relpath], s.split, ids))
-    cache = write_cache(cache_dir, tokenizer.vocab, songs, settings, bad)
+    cache = write_cache(cache_dir, tokenizer.vocab, songs, settings, bad,
+                        last_run={"tokenized": len(todo), "unchanged": unchanged})
     if progress:
         n_tokens = sum(len(ids) for *_, ids in songs)
         print(f"corpus {root}: {len(songs)} songs, {n_tokens:,} tokens ({unchanged} unchanged, "

@@ -185,17 +185,15 @@ class ConvSPE(nn.Module):
         """Codes for ``position`` from the last K noise samples: O(K R H d), no max length."""
         k = self.kernel_size
         assert noise.ring is not None
-        ring = noise.ring.clone()
-        ring[position % k] = noise.stream.take(1)[0]
+        # in place: the ring is per-sequence state, copying it every step would cost O(K R H d) bytes
+        noise.ring[position % k] = noise.stream.take(1)[0]
         # slot s holds z[position - K + 1 + j] with j = (s - position - 1) mod K
         shift = (position + 1) % k
-        wq = torch.roll(self.weight_q, shift, dims=-1).to(ring.dtype)  # (C, K) indexed by slot
-        wk = torch.roll(self.weight_k, shift, dims=-1).to(ring.dtype)
-        qbar = torch.einsum("src,cs->rc", ring, wq).T.unsqueeze(-1)  # (C, R, 1)
-        kbar = torch.einsum("src,cs->rc", ring, wk).T.unsqueeze(-1)
-        return (self._to_codes(qbar.permute(1, 0, 2)), self._to_codes(kbar.permute(1, 0, 2))), ConvNoise(
-            noise.stream, ring
-        )
+        wq = torch.roll(self.weight_q, shift, dims=-1).to(noise.ring.dtype)  # (C, K) indexed by slot
+        wk = torch.roll(self.weight_k, shift, dims=-1).to(noise.ring.dtype)
+        qbar = torch.einsum("src,cs->rc", noise.ring, wq).unsqueeze(-1)  # (R, C, 1)
+        kbar = torch.einsum("src,cs->rc", noise.ring, wk).unsqueeze(-1)
+        return (self._to_codes(qbar), self._to_codes(kbar)), noise
 
 
 class SPEFilter(nn.Module):

@@ -1,0 +1,159 @@
+"""Causal multi-head self-attention: QKV projection -> optional SPE filter -> attention core.
+
+Cores (``attention.kind``):
+* ``linear``: feature map (elu / performer) + causal linear attention (chunked kernel in the
+  parallel form, an (F x (D+1)) running state per head in the recurrent form).
+* ``softmax``: ``F.scaled_dot_product_attention`` (quadratic baseline); the recurrent form
+  writes keys/values into a pre-allocated KV cache.
+
+SPE replaces q, k (dim d per head) by qhat, khat (dim R); the core is unchanged, so SPE also
+works with softmax attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .causal_linear import causal_linear_attention, linear_attention_step, require_fast_transformers
+from .feature_maps import build_feature_map
+from .spe import SPEFilter
+
+__all__ = ["LayerNoise", "CausalSelfAttention"]
+
+
+@dataclass
+class LayerNoise:
+    """Per-layer randomness of one forward / one generated sequence."""
+
+    gate_eps: Tensor | None = None  # SPE gating noise (H, d, R)
+    features: Tensor | None = None  # performer random features (H, m, dim)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, attn_cfg: dict, pe_cfg: dict) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.d_model, self.n_heads = d_model, n_heads
+        self.head_dim = d_model // n_heads
+        self.kind = attn_cfg["kind"]
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+        self.spe: SPEFilter | None = None
+        key_dim = self.head_dim
+        if pe_cfg["kind"] in ("spe_sine", "spe_conv"):
+            self.spe = SPEFilter(n_heads, self.head_dim, pe_cfg["realizations"], pe_cfg["gated"])
+            key_dim = pe_cfg["realizations"]
+        self.key_dim = key_dim
+
+        if self.kind == "linear":
+            self.feature_map = build_feature_map(
+                attn_cfg["feature_map"], n_heads, key_dim, attn_cfg["n_features"], attn_cfg["redraw_prob"]
+            )
+            self.chunk_size = int(attn_cfg["chunk_size"])
+            self.backend = attn_cfg["backend"]
+            if self.backend == "fast_transformers":
+                require_fast_transformers()  # fail at build time with an actionable message
+        elif self.kind != "softmax":
+            raise ValueError(f"unknown attention.kind {self.kind!r} (expected 'linear' or 'softmax')")
+
+    # randomness --------------------------------------------------------------------------
+    def draw(self, generator: torch.Generator | None, device: torch.device, training: bool) -> LayerNoise:
+        """Draw this layer's noise. Order (gate noise, then features) is part of the parity contract."""
+        eps = self.spe.draw(generator, device) if self.spe is not None else None
+        feats = None
+        if self.kind == "linear":
+            feats = self.feature_map.sample(generator, device, training)
+        return LayerNoise(eps, feats)
+
+    # shared pieces -----------------------------------------------------------------------
+    def _project(
+        self, x: Tensor, codes: tuple[Tensor, Tensor] | None, noise: LayerNoise
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, L, D) -> q, k (B, H, L, key_dim), v (B, H, L, head_dim)."""
+        b, length, _ = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, self.head_dim).unbind(2)
+        if self.spe is not None:
+            assert codes is not None, "SPE layer called without codes"
+            q, k = self.spe(q, k, codes, noise.gate_eps)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _merge(self, out: Tensor, like: Tensor) -> Tensor:
+        b, _, length, _ = out.shape
+        return self.proj(out.to(like.dtype).transpose(1, 2).reshape(b, length, self.d_model))
+
+    # parallel form -----------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        codes: tuple[Tensor, Tensor] | None,
+        noise: LayerNoise,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, object]:
+        """x (B, L, D) -> (B, L, D); with ``return_state`` also the recurrent state after x."""
+        q, k, v = self._project(x, codes, noise)
+        if self.kind == "softmax":
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            state: object = (k, v)
+        else:
+            fq = self.feature_map(q, noise.features, is_query=True)
+            fk = self.feature_map(k, noise.features, is_query=False)
+            out, state = causal_linear_attention(
+                fq, fk, v, self.chunk_size, self.backend, return_state=True
+            )
+        y = self._merge(out, v)
+        return (y, state) if return_state else y
+
+    # recurrent form ----------------------------------------------------------------------
+    def init_cache(
+        self, batch_size: int, device: torch.device, capacity: int, prefix: object | None = None
+    ) -> dict:
+        """Empty recurrent state, or one continuing the state returned by ``forward(return_state=True)``.
+
+        linear: {'state': (B, H, F, D+1)} — size independent of the position.
+        softmax: {'k', 'v': (B, H, capacity, dim)} pre-allocated, 'len': filled length.
+        """
+        if self.kind == "linear":
+            if prefix is not None:
+                return {"state": prefix}
+            f = self.feature_map.n_features
+            return {"state": torch.zeros(batch_size, self.n_heads, f, self.head_dim + 1, device=device)}
+        length = 0
+        if prefix is not None:
+            pk, pv = prefix  # type: ignore[misc]
+            length = pk.shape[2]
+            capacity = max(capacity, length)
+        kc = torch.zeros(batch_size, self.n_heads, capacity, self.key_dim, device=device)
+        vc = torch.zeros(batch_size, self.n_heads, capacity, self.head_dim, device=device)
+        if prefix is not None:
+            kc[:, :, :length] = pk
+            vc[:, :, :length] = pv
+        return {"k": kc, "v": vc, "len": length}
+
+    def step(
+        self, x: Tensor, codes: tuple[Tensor, Tensor] | None, noise: LayerNoise, cache: dict
+    ) -> tuple[Tensor, dict]:
+        """x (B, D) for one position -> (B, D). Updates ``cache`` (in place for the KV cache)."""
+        q, k, v = self._project(x.unsqueeze(1), codes, noise)  # (B, H, 1, .)
+        if self.kind == "linear":
+            fq = self.feature_map(q, noise.features, is_query=True)
+            fk = self.feature_map(k, noise.features, is_query=False)
+            out, state = linear_attention_step(fq[:, :, 0], fk[:, :, 0], v[:, :, 0], cache["state"])
+            cache = {"state": state}
+            out = out.unsqueeze(2)
+        else:
+            n = cache["len"]
+            if n >= cache["k"].shape[2]:  # grow by doubling: amortised O(1), rare
+                cache["k"] = torch.cat([cache["k"], torch.zeros_like(cache["k"])], dim=2)
+                cache["v"] = torch.cat([cache["v"], torch.zeros_like(cache["v"])], dim=2)
+            cache["k"][:, :, n] = k[:, :, 0]
+            cache["v"][:, :, n] = v[:, :, 0]
+            cache["len"] = n + 1
+            kc, vc = cache["k"][:, :, : n + 1], cache["v"][:, :, : n + 1]
+            out = F.scaled_dot_product_attention(q, kc.to(q.dtype), vc.to(q.dtype))
+        return self._merge(out, v)[:, 0], cache

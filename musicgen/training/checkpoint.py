@@ -1,0 +1,137 @@
+"""Checkpoints: written atomically, carrying everything needed to rebuild the model and resume training.
+
+A checkpoint is a dict saved with `torch.save`:
+- `format`/`version`: identify the file;
+- `model_config` (plain dict, includes vocab_size) and `model_state`: rebuild with `build_model`;
+- `vocab`: the vocabulary (`Vocabulary.to_dict()`), so generation tokenizes prompts exactly as in training;
+- `config`: the whole resolved Hydra config of the run (data, tokenizer, model, train);
+- `step`, `best_val_nll`, `train_seq_len`;
+- `optimizer`, `scheduler`, `rng` (absent in inference-only exports such as the shipped model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..tokenizer import Vocabulary
+
+CHECKPOINT_FORMAT = "musicgen-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint (see the module docstring for the fields)."""
+
+    path: Path
+    model_config: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    vocab: Vocabulary
+    config: dict[str, Any]
+    step: int = 0
+    best_val_nll: float | None = None
+    train_seq_len: int | None = None
+    training_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return file_sha256(self.path)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Save to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(path: str | Path, *, model_config: dict[str, Any], model_state: dict[str, torch.Tensor],
+                    vocab: Vocabulary, config: dict[str, Any], step: int, best_val_nll: float | None,
+                    train_seq_len: int | None, training_state: dict[str, Any] | None = None) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": model_config,
+        "model_state": model_state,
+        "vocab": vocab.to_dict(),
+        "config": config,
+        "step": int(step),
+        "best_val_nll": best_val_nll,
+        "train_seq_len": train_seq_len,
+    }
+    payload.update(training_state or {})
+    atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint; a missing, damaged or foreign file is a one-line ValueError/FileNotFoundError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # pickle/zip errors from a damaged file
+        raise ValueError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path}: not a musicgen checkpoint")
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path}: version {data.get('version')} is not supported")
+    vocab = Vocabulary.from_dict(data["vocab"], source=f"checkpoint {path}")
+    training = {k: data[k] for k in ("optimizer", "scheduler", "rng", "scaler") if k in data}
+    return Checkpoint(path, data["model_config"], data["model_state"], vocab, data.get("config", {}),
+                      int(data.get("step", 0)), data.get("best_val_nll"), data.get("train_seq_len"), training)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode on `device`, its Vocabulary, the Checkpoint) from a checkpoint file.
+
+    Half-precision exports are cast back to float32: generation and evaluation run in float32.
+    """
+    from ..model import build_model
+
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt.model_config, ckpt.model_config["vocab_size"])
+    state = {k: v.float() if torch.is_floating_point(v) else v for k, v in ckpt.model_state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"checkpoint {path}: weights do not fit its model config ({first[1] if len(first) > 1 else first[0]})") from None
+    if ckpt.model_config["vocab_size"] != len(ckpt.vocab):
+        raise ValueError(f"checkpoint {path}: model vocab_size {ckpt.model_config['vocab_size']} != "
+                         f"vocabulary size {len(ckpt.vocab)}")
+    model.to(device).eval()
+    return model, ckpt.vocab, ckpt
+
+
+def export_inference_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path:
+    """Strip optimizer/RNG state (and optionally store weights as fp16) for shipping a model."""
+    ckpt = load_checkpoint(src)
+    state = {k: (v.half() if half and torch.is_floating_point(v) else v).contiguous()
+             for k, v in ckpt.model_state.items()}
+    save_checkpoint(dst, model_config=ckpt.model_config, model_state=state, vocab=ckpt.vocab, config=ckpt.config,
+                    step=ckpt.step, best_val_nll=ckpt.best_val_nll, train_seq_len=ckpt.train_seq_len)
+    return Path(dst)
