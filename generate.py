@@ -1,0 +1,38 @@
+"""Generate music from a checkpoint: `python generate.py [option=value ...]` (options: conf/generate.yaml).
+
+    python generate.py                                    # shipped model, one new piece -> outputs/generate/...
+    python generate.py output_dir=out/ bars=32 seed=1
+    python generate.py prompt=song.mid prompt_bars=8 bars=64 num_samples=4 temperature=1.1 top_p=0.95 seed=7
+    python generate.py checkpoint=outputs/.../best.pt tokens=20000
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from musicgen.config import hydra_main
+
+
+@hydra_main(config_name="generate")
+def main(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from musicgen.generation import GenerateOptions, generate_with
+
+    options = GenerateOptions.from_mapping(OmegaConf.to_container(cfg, resolve=True))
+    if not options.output_dir:
+        now = time.localtime()
+        options.output_dir = str(Path("outputs") / "generate" / time.strftime("%Y-%m-%d", now)
+                                 / time.strftime("%H-%M-%S", now))
+    pieces = generate_with(options)
+    folder = Path(options.output_dir)
+    print(f"wrote {len(pieces)} piece(s) to {folder}/")
+    for piece in pieces:
+        files = ", ".join(p.name for p in piece.files.values())
+        print(f"  {piece.name}: {len(piece.ids)} tokens, {piece.n_notes} notes, {piece.seconds:.1f} s, "
+              f"stop={piece.stop_reason}, skipped={piece.report.skipped} -> {files}")
+
+
+if __name__ == "__main__":
+    main()

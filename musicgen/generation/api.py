@@ -1,0 +1,182 @@
+"""`generate(...)`: the Python API the `generate.py` CLI wraps (usable from notebooks).
+
+    from musicgen.generation import generate
+    pieces = generate("checkpoints/musicgen-small.pt", bars=16, num_samples=4, seed=1, output_dir="out")
+    pieces[0].midi            # miditoolkit.MidiFile; pieces[0].files["mid"] when output_dir was given
+
+The checkpoint carries its model config and vocabulary, so prompts are tokenized exactly as in training.
+Each piece is decoded with the tokenizer's own decoder; because sampling is grammar-constrained the decoder
+never skips a token (`piece.report.skipped == 0`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import miditoolkit
+
+from .. import __version__
+from ..tokenizer import DecodeReport, REMITokenizer
+from ..training.checkpoint import file_sha256, load_model
+from .options import GenerateOptions, resolve_checkpoint, resolve_device
+from .pianoroll import plot_pianoroll
+from .prompt import Prompt, load_prompt, unconditional_prompt
+from .render import render_wav
+from .session import GenerationSession, SampleResult
+from .timeline import midi_seconds
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class GeneratedPiece:
+    """One generated piece: its tokens, decoded MIDI, decode report and (when written) its files."""
+
+    index: int
+    name: str
+    ids: list[int]
+    prompt_length: int
+    midi: miditoolkit.MidiFile
+    report: DecodeReport
+    start_tick: int  # where the continuation starts (0 without a prompt)
+    stop_reason: str
+    n_bars: int
+    seconds: float  # length of the written MIDI, to the end of its last note
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def n_notes(self) -> int:
+        return sum(len(inst.notes) for inst in self.midi.instruments)
+
+    @property
+    def continuation_ids(self) -> list[int]:
+        return self.ids[self.prompt_length:]
+
+
+def drop_before(midi: miditoolkit.MidiFile, tick: int) -> miditoolkit.MidiFile:
+    """Remove notes (and chord markers) starting before `tick`; tempo and metre maps stay as they are."""
+    for inst in midi.instruments:
+        inst.notes = [n for n in inst.notes if n.start >= tick]
+    midi.instruments = [inst for inst in midi.instruments if inst.notes]
+    midi.markers = [m for m in midi.markers if m.time >= tick]
+    return midi
+
+
+def _decode(tokenizer: REMITokenizer, result: SampleResult, include_prompt: bool,
+            ) -> tuple[miditoolkit.MidiFile, DecodeReport, int]:
+    midi, report = tokenizer.decode_with_report(result.ids)
+    ticks_per_step = midi.ticks_per_beat // tokenizer.config.steps_per_quarter
+    start_tick = result.start_step * ticks_per_step
+    if not include_prompt and result.prompt_length > 1:
+        midi = drop_before(midi, start_tick)
+    return midi, report, start_tick
+
+
+def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_path: Path, ckpt: Any,
+              prompt: Prompt, device: str, tokens_per_second: float) -> dict[str, Any]:
+    return {
+        "musicgen_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "checkpoint": {"path": str(ckpt_path), "sha256": file_sha256(ckpt_path), "step": ckpt.step,
+                       "model": ckpt.model_config.get("name"), "vocab_fingerprint": ckpt.vocab.fingerprint},
+        "seed": seed,
+        "sample_index": piece.index,
+        "num_samples": options.num_samples,
+        "sampling": options.sampling.to_dict(),
+        "stop": options.stop.to_dict(),
+        "prompt": None if prompt.is_empty else {
+            "path": str(prompt.path), "sha256": file_sha256(prompt.path) if prompt.path else None,
+            "prompt_bars": options.prompt_bars, "prompt_seconds": options.prompt_seconds,
+            "time_signature": "/".join(map(str, prompt.time_signature)) if prompt.time_signature else "file",
+            "tokens": len(prompt.ids), "bars": prompt.n_bars, "notes": prompt.n_notes},
+        "include_prompt": options.include_prompt,
+        "continuation_start_tick": piece.start_tick,
+        "stop_reason": piece.stop_reason,
+        "tokens": len(piece.ids),
+        "prompt_tokens": piece.prompt_length,
+        "continuation_tokens": len(piece.ids) - piece.prompt_length,
+        "continuation_bars": piece.n_bars,
+        "skipped": piece.report.skipped,
+        "n_notes": piece.n_notes,
+        "seconds": round(piece.seconds, 3),
+        "device": device,
+        "tokens_per_second": round(tokens_per_second, 1),
+        "files": {k: str(v) for k, v in piece.files.items()},
+    }
+
+
+def _write(piece: GeneratedPiece, folder: Path, options: GenerateOptions, log: Log) -> None:
+    mid = folder / f"{piece.name}.mid"
+    piece.midi.dump(str(mid))
+    piece.files["mid"] = mid
+    if options.pianoroll:
+        shade = piece.start_tick if len(piece.ids) and piece.prompt_length > 1 else 0
+        piece.files["png"] = plot_pianoroll(piece.midi, folder / f"{piece.name}.png", shade,
+                                            title=f"{piece.name}: {piece.n_notes} notes, {piece.seconds:.1f} s")
+    if options.render == "wav":
+        wav, how = render_wav(mid, folder / f"{piece.name}.wav", options.soundfont)
+        piece.files["wav"] = wav
+        if piece.index == 0:
+            log(f"audio preview: {how}")
+
+
+def generate(checkpoint: str | Path | None = None, prompt: str | Path | None = None, *,
+             log: Log | None = print, **kwargs: Any) -> list[GeneratedPiece]:
+    """Generate `num_samples` pieces (one batch) from a checkpoint, unconditionally or continuing `prompt`.
+
+    Keyword options are the fields of `GenerateOptions` (documented in conf/generate.yaml): stop conditions
+    `bars`/`tokens`/`seconds`/`max_tokens`/`allow_eos`, sampling `temperature`/`top_k`/`top_p`/
+    `repetition_penalty`/`repetition_window`, `seed`, `prompt_bars`/`prompt_seconds`/`include_prompt`, ...
+    Files (.mid, .png, .json, optional .wav) are written only when `output_dir` is given.
+    """
+    values = dict(kwargs)
+    if checkpoint is not None:
+        values["checkpoint"] = str(checkpoint)
+    if prompt is not None:
+        values["prompt"] = str(prompt)
+    return generate_with(GenerateOptions.from_mapping(values), log=log)
+
+
+def generate_with(options: GenerateOptions, log: Log | None = print) -> list[GeneratedPiece]:
+    """`generate` for an already validated `GenerateOptions`."""
+    log = log or (lambda _msg: None)
+    ckpt_path = resolve_checkpoint(options.checkpoint)
+    device = resolve_device(options.device)
+    seed = options.resolved_seed()
+    model, vocab, ckpt = load_model(ckpt_path, device)
+    tokenizer = REMITokenizer(vocab.config)
+    if options.prompt:
+        prompt = load_prompt(options.prompt, tokenizer, options.prompt_bars, options.prompt_seconds,
+                             options.prompt_time_signature)
+    else:
+        prompt = unconditional_prompt(tokenizer)
+    stop = options.stop
+    if not stop.has_musical_limit:
+        log(f"no bars/tokens/seconds limit set: stopping at EOS or after max_tokens={stop.max_tokens} tokens")
+    session = GenerationSession(model, tokenizer, options.sampling, stop, seed, device)
+    results = session.run(prompt, int(options.num_samples), progress=options.progress)
+
+    width = max(2, len(str(options.num_samples - 1)))
+    folder = Path(options.output_dir) if options.output_dir else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    pieces = []
+    for index, result in enumerate(results):
+        midi, report, start_tick = _decode(tokenizer, result, options.include_prompt)
+        piece = GeneratedPiece(index, f"{options.name}_{index:0{width}d}", result.ids, result.prompt_length, midi,
+                               report, start_tick, result.stop_reason, result.n_bars, midi_seconds(midi))
+        if folder is not None:
+            _write(piece, folder, options, log)
+            meta = _metadata(piece, options, seed, ckpt_path, ckpt, prompt, device, session.tokens_per_second)
+            json_path = folder / f"{piece.name}.json"
+            piece.files["json"] = json_path
+            meta["files"]["json"] = str(json_path)
+            json_path.write_text(json.dumps(meta, indent=1))
+        pieces.append(piece)
+    log(f"seed={seed}: {len(pieces)} piece(s), {sum(len(p.ids) for p in pieces)} tokens at "
+        f"{session.tokens_per_second:.0f} tokens/s")
+    return pieces

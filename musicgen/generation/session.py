@@ -1,0 +1,276 @@
+"""The batched recurrent generation loop: feed the prompt, then sample token by token until each sequence stops.
+
+Why recurrent: the model's `step` form keeps a constant-size state (linear attention + SPE), so a 20,000-token
+piece costs the same per token and the same memory as a 200-token one. All `num_samples` sequences run as
+one batch (B = num_samples); each has its own grammar state, tempo clock, stop bookkeeping and repetition
+history, all advanced over the prompt first so the grammar knows the prompt's bar, position and metre.
+
+Stop conditions, per sequence (the first that applies wins):
+- `eos`: the model sampled EOS (unless `allow_eos` is false, which masks EOS out);
+- `bars`: it sampled the Bar that would start continuation bar `bars + 1` (that Bar is not kept);
+- `seconds`: it sampled a Bar/Position at or after `seconds` of continuation (that token is not kept);
+- `tokens`: the continuation reached `tokens` tokens (`max_tokens`, a safety cap, when `tokens` is unset).
+A sequence stopped for any reason but EOS is trimmed back to its last event boundary (so no half note
+is left for the decoder to drop) and closed with EOS. Finished sequences keep stepping with PAD (the batch
+runs in lock step) but their outputs are ignored; the loop ends when all are finished.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import UserError
+from ..tokenizer import GrammarState, Phase, REMITokenizer, TokenType
+from ..tokenizer.bins import Bins
+from ..tokenizer.grammar import FOLLOWERS
+from .prompt import Prompt
+from .sampling import PitchHistory, SamplingConfig, grammar_mask, sample_next
+from .timeline import TokenClock, event_step, follow_tempo
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    """When each sequence stops (see the module docstring). `max_tokens` only applies when `tokens` is unset."""
+
+    bars: int | None = None
+    tokens: int | None = None
+    seconds: float | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    allow_eos: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("bars", "tokens"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < 1):
+                raise UserError(f"{name} must be an integer >= 1 or null, got {value}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise UserError(f"seconds must be > 0 or null, got {self.seconds}")
+        if int(self.max_tokens) != self.max_tokens or self.max_tokens < 1:
+            raise UserError(f"max_tokens must be an integer >= 1, got {self.max_tokens}")
+
+    @property
+    def token_limit(self) -> int:
+        return int(self.tokens) if self.tokens is not None else int(self.max_tokens)
+
+    @property
+    def has_musical_limit(self) -> bool:
+        return self.bars is not None or self.tokens is not None or self.seconds is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SampleResult:
+    """One generated sequence: `ids` = prompt + continuation + EOS."""
+
+    ids: list[int]
+    prompt_length: int
+    start_step: int  # grid step where the continuation starts (0 without a prompt)
+    stop_reason: str
+    n_bars: int  # bars the continuation started
+    continuation_seconds: float  # onset of its last event, from the continuation start
+
+
+@dataclass
+class _Track:
+    """Per-sequence bookkeeping of the loop."""
+
+    state: GrammarState
+    clock: TokenClock
+    first_mask: np.ndarray | None
+    start_seconds: float
+    tokens: list[int] = field(default_factory=list)
+    closable: int = 0  # length of `tokens` at the last point where EOS was allowed
+    bars: int = 0
+    last_seconds: float = 0.0
+    done: bool = False
+    reason: str = ""
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes held by the model's recurrent state (its own `nbytes()` when it has one)."""
+    if hasattr(state, "nbytes") and callable(state.nbytes):
+        return int(state.nbytes())
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(v) for v in state)
+    return 0
+
+
+def split_seed(seed: int) -> tuple[int, int]:
+    """Two independent seeds (model noise, sampling) from one user seed."""
+    noise, sampling = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64)
+    return int(noise) >> 1, int(sampling) >> 1
+
+
+class GenerationSession:
+    """Generates a batch of continuations of one prompt with one model (see the module docstring)."""
+
+    def __init__(self, model: Any, tokenizer: REMITokenizer, sampling: SamplingConfig, stop: StopConfig,
+                 seed: int, device: str | torch.device = "cpu") -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.sampling, self.stop = sampling, stop
+        self.device = torch.device(device)
+        self.vocab = tokenizer.vocab
+        self.grammar = tokenizer.grammar
+        self._bins = Bins(tokenizer.config)
+        noise_seed, sample_seed = split_seed(seed)
+        self._noise_gen = torch.Generator().manual_seed(noise_seed)
+        self._sample_gen = torch.Generator().manual_seed(sample_seed)
+        self._only_bar = self._mask_of([self.vocab.bar_id])
+        self._bar_or_position = self._only_bar | self._type_mask(TokenType.POSITION)
+        self.tokens_per_second = 0.0
+        self.state: Any = None
+
+    def _mask_of(self, ids: list[int]) -> np.ndarray:
+        mask = np.zeros(len(self.vocab), dtype=bool)
+        mask[ids] = True
+        return mask
+
+    def _type_mask(self, kind: TokenType) -> np.ndarray:
+        return self._mask_of(list(self.vocab.ids_of_type(kind)))
+
+    # --- prompt ------------------------------------------------------------------------------------
+    def _walk_prompt(self, prompt: Prompt) -> tuple[GrammarState, TokenClock]:
+        state, clock = self.grammar.initial_state(), TokenClock.for_config(self.tokenizer.config)
+        for token in prompt.ids:
+            if not self.grammar.allows(state, token):
+                raise RuntimeError(f"prompt token {self.vocab.tokens[token]} breaks the REMI grammar")
+            state = self.grammar.advance(state, token)
+            follow_tempo(clock, state, int(self.vocab.values[token]), self._bins)
+        return state, clock
+
+    def _start(self, prompt: Prompt, state: GrammarState) -> tuple[int, np.ndarray | None]:
+        """Grid step where the continuation starts, and the mask its first token must fit."""
+        if prompt.is_empty:
+            return 0, None
+        if prompt.ends_at_bar_line:
+            return (state.bar_start + state.bar_length if state.bar_start >= 0 else 0), self._only_bar
+        start = state.bar_start + state.position + 1 if state.position >= 0 else state.bar_start
+        return start, self._bar_or_position
+
+    @torch.inference_mode()
+    def feed_prompt(self, prompt: Prompt, batch_size: int) -> tuple[torch.Tensor, list[_Track], int]:
+        """Step the model over the prompt (recurrent form); returns the next logits, the tracks, start step."""
+        if not prompt.ids:
+            raise UserError("empty prompt (not even BOS)")
+        gstate, clock = self._walk_prompt(prompt)
+        start_step, first_mask = self._start(prompt, gstate)
+        start_seconds = clock.seconds_at(start_step)
+        tracks = [_Track(gstate, clock.copy(), first_mask, start_seconds) for _ in range(batch_size)]
+        self.history = PitchHistory(batch_size, len(self.vocab), self.vocab.ids_of_type(TokenType.PITCH),
+                                    int(self.sampling.repetition_window))
+        for row in range(batch_size):
+            for token in prompt.ids:
+                self.history.push(row, token)
+        self.state = self.model.init_state(batch_size, device=self.device, generator=self._noise_gen)
+        logits = None
+        for token in prompt.ids:
+            batch = torch.full((batch_size,), token, dtype=torch.long, device=self.device)
+            logits, self.state = self.model.step(batch, self.state)
+        return logits, tracks, start_step
+
+    # --- sampling ------------------------------------------------------------------------------------
+    def allowed(self, tracks: list[_Track]) -> torch.Tensor:
+        """(B, V) mask: the grammar, the first-token rule, EOS when disallowed; PAD for finished rows."""
+        mask = grammar_mask(self.grammar, [t.state for t in tracks]).numpy().copy()
+        for row, track in enumerate(tracks):
+            if track.done:
+                mask[row] = False
+                mask[row, self.vocab.pad_id] = True
+            elif track.first_mask is not None and not track.tokens:
+                mask[row] &= track.first_mask
+        if not self.stop.allow_eos:
+            mask[:, self.vocab.eos_id] = False
+            for row, track in enumerate(tracks):
+                if track.done:
+                    mask[row, self.vocab.pad_id] = True
+        return torch.from_numpy(mask)
+
+    def _finish(self, track: _Track, reason: str) -> None:
+        track.done, track.reason = True, reason
+        if reason != "eos":
+            del track.tokens[track.closable:]
+            track.tokens.append(self.vocab.eos_id)
+
+    def _accept(self, row: int, track: _Track, token: int) -> None:
+        """Record `token` for one sequence, or stop it (see the module docstring)."""
+        if token == self.vocab.eos_id:
+            track.tokens.append(token)
+            self._finish(track, "eos")
+            return
+        state = self.grammar.advance(track.state, token)
+        stop = self.stop
+        if state.phase == Phase.BAR:
+            if stop.bars is not None and track.bars >= stop.bars:
+                self._finish(track, "bars")
+                return
+            track.bars += 1
+        step = event_step(state)
+        if step is not None:
+            elapsed = track.clock.seconds_at(step) - track.start_seconds
+            if stop.seconds is not None and elapsed >= stop.seconds:
+                self._finish(track, "seconds")
+                return
+            track.last_seconds = elapsed
+        track.state = state
+        track.tokens.append(token)
+        follow_tempo(track.clock, state, int(self.vocab.values[token]), self._bins)
+        self.history.push(row, token)
+        if TokenType.EOS in FOLLOWERS[state.phase]:
+            track.closable = len(track.tokens)
+        if len(track.tokens) >= stop.token_limit:
+            self._finish(track, "tokens" if stop.tokens is not None else "max_tokens")
+
+    @torch.inference_mode()
+    def step(self, logits: torch.Tensor, tracks: list[_Track]) -> torch.Tensor:
+        """Sample one token per sequence from `logits`, record it, and run the model on it -> next logits."""
+        guarded = self.history.mask() if self.sampling.repetition_penalty != 1.0 else None
+        tokens = sample_next(logits.float().cpu(), self.allowed(tracks), self.sampling, self._sample_gen, guarded)
+        feed = tokens.clone()
+        for row, track in enumerate(tracks):
+            if track.done:
+                feed[row] = self.vocab.pad_id
+                continue
+            self._accept(row, track, int(tokens[row]))
+            if track.done:
+                feed[row] = self.vocab.pad_id
+        next_logits, self.state = self.model.step(feed.to(self.device), self.state)
+        return next_logits
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def run(self, prompt: Prompt, num_samples: int, progress: bool = True) -> list[SampleResult]:
+        """Generate `num_samples` continuations of `prompt` as one batch."""
+        if int(num_samples) != num_samples or num_samples < 1:
+            raise UserError(f"num_samples must be an integer >= 1, got {num_samples}")
+        logits, tracks, start_step = self.feed_prompt(prompt, int(num_samples))
+        limit = self.stop.token_limit
+        bar = tqdm(total=limit, unit="tok", desc=f"generating x{num_samples}", disable=not progress,
+                   dynamic_ncols=True, leave=False)
+        began, steps = time.perf_counter(), 0
+        try:
+            while not all(t.done for t in tracks):
+                logits = self.step(logits, tracks)
+                steps += 1
+                bar.update(1)
+                if steps % 64 == 0:
+                    rate = steps * len(tracks) / max(time.perf_counter() - began, 1e-9)
+                    bar.set_postfix_str(f"{rate:.0f} tok/s (batch), bars {max(t.bars for t in tracks)}")
+        finally:
+            bar.close()
+        elapsed = max(time.perf_counter() - began, 1e-9)
+        self.tokens_per_second = steps * len(tracks) / elapsed
+        return [SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
+                             t.last_seconds) for t in tracks]
