@@ -41,6 +41,7 @@ CASES["softmax-ape"] = {"attention__kind": "softmax", "pe__kind": "ape"}
 CASES["softmax-spe_sine_gated"] = {"attention__kind": "softmax", "pe__kind": "spe_sine"}
 CASES["spe_conv_gated-unshared"] = {"pe__kind": "spe_conv", "pe__share": False}
 CASES["spe_sine-unshared"] = {"pe__kind": "spe_sine", "pe__share": False}
+CASES["spe_conv_gated-fft"] = {"pe__kind": "spe_conv", "pe__kernel_size": 40}  # FFT path (kernel >= 32)
 
 
 def _step_all(model, x: torch.Tensor, seed: int) -> torch.Tensor:

@@ -132,7 +132,8 @@ class GenerationSession:
         self._only_bar = self._mask_of([self.vocab.bar_id])
         self._bar_or_position = self._only_bar | self._type_mask(TokenType.POSITION)
         self.tokens_per_second = 0.0
-        self.state: Any = None
+        self.state: Any = None  # the model's recurrent state, set by feed_prompt
+        self.history: PitchHistory | None = None
 
     def _mask_of(self, ids: list[int]) -> np.ndarray:
         mask = np.zeros(len(self.vocab), dtype=bool)
@@ -237,6 +238,7 @@ class GenerationSession:
     @torch.inference_mode()
     def step(self, logits: torch.Tensor, tracks: list[_Track]) -> torch.Tensor:
         """Sample one token per sequence from `logits`, record it, and run the model on it -> next logits."""
+        assert self.history is not None, "call feed_prompt first"
         guarded = self.history.mask() if self.sampling.repetition_penalty != 1.0 else None
         tokens = sample_next(logits.float().cpu(), self.allowed(tracks), self.sampling, self._sample_gen, guarded)
         feed = tokens.clone()

@@ -80,7 +80,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, self.head_dim).unbind(2)
         if self.spe is not None:
             assert codes is not None, "SPE layer called without codes"
-            q, k = self.spe(q, k, codes, noise.gate_eps)
+            q, k = self.spe(q, k, codes, noise.gate_eps)  # already (B, H, L, R)
+            return q, k, v.transpose(1, 2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _merge(self, out: Tensor, like: Tensor) -> Tensor:

@@ -116,7 +116,8 @@ def causal_linear_attention(
             num, state = _fast_causal_product(q, k, v1)
         else:
             raise ValueError(f"unknown attention.backend {backend!r} (expected 'torch' or 'fast_transformers')")
-        out = num[..., :-1] / (num[..., -1:] + eps)
+        numer, denom = num.split([num.shape[-1] - 1, 1], dim=-1)  # split: no zero-filled slice grads
+        out = numer / (denom + eps)
     return (out, state) if return_state else out
 
 

@@ -16,7 +16,7 @@ forms the (L x L) matrix. Two code generators:
 
 Codes are shared across the batch (one draw per forward) and, with ``pe.share``, across layers:
 one generator for the whole model, one :class:`SPEFilter` (gate) per layer.
-Layouts: codes (L, H, d, R); queries/keys (B, L, H, d); filtered (B, L, H, R).
+Layouts: codes (L, H, d, R); queries/keys (B, L, H, d); filtered (B, H, L, R).
 """
 
 from __future__ import annotations
@@ -65,30 +65,38 @@ class SineSPE(nn.Module):
         shape = (self.n_heads, self.head_dim, 2 * self.sines, self.realizations)
         return randn(shape, generator, device) / math.sqrt(2 * self.sines)
 
-    def _mixing(self, z: Tensor) -> Tensor:
-        """(H, d, 2K, 2R) matrix M with [Qbar | Kbar](n) = Omega_k(n) M.
+    def _mixing(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Two (H, d, 2K, R) matrices Mq, Mk with Qbar(n) = Omega_k(n) Mq, Kbar(n) = Omega_k(n) Mk.
 
         cos(a + phi) = cos a cos phi - sin a sin phi (and likewise for sin), so the query code
         is the key basis times a phase-rotated noise: one set of sines serves both codes.
         """
-        k = self.sines
         gains = F.softplus(self.gains).unsqueeze(-1)  # (H, d, K, 1)
         zc = z[:, :, 0::2] * gains  # cosine coefficients (H, d, K, R)
         zs = z[:, :, 1::2] * gains
         c, s = torch.cos(self.offsets).unsqueeze(-1), torch.sin(self.offsets).unsqueeze(-1)
-        zq = torch.cat([c * zc + s * zs, c * zs - s * zc], dim=2)  # (H, d, 2K, R)
-        zk = torch.cat([zc, zs], dim=2)
-        assert zq.shape[2] == 2 * k
-        return torch.cat([zq, zk], dim=-1) * self.scale
+        mq = torch.cat([c * zc + s * zs, c * zs - s * zc], dim=2) * self.scale
+        mk = torch.cat([zc, zs], dim=2) * self.scale
+        return mq, mk
 
     def codes_at(self, noise: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Codes for arbitrary (float) positions (L,) -> two (L, H, d, R) tensors."""
+        """Codes for arbitrary (float) positions (L,) -> two contiguous (L, H, d, R) tensors.
+
+        Two separate products rather than one sliced in two: slicing a code-sized tensor makes
+        autograd allocate and zero-fill a full-size gradient per slice.
+        """
         freqs = torch.sigmoid(self.freqs) / 2  # (H, d, K)
-        phase = 2 * math.pi * freqs.unsqueeze(0) * positions.to(freqs.dtype).view(-1, 1, 1, 1)
+        # f * n in float64, reduced mod 1: at position 10^5 a float32 phase would be off by
+        # ~0.05 rad for the highest frequencies; generation has no maximum length.
+        hi = torch.float32 if positions.device.type == "mps" else torch.float64  # MPS has no float64
+        cycles = freqs.to(hi).unsqueeze(0) * positions.to(hi).view(-1, 1, 1, 1)
+        phase = (2 * math.pi) * (cycles - cycles.detach().floor()).to(freqs.dtype)
         omega = torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)  # (L, H, d, 2K)
-        mix = self._mixing(noise)  # (H, d, 2K, 2R)
-        both = torch.einsum("lhdk,hdkr->lhdr", omega, mix)
-        return both[..., : self.realizations], both[..., self.realizations :]
+        mq, mk = self._mixing(noise)
+        return (
+            torch.einsum("lhdk,hdkr->lhdr", omega, mq).contiguous(),
+            torch.einsum("lhdk,hdkr->lhdr", omega, mk).contiguous(),
+        )
 
     # uniform interface used by the model -------------------------------------------------
     def codes(self, noise: Tensor, length: int) -> tuple[Tensor, Tensor]:
@@ -158,11 +166,38 @@ class ConvSPE(nn.Module):
         z = noise.stream.take(length + k - 1)  # (T, R, C)
         noise.ring = self._ring_from(z, length)
         x = z.permute(1, 2, 0)  # (R, C, T)
-        channels = x.shape[1]
+        if k >= self.fft_threshold:
+            yq, yk = self._filter_fft(x, length)
+        else:
+            yq, yk = self._filter_direct(x, length)
+        return self._to_codes(yq), self._to_codes(yk)
+
+    #: kernels at least this long are applied with FFTs: O(T log T) instead of O(T K) per channel
+    fft_threshold: int = 32
+
+    def _filter_direct(self, x: Tensor, length: int) -> tuple[Tensor, Tensor]:
+        """Depthwise valid cross-correlation with conv1d; both kernels in one call."""
+        channels, k = x.shape[1], self.kernel_size
         w = torch.stack([self.weight_q, self.weight_k], dim=1).view(2 * channels, 1, k)
         y = F.conv1d(x, w.to(x.dtype), groups=channels)  # (R, 2C, L), interleaved q/k
         y = y.view(y.shape[0], channels, 2, length)
-        return self._to_codes(y[:, :, 0]), self._to_codes(y[:, :, 1])
+        return y[:, :, 0], y[:, :, 1]
+
+    def _filter_fft(self, x: Tensor, length: int) -> tuple[Tensor, Tensor]:
+        """Same cross-correlation via real FFTs (float32, autocast off: no half-precision FFT on CPU).
+
+        out[i] = sum_j w[j] x[i + j] = irfft(rfft(x) * conj(rfft(w)))[i]; with n >= T there is no
+        wrap-around for the kept outputs i < L.
+        """
+        t = x.shape[-1]
+        n = 1 << (t - 1).bit_length()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf = torch.fft.rfft(x.float(), n=n)  # (R, C, n/2+1)
+            w = torch.stack([self.weight_q, self.weight_k]).float()  # (2, C, K)
+            wf = torch.fft.rfft(w, n=n).conj()
+            yq = torch.fft.irfft(xf * wf[0], n=n)[..., :length]
+            yk = torch.fft.irfft(xf * wf[1], n=n)[..., :length]
+        return yq, yk
 
     def _ring_from(self, z: Tensor, length: int) -> Tensor:
         """Ring buffer after a parallel pass: samples z[length-K+1 .. length-1] at slot t mod K."""
@@ -220,25 +255,33 @@ class SPEFilter(nn.Module):
         shape = (self.n_heads, self.head_dim, self.realizations)
         return randn(shape, generator, device) * (self.realizations * self.head_dim) ** -0.25
 
+    @staticmethod
+    def _filter(x: Tensor, code: Tensor) -> Tensor:
+        """sum_d x[b, l, h, d] code[l, h, d, r] -> (B, H, L, R).
+
+        Written as one bmm batched over (l, h) — (B x d) @ (d x R) — because the codes are R/B
+        times larger than the activations: the cost is reading them, and einsum's generic
+        path adds extra permute-copies of the codes (measured ~2x slower on CPU).
+        """
+        b, length, h, d = x.shape
+        xp = x.permute(1, 2, 0, 3).reshape(length * h, b, d)
+        out = torch.bmm(xp, code.to(x.dtype).reshape(length * h, d, code.shape[-1]))
+        return out.view(length, h, b, -1).permute(2, 1, 0, 3).contiguous()
+
     def forward(
         self, q: Tensor, k: Tensor, codes: tuple[Tensor, Tensor], eps: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """q, k: (B, L, H, d); codes: (L, H, d, R) each -> qhat, khat: (B, L, H, R)."""
+        """q, k: (B, L, H, d); codes: (L, H, d, R) each -> qhat, khat: (B, H, L, R)."""
         qbar, kbar = codes
-        if self.gated:
-            assert eps is not None
-            keep = torch.sigmoid(-self.gate).sqrt()  # sqrt(1 - g)
-            mix = torch.sigmoid(self.gate).sqrt()  # sqrt(g)
-            eps = eps.to(q.dtype)
-            qhat = torch.einsum("blhd,lhdr->blhr", q * keep, qbar.to(q.dtype))
-            khat = torch.einsum("blhd,lhdr->blhr", k * keep, kbar.to(k.dtype))
-            qhat = qhat + torch.einsum("blhd,hdr->blhr", q * mix, eps)
-            khat = khat + torch.einsum("blhd,hdr->blhr", k * mix, eps)
-            return qhat, khat
-        return (
-            torch.einsum("blhd,lhdr->blhr", q, qbar.to(q.dtype)),
-            torch.einsum("blhd,lhdr->blhr", k, kbar.to(k.dtype)),
-        )
+        if not self.gated:
+            return self._filter(q, qbar), self._filter(k, kbar)
+        assert eps is not None
+        keep = torch.sigmoid(-self.gate).sqrt()  # sqrt(1 - g)
+        mix = torch.sigmoid(self.gate).sqrt()  # sqrt(g)
+        eps = eps.to(q.dtype)
+        qhat = self._filter(q * keep, qbar) + torch.einsum("blhd,hdr->bhlr", q * mix, eps)
+        khat = self._filter(k * keep, kbar) + torch.einsum("blhd,hdr->bhlr", k * mix, eps)
+        return qhat, khat
 
 
 def build_code_generator(pe_cfg: dict, n_heads: int, head_dim: int) -> nn.Module:

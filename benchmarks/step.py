@@ -1,0 +1,114 @@
+"""Generation benchmark: per-token time of a whole model's recurrent ``step`` at positions 1k/4k/16k.
+
+Compares the small default model (conf/model/spe_sine_gated.yaml: linear attention, constant-
+size state) with the same-size softmax model (conf/model/softmax.yaml: pre-allocated KV cache,
+attention over all previous tokens). Batch size 1, no_grad, eval mode.
+
+How position P is reached (documented shortcut, so the benchmark takes seconds, not hours):
+  * linear models: ``init_state`` then ``state.position = P``. The recurrent state has the same
+    size at every position and the per-step work does not depend on its values; SPE codes at
+    P are computed from the sines (or the ConvSPE ring buffer) exactly as during generation.
+  * softmax: ``init_state(max_len=P + steps)`` pre-allocates the cache, which is then filled
+    with P random keys/values (``len = P``); the step attends over all P + 1 entries, exactly
+    as it would after P real steps.
+Then ``--warmup`` steps are run untimed and ``--steps`` steps are timed one by one; the table
+reports the median per-token time. Results go to benchmarks/results/step.json.
+
+Usage: python benchmarks/step.py [--positions 1024 4096 16384] [--steps 50] [--models ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from musicgen.model import build_model  # noqa: E402
+
+
+def reach_position(model, state, position: int) -> None:
+    """Put ``state`` at ``position`` without stepping (see the module docstring)."""
+    state.position = position
+    for cache in state.caches:
+        if "k" in cache:  # softmax KV cache
+            cache["k"][:, :, :position].normal_()
+            cache["v"][:, :, :position].normal_()
+            cache["len"] = position
+
+
+@torch.no_grad()
+def time_steps(model, position: int, steps: int, warmup: int, vocab: int) -> list[float]:
+    g = torch.Generator().manual_seed(0)
+    state = model.init_state(1, generator=g, max_len=position + steps + warmup + 1)
+    reach_position(model, state, position)
+    tok = torch.randint(1, vocab, (1,), generator=g)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        logits, state = model.step(tok, state)
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt)
+        tok = logits.argmax(-1)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--positions", type=int, nargs="+", default=[1024, 4096, 16384])
+    p.add_argument("--models", nargs="+", default=["spe_sine_gated", "softmax"],
+                   help="names of conf/model/*.yaml files")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--vocab", type=int, default=400)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    models = {}
+    for name in args.models:
+        torch.manual_seed(0)
+        models[name] = build_model(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), args.vocab).eval()
+
+    results = []
+    print(f"{'model':18s} {'position':>9s} {'ms/token (median)':>18s} {'p10':>8s} {'p90':>8s} {'state MB':>9s}")
+    for pos in args.positions:
+        for name, model in models.items():  # interleaved: side-by-side under the same machine load
+            times = sorted(time_steps(model, pos, args.steps, args.warmup, args.vocab))
+            state = model.init_state(1, max_len=pos + 1)
+            med = 1e3 * statistics.median(times)
+            p10, p90 = 1e3 * times[len(times) // 10], 1e3 * times[(9 * len(times)) // 10]
+            mb = state.nbytes() / 2**20
+            results.append({"model": name, "position": pos, "ms_per_token": med, "p10_ms": p10, "p90_ms": p90,
+                            "state_mb": mb})
+            print(f"{name:18s} {pos:9d} {med:18.2f} {p10:8.2f} {p90:8.2f} {mb:9.1f}", flush=True)
+
+    print("\nGrowth of the per-token time relative to the first position:")
+    growth = {}
+    for name in models:
+        rows = [r for r in results if r["model"] == name]
+        base = rows[0]["ms_per_token"]
+        growth[name] = {r["position"]: r["ms_per_token"] / base for r in rows}
+        print(f"{name:18s} " + "  ".join(f"{pos}: {g:.2f}x" for pos, g in growth[name].items()))
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"threads": args.threads, "steps": args.steps, "warmup": args.warmup, "batch": 1,
+            "torch": torch.__version__, "loadavg_at_end": os.getloadavg()}
+    out.write_text(json.dumps({"meta": meta, "results": results, "growth": growth}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
