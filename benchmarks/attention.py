@@ -10,6 +10,10 @@ Rows (B=4, H=8, d=64 by default; the inputs are q, k, v of one layer):
                         pays when `pe.share: true` amortises the generator over the layers)
   fast_transformers     pytorch-fast-transformers causal_product (row says "not installed")
   softmax_sdpa          torch.nn.functional.scaled_dot_product_attention(is_causal=True)
+Whole-model rows (only for --model-lengths; tokens (B, L), the small presets of conf/model/):
+  model_spe_sine_gated / model_none / model_softmax   forward (+ cross-entropy backward) of the
+                        default model, the same model without PE, and the softmax baseline.
+                        This is where SPE's cost is amortised: codes are shared by all layers.
 
 Each (row, L, mode) runs in its own subprocess so peak memory can be measured:
   * CPU: ru_maxrss (process high-water mark) of the measuring subprocess minus ru_maxrss of a
@@ -42,6 +46,7 @@ ROWS = [
     "fast_transformers",
     "softmax_sdpa",
 ]
+MODEL_ROWS = ["model_spe_sine_gated", "model_none", "model_softmax"]
 
 
 def _maxrss_mb() -> float:
@@ -64,6 +69,8 @@ def worker(args: argparse.Namespace) -> dict:
     backward = args.mode == "fwd_bwd"
     row = args.row
 
+    if row.startswith("model_"):
+        return _model_worker(args, torch, dev, backward)
     if row == "fast_transformers":
         try:
             require_fast_transformers()
@@ -131,6 +138,40 @@ def worker(args: argparse.Namespace) -> dict:
     return {"status": "ok", "ms": 1e3 * statistics.median(times), "peak_mb": peak, "times_ms": [1e3 * t for t in times]}
 
 
+def _model_worker(args: argparse.Namespace, torch, dev, backward: bool) -> dict:
+    from omegaconf import OmegaConf
+
+    from musicgen.model import build_model
+
+    name = args.row[len("model_"):]
+    vocab = 400
+    model = build_model(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), vocab).to(dev).train(backward)
+    x = torch.randint(1, vocab, (args.batch, args.length), device=dev)
+
+    def run():
+        if backward:
+            logits = model(x)
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten()).backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                model(x)
+
+    run()
+    times = []
+    for _ in range(args.repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = max(0.0, _maxrss_mb() - args.input_rss_mb) if dev.type == "cpu" else float("nan")
+    return {"status": "ok", "ms": 1e3 * statistics.median(times), "peak_mb": peak,
+            "times_ms": [1e3 * t for t in times]}
+
+
 def _input_baseline_mb(args: argparse.Namespace) -> float:
     """ru_maxrss of a subprocess that only imports torch and builds the inputs (no attention)."""
     code = (
@@ -147,6 +188,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     p.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
+    p.add_argument("--model-lengths", type=int, nargs="*", default=[512, 1024],
+                   help="also time whole small models (spe_sine_gated / none / softmax) at these lengths")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"], choices=["fwd", "fwd_bwd"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=4)
@@ -176,7 +219,8 @@ def main() -> None:
         args.length = length
         base = _input_baseline_mb(args) if args.device == "cpu" else 0.0
         for mode in args.modes:
-            for row in args.rows:  # rows interleaved per (L, mode): ratios measured side by side
+            rows = list(args.rows) + (MODEL_ROWS if length in args.model_lengths else [])
+            for row in rows:  # rows interleaved per (L, mode): ratios measured side by side
                 cmd = [sys.executable, __file__, "--worker", "--row", row, "--length", str(length), "--mode", mode,
                        "--input-rss-mb", str(base)]
                 for key in ("repeats", "batch", "heads", "head_dim", "features", "realizations", "chunk_size",
@@ -203,22 +247,27 @@ def main() -> None:
 
     ratios = []
     print("\nRatios (median times; >1 means the first is slower):")
-    print(f"{'L':>6} {'mode':8s} {'softmax/linear_perf':>20} {'softmax/linear_elu':>19} {'spe/noPE':>9} {'spe_shared/noPE':>16}")
+    print(f"{'L':>6} {'mode':8s} {'softmax/linear_perf':>20} {'softmax/linear_elu':>19} {'spe/noPE':>9} "
+          f"{'spe_shared/noPE':>16} {'model spe/noPE':>15} {'model softmax/spe':>18}")
     for length in args.lengths:
         for mode in args.modes:
             sm, lp, le = get("softmax_sdpa", length, mode), get("linear_performer", length, mode), get("linear_elu", length, mode)
             sp, ss = get("linear_performer_spe", length, mode), get("linear_performer_spe_shared", length, mode)
+            ms_, mn, msm = (get(f"model_{n}", length, mode) for n in ("spe_sine_gated", "none", "softmax"))
             r = {
                 "length": length, "mode": mode,
                 "softmax_over_linear_performer": sm / lp if sm and lp else None,
                 "softmax_over_linear_elu": sm / le if sm and le else None,
                 "spe_over_nope": sp / lp if sp and lp else None,
                 "spe_shared_over_nope": ss / lp if ss and lp else None,
+                "model_spe_over_none": ms_ / mn if ms_ and mn else None,
+                "model_softmax_over_spe": msm / ms_ if msm and ms_ else None,
             }
             ratios.append(r)
             fmt = lambda x: f"{x:.2f}" if x else "-"  # noqa: E731
             print(f"{length:6d} {mode:8s} {fmt(r['softmax_over_linear_performer']):>20} {fmt(r['softmax_over_linear_elu']):>19} "
-                  f"{fmt(r['spe_over_nope']):>9} {fmt(r['spe_shared_over_nope']):>16}")
+                  f"{fmt(r['spe_over_nope']):>9} {fmt(r['spe_shared_over_nope']):>16} "
+                  f"{fmt(r['model_spe_over_none']):>15} {fmt(r['model_softmax_over_spe']):>18}")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -111,17 +111,22 @@ class PerformerFeatureMap(FeatureMap):
         Queries are stabilised by their own max over features (a per-query constant that cancels
         in the attention ratio, and is causal). Keys are not: a per-key shift would change the
         weights; their exponent is bounded by |w|^2/2 anyway, which float32 holds.
+        The code is arranged for few passes over the (B, H, L, m) tensor (this is memory-bound):
+        the dim^-1/4 scale is folded into W, the 1/sqrt(m) factor into the exponent, and the
+        elementwise steps run in place on the matmul output (autograd keeps only what it needs).
         """
         assert features is not None
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = _compute_dtype(x)
-            x = x.to(dtype) * (self.in_dim**-0.25)
-            w = features.to(dtype)
-            proj = torch.einsum("bhld,hmd->bhlm", x, w)
-            logits = proj - 0.5 * (x * x).sum(-1, keepdim=True)
-            if is_query:
-                logits = logits - logits.amax(-1, keepdim=True).detach()
-            return torch.exp(logits) * (self.n_features**-0.5)
+            x = x.to(dtype)
+            scale = self.in_dim**-0.25
+            w = features.to(dtype) * scale  # (H, m, dim)
+            logits = torch.matmul(x, w.transpose(-1, -2).unsqueeze(0))  # (B, H, L, m)
+            sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square()
+            shift = (0.5 * scale * scale) * sq + 0.5 * math.log(self.n_features)  # (B, H, L, 1), small
+            if is_query:  # max_j(proj_j) - shift == max_j(logits_j): computed before the in-place ops
+                shift = shift + (logits.detach().amax(-1, keepdim=True) - shift.detach())
+            return logits.sub_(shift).exp_()
 
 
 def build_feature_map(kind: str, n_heads: int, in_dim: int, n_features: int, redraw_prob: float) -> FeatureMap:

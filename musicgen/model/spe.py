@@ -80,7 +80,7 @@ class SineSPE(nn.Module):
         return mq, mk
 
     def codes_at(self, noise: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Codes for arbitrary (float) positions (L,) -> two contiguous (L, H, d, R) tensors.
+        """Codes for positions (L,) (integer tensor) -> two contiguous (L, H, d, R) tensors.
 
         Two separate products rather than one sliced in two: slicing a code-sized tensor makes
         autograd allocate and zero-fill a full-size gradient per slice.
@@ -100,23 +100,23 @@ class SineSPE(nn.Module):
 
     # uniform interface used by the model -------------------------------------------------
     def codes(self, noise: Tensor, length: int) -> tuple[Tensor, Tensor]:
-        pos = torch.arange(length, device=self.freqs.device, dtype=torch.float32)
-        return self.codes_at(noise, pos)
+        return self.codes_at(noise, torch.arange(length, device=self.freqs.device))
 
-    def begin(self, noise: Tensor, consumed: int = 0) -> Tensor:
+    def begin(self, noise: Tensor) -> Tensor:
         """Recurrent state: just the noise; codes at n are recomputed from the sines."""
         return noise
 
     def step(self, state: Tensor, position: int) -> tuple[tuple[Tensor, Tensor], Tensor]:
-        pos = torch.tensor([position], device=self.freqs.device, dtype=torch.float32)
-        return self.codes_at(state, pos), state
+        """Codes at one position: O(H d K R) work, whatever the position."""
+        return self.codes_at(state, torch.tensor([position], device=self.freqs.device)), state
 
 
 @dataclass
 class ConvNoise:
     """ConvSPE's per-sequence randomness: a noise stream, plus the ring buffer used by ``step``.
 
-    ``ring`` (K, R, H*d) holds noise samples z[t - K + 1 .. t]; sample z[t] sits in slot t mod K.
+    ``ring`` (H*d, R, K) holds noise samples z[t - K + 1 .. t]; sample z[t] sits in slot t mod K
+    (last axis), a layout that makes the per-step filtering one bmm with no copy.
     """
 
     stream: NoiseStream
@@ -202,32 +202,32 @@ class ConvSPE(nn.Module):
     def _ring_from(self, z: Tensor, length: int) -> Tensor:
         """Ring buffer after a parallel pass: samples z[length-K+1 .. length-1] at slot t mod K."""
         k = self.kernel_size
-        ring = z.new_zeros((k, *z.shape[1:]))
+        ring = z.new_zeros((z.shape[2], z.shape[1], k))  # (C, R, K)
         if k > 1:
-            times = torch.arange(length - k + 1, length)
-            ring[times % k] = z[-(k - 1) :]
+            times = torch.arange(length - k + 1, length, device=z.device)
+            ring[:, :, times % k] = z[-(k - 1) :].permute(2, 1, 0)
         return ring
 
-    def begin(self, noise: ConvNoise, consumed: int = 0) -> ConvNoise:
-        """Prepare the ring buffer for stepping from position ``consumed`` (0: fresh sequence)."""
+    def begin(self, noise: ConvNoise) -> ConvNoise:
+        """Prepare the ring buffer for stepping (a ``codes`` call for a prompt already did)."""
         if noise.ring is None:
-            k = self.kernel_size
-            z = noise.stream.take(k - 1)
+            z = noise.stream.take(self.kernel_size - 1)  # z[-(K-1) .. -1]
             noise.ring = self._ring_from(torch.cat([z.new_zeros((1, *z.shape[1:])), z]), 0)
         return noise
 
     def step(self, noise: ConvNoise, position: int) -> tuple[tuple[Tensor, Tensor], ConvNoise]:
         """Codes for ``position`` from the last K noise samples: O(K R H d), no max length."""
         k = self.kernel_size
-        assert noise.ring is not None
+        ring = noise.ring
+        assert ring is not None
         # in place: the ring is per-sequence state, copying it every step would cost O(K R H d) bytes
-        noise.ring[position % k] = noise.stream.take(1)[0]
+        ring[:, :, position % k] = noise.stream.take(1)[0].T
         # slot s holds z[position - K + 1 + j] with j = (s - position - 1) mod K
-        shift = (position + 1) % k
-        wq = torch.roll(self.weight_q, shift, dims=-1).to(noise.ring.dtype)  # (C, K) indexed by slot
-        wk = torch.roll(self.weight_k, shift, dims=-1).to(noise.ring.dtype)
-        qbar = torch.einsum("src,cs->rc", noise.ring, wq).unsqueeze(-1)  # (R, C, 1)
-        kbar = torch.einsum("src,cs->rc", noise.ring, wk).unsqueeze(-1)
+        w = torch.stack([self.weight_q, self.weight_k], dim=-1)  # (C, K, 2)
+        w = torch.roll(w, (position + 1) % k, dims=1).to(ring.dtype)
+        y = torch.bmm(ring, w)  # (C, R, 2)
+        qbar = y[..., 0].T.unsqueeze(-1)  # (R, C, 1)
+        kbar = y[..., 1].T.unsqueeze(-1)
         return (self._to_codes(qbar), self._to_codes(kbar)), noise
 
 

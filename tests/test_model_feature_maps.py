@@ -1,0 +1,42 @@
+"""Feature maps: FAVOR+ features approximate softmax attention; elu features are positive."""
+
+from __future__ import annotations
+
+import torch
+
+from musicgen.model.feature_maps import EluFeatureMap, PerformerFeatureMap, orthogonal_gaussian
+
+
+def test_performer_approximates_softmax_attention_weights() -> None:
+    torch.manual_seed(0)
+    dim, n_keys = 16, 12
+    fmap = PerformerFeatureMap(n_heads=1, in_dim=dim, n_features=8192, redraw_prob=1.0)
+    q = 0.5 * torch.randn(1, 1, 1, dim)
+    k = 0.5 * torch.randn(1, 1, n_keys, dim)
+    feats = fmap.draw(torch.Generator().manual_seed(0), torch.device("cpu"))
+    fq, fk = fmap(q, feats, is_query=True), fmap(k, feats, is_query=False)
+    assert (fq > 0).all() and (fk > 0).all()
+    approx = (fq @ fk.transpose(-1, -2)).flatten()
+    approx = approx / approx.sum()
+    exact = torch.softmax((q @ k.transpose(-1, -2)).flatten() / dim**0.5, dim=0)
+    assert (approx - exact).abs().max() < 0.02
+
+
+def test_orthogonal_features_are_orthogonal_within_blocks() -> None:
+    w = orthogonal_gaussian(2, 8, 8, torch.Generator().manual_seed(0), torch.device("cpu"))
+    gram = w[0] @ w[0].T
+    off = gram - torch.diag(torch.diagonal(gram))
+    assert off.abs().max() < 1e-4
+
+
+def test_performer_query_stabiliser_cancels_and_no_overflow() -> None:
+    fmap = PerformerFeatureMap(1, 8, 32, 1.0)
+    q = 30.0 * torch.randn(1, 1, 5, 8)  # exp(w·q) alone would overflow float32
+    fq = fmap(q, fmap.features, is_query=True)
+    assert torch.isfinite(fq).all() and (fq.amax(-1) > 0).all()
+
+
+def test_elu_features_positive() -> None:
+    x = torch.randn(2, 2, 7, 4)
+    assert (EluFeatureMap(4)(x, None, True) > 0).all()
+    assert (EluFeatureMap(4)(100 * x, None, True) >= 0).all()  # underflows to 0, never negative
