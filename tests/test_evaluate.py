@@ -21,15 +21,6 @@ from musicgen.evaluation.report import (EvaluateOptions, WindowDecoder, evaluate
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from two threads, and on a busy machine they lose 10x to contention."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

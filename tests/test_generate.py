@@ -52,13 +52,6 @@ def lean_towards_notes(model: torch.nn.Module, tokenizer: REMITokenizer) -> None
         model.embed.weight[:, 0] = pref / 4.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .attention import CausalSelfAttention, LayerNoise
 from .config import model_config_from
 from .embeddings import build_ape
+from .recurrent import fast_step, plan_applies
 from .spe import build_code_generator
 
 __all__ = ["MusicTransformer", "GenerationState", "build_model"]
@@ -40,6 +41,8 @@ class GenerationState:
     code_states: list[Any] = field(default_factory=list)
     layer_noise: list[LayerNoise] = field(default_factory=list)
     caches: list[dict] = field(default_factory=list)
+    #: per-sequence constants of the lean step (``recurrent.StepPlan``), built on the first step
+    plan: Any = field(default=None, repr=False, compare=False)
 
     def nbytes(self) -> int:
         """Bytes held by tensors of the state (noise, SPE ring buffers, attention states/caches)."""
@@ -235,6 +238,8 @@ class MusicTransformer(nn.Module):
 
     def step(self, tokens: Tensor, state: GenerationState) -> tuple[Tensor, GenerationState]:
         """tokens (B,) at position ``state.position`` -> logits (B, V) and the advanced state."""
+        if plan_applies(self, state):  # eval + no grad + linear attention: lean path, same maths
+            return fast_step(self, tokens, state), state
         n = state.position
         x = self._embed(tokens.unsqueeze(1), torch.tensor([n], device=tokens.device))[:, 0]
         codes, code_states = [], []
