@@ -8,11 +8,11 @@ Three implementations with the same maths:
 
 * :func:`chunked_causal_product` — the training kernel, plain PyTorch, any device: a
   ``torch.autograd.Function`` with a hand-written backward. The sequence is cut into chunks of
-  C tokens; within a chunk the exact masked (C x C) product is used, across chunks the carried
-  (F x D) state, computed for all chunks at once as an exclusive cumsum of per-chunk K^T V
-  (batched matmuls, no Python loop): O(L C (F + D) + L F D) time, O(L/C) saved states, and
-  the backward saves only q, k, v and the chunk states (autograd through a loop saved every
-  intermediate). :func:`chunked_causal_product_loop` is the loop form, kept as a reference.
+  C tokens (``Tensor.split``); within a chunk the exact masked (C x C) product is used, across
+  chunks a carried (F x D) state: O(L C (F + D) + L F D) time. The backward saves only q, k, v
+  and the L/C chunk states (autograd through the loop kept every intermediate) and runs the
+  chunks in reverse with a carried state for the key/value gradients.
+  :func:`chunked_causal_product_loop` is the autograd-through-the-loop form, kept as a reference.
 * :func:`naive_causal_product` — quadratic masked reference for tests.
 * ``fast_transformers`` — pytorch-fast-transformers' CUDA/C++ ``causal_dot_product``.
 
@@ -66,84 +66,66 @@ def _with_ones(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
 
 
-def _chunked(x: Tensor, chunk_size: int) -> Tensor:
-    """(B, H, L, X) -> (B*H*N, C, X) with N = ceil(L / C), zero-padded at the end if needed."""
-    b, h, length, width = x.shape
-    n = -(-length // chunk_size)
-    if n * chunk_size != length:
-        x = torch.nn.functional.pad(x, (0, 0, 0, n * chunk_size - length))
-    return x.reshape(b * h * n, chunk_size, width)
-
-
-def _exclusive_cumsum(x: Tensor, reverse: bool = False) -> Tensor:
-    """x (G, N, F, D) -> (G, N, F, D) with out[:, c] = sum over chunks before c (after c if reverse).
-
-    Sums run chunk by chunk in order, exactly like a carried state updated in a loop.
-    """
-    g, n = x.shape[:2]
-    out = x.new_zeros(x.shape)
-    if n > 1:
-        if reverse:
-            out[:, :-1] = x[:, 1:].flip(1).cumsum(1).flip(1)
-        else:
-            out[:, 1:] = x[:, :-1].cumsum(1)
-    return out
-
-
 class _ChunkedCausalProduct(torch.autograd.Function):
-    """num_i = sum_{j<=i} (q_i·k_j) v_j and the final state sum_j k_j v_j^T, chunk-parallel.
+    """num_i = sum_{j<=i} (q_i·k_j) v_j and the final state sum_j k_j v_j^T, chunk by chunk.
 
-    Forward: per chunk of C tokens the exact masked (C x C) product, across chunks the state
-    S_c = sum_{chunks before c} K^T V, obtained for all chunks at once as an exclusive cumsum of
-    the per-chunk K_c^T V_c (same summation order as a carried state): a handful of batched
-    matmuls, no Python loop over chunks. Saves q, k, v and the (L/C) chunk states.
-    Backward (hand-written, same structure): with A_c = tril(Q_c K_c^T), dA_c = tril(dO_c V_c^T)
-    and R_c = dS_final + sum_{chunks after c} Q^T dO (reverse exclusive cumsum),
+    Forward: chunks of C tokens (``Tensor.split``: views, no copies); within a chunk the exact
+    masked (C x C) product, across chunks a carried (F x D) state S_c (sum over the chunks
+    before c). Saves q, k, v and the L/C chunk states only (autograd through the loop would
+    keep every chunk's (C x C) products, partial states and their gradient buffers).
+    Backward, hand-written, one loop in reverse with a carried R_c = dS_final + sum over the
+    chunks after c of Q^T dO; with A_c = tril(Q_c K_c^T) and dA_c = tril(dO_c V_c^T):
         dQ_c = dA_c K_c + dO_c S_c^T,  dK_c = dA_c^T Q_c + V_c R_c^T,  dV_c = A_c^T dO_c + K_c R_c.
-    Always runs with autocast off in the input dtype (float32 / float64).
+    Chunk-sized working sets stay in cache (a fully batched version over all chunks was
+    slower on CPU: memory-bound). Runs in the input dtype with autocast off.
     """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
-        b, h, length, f = q.shape
+        b, h, _, f = q.shape
         d = v.shape[-1]
-        n = -(-length // chunk_size)
-        qc, kc, vc = (_chunked(x, chunk_size) for x in (q, k, v))  # (G N, C, .)
-        kv = torch.bmm(kc.transpose(1, 2), vc).view(b * h, n, f, d)
-        states = _exclusive_cumsum(kv)  # state before each chunk
-        final = states[:, -1] + kv[:, -1]
-        intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
-        num = torch.baddbmm(torch.bmm(intra, vc), qc, states.view(-1, f, d))
-        ctx.save_for_backward(qc, kc, vc, states)
-        ctx.shape = (b, h, length, f, d, chunk_size)
+        state = q.new_zeros(b * h, f, d)
+        states, outs = [], []
+        for qc, kc, vc in zip(q.split(chunk_size, 2), k.split(chunk_size, 2), v.split(chunk_size, 2)):
+            qc, kc, vc = qc.flatten(0, 1), kc.flatten(0, 1), vc.flatten(0, 1)
+            states.append(state)
+            intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
+            outs.append(torch.baddbmm(torch.bmm(intra, vc), qc, state))
+            state = torch.baddbmm(state, kc.transpose(1, 2), vc)
+        ctx.save_for_backward(q, k, v, *states)
+        ctx.chunk_size = chunk_size
         ctx.set_materialize_grads(False)
-        num = num.view(b, h, n * chunk_size, d)
-        return (num if n * chunk_size == length else num[:, :, :length]), final.view(b, h, f, d)
+        return torch.cat(outs, dim=1).view(b, h, -1, d), state.view(b, h, f, d)
 
     @staticmethod
     def backward(ctx, d_num: Tensor | None, d_final: Tensor | None):
-        qc, kc, vc, states = ctx.saved_tensors
-        b, h, length, f, d, chunk = ctx.shape
-        n = states.shape[1]
-        with torch.autocast(device_type=qc.device.type, enabled=False):
-            if d_num is None:
-                d_num = qc.new_zeros(b, h, length, d)
-            do = _chunked(d_num.to(qc.dtype), chunk)  # (G N, C, D)
-            d_intra = torch.bmm(do, vc.transpose(1, 2)).tril_()  # dA
-            dq = torch.baddbmm(torch.bmm(d_intra, kc), do, states.view(-1, f, d).transpose(1, 2))
-            future = _exclusive_cumsum(torch.bmm(qc.transpose(1, 2), do).view(b * h, n, f, d), reverse=True)
+        q, k, v, *states = ctx.saved_tensors
+        b, h, length, f = q.shape
+        d = v.shape[-1]
+        chunk = ctx.chunk_size
+        with torch.autocast(device_type=q.device.type, enabled=False):
             if d_final is not None:
-                future += d_final.to(qc.dtype).reshape(b * h, 1, f, d)
-            future = future.view(-1, f, d)
-            intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
-            dv = torch.baddbmm(torch.bmm(intra.transpose(1, 2), do), kc, future)
-            dk = torch.baddbmm(torch.bmm(d_intra.transpose(1, 2), qc), vc, future.transpose(1, 2))
+                future = d_final.to(q.dtype).reshape(b * h, f, d).clone()
+            else:
+                future = q.new_zeros(b * h, f, d)
+            if d_num is None:
+                d_num = q.new_zeros(b, h, length, d)
+            d_num = d_num.to(q.dtype)
+            parts = list(zip(q.split(chunk, 2), k.split(chunk, 2), v.split(chunk, 2), d_num.split(chunk, 2), states))
+            dqs, dks, dvs = [], [], []
+            for qc, kc, vc, do, state in reversed(parts):
+                qc, kc, vc, do = qc.flatten(0, 1), kc.flatten(0, 1), vc.flatten(0, 1), do.flatten(0, 1)
+                d_intra = torch.bmm(do, vc.transpose(1, 2)).tril_()
+                dqs.append(torch.baddbmm(torch.bmm(d_intra, kc), do, state.transpose(1, 2)))
+                intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
+                dvs.append(torch.baddbmm(torch.bmm(intra.transpose(1, 2), do), kc, future))
+                dks.append(torch.baddbmm(torch.bmm(d_intra.transpose(1, 2), qc), vc, future.transpose(1, 2)))
+                future = torch.baddbmm(future, qc.transpose(1, 2), do)
 
-        def unchunk(x: Tensor) -> Tensor:
-            x = x.view(b, h, n * chunk, x.shape[-1])
-            return x if n * chunk == length else x[:, :, :length]
+        def full(chunks: list[Tensor]) -> Tensor:
+            return torch.cat(chunks[::-1], dim=1).view(b, h, length, -1)
 
-        return unchunk(dq), unchunk(dk), unchunk(dv), None
+        return full(dqs), full(dks), full(dvs), None
 
 
 def chunked_causal_product(q: Tensor, k: Tensor, v: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
