@@ -105,7 +105,7 @@ def _free_port() -> int:
 
 def test_ddp_two_processes_on_cpu_keep_identical_parameters(pop909_dir: Path, cache_dir: Path,
                                                               tmp_path: Path) -> None:
-    overrides = tiny_overrides(pop909_dir, cache_dir, tmp_path / "ckpt", 6) + ["device=cpu"]
+    overrides = tiny_overrides(pop909_dir, cache_dir, tmp_path / "ckpt", 6) + ["device=cpu", "train.grad_accum=2"]
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), *overrides]

@@ -7,6 +7,7 @@ So a run interrupted and resumed ends with the same parameters as one that ran s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -236,13 +237,13 @@ def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, pro
                 batch = torch.stack([train_set[i] for i in batch_indices(
                     step, micro, grad_accum, batch_size, info.rank, info.world_size)]).to(device)
                 inputs, targets = batch[:, :-1], batch[:, 1:]
-                sync = micro == grad_accum - 1 or not info.enabled
-                ctx = model.no_sync() if not sync else _nullcontext()
-                with ctx, _autocast(device, precision):
-                    logits = model(inputs)
-                    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                           ignore_index=vocab.pad_id) / grad_accum
-                with ctx:
+                # DDP all-reduces gradients only on the last micro-batch of an accumulated step.
+                last_micro = micro == grad_accum - 1 or not info.enabled
+                with model.no_sync() if not last_micro else contextlib.nullcontext():
+                    with _autocast(device, precision):
+                        logits = model(inputs)
+                        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                               ignore_index=vocab.pad_id) / grad_accum
                     scaler.scale(loss).backward()
                 loss_sum += loss.detach()
                 tokens_seen += int((targets != vocab.pad_id).sum())
@@ -289,14 +290,6 @@ def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, pro
     logger.finish()
     barrier(info)
     return TrainResult(step, last_loss, best_val, ckpt_dir, interrupted, losses)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _make_optimizer(model: torch.nn.Module, tcfg: DictConfig) -> torch.optim.Optimizer:
