@@ -78,3 +78,26 @@ def test_generation_seed_reproducible_and_sampling_loop() -> None:
         return out
 
     assert sample(5) == sample(5)
+
+
+@pytest.mark.parametrize("name", ["spe_sine_gated", "none"])
+def test_lean_step_matches_generic_step(name: str) -> None:
+    """The lean no-grad step (cached per-sequence plan, in-place state) equals the generic path
+    (taken when gradients are enabled), also after the parameters change in place."""
+    from musicgen.model.recurrent import plan_applies
+
+    model = build_model(small_cfg(**UNBOUNDED[name], attention__feature_map="performer"), VOCAB).eval()
+    x = torch.randint(1, VOCAB, (2, 20))
+    for attempt in range(2):
+        fast = model.init_state(2, generator=torch.Generator().manual_seed(4))
+        slow = model.init_state(2, generator=torch.Generator().manual_seed(4))
+        for i in range(20):
+            with torch.no_grad():
+                assert plan_applies(model, fast)
+                lf, fast = model.step(x[:, i], fast)
+            ls, slow = model.step(x[:, i], slow)  # grad enabled: generic path
+            assert (lf - ls.detach()).abs().max().item() < 1e-5
+        assert fast.plan is not None and fast.position == slow.position == 20
+        with torch.no_grad():  # in-place update: the cached plan must be rebuilt
+            for p in model.parameters():
+                p.mul_(1.1)

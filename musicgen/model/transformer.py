@@ -237,7 +237,12 @@ class MusicTransformer(nn.Module):
         )
 
     def step(self, tokens: Tensor, state: GenerationState) -> tuple[Tensor, GenerationState]:
-        """tokens (B,) at position ``state.position`` -> logits (B, V) and the advanced state."""
+        """tokens (B,) at position ``state.position`` -> logits (B, V) and the advanced state.
+
+        In eval mode with gradients off (generation), linear attention with pe none / ape /
+        spe_sine runs the lean path of :mod:`.recurrent` (per-sequence constants cached in
+        ``state.plan``, attention states updated in place); same maths as the generic path below.
+        """
         if plan_applies(self, state):  # eval + no grad + linear attention: lean path, same maths
             return fast_step(self, tokens, state), state
         n = state.position
