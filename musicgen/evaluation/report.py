@@ -50,6 +50,18 @@ __all__ = [
 DRIFT_PLOT_KEYS: tuple[str, ...] = ("H4", "GS", "note_density", "empty_bar_rate", "skipped_share")
 
 
+
+def _save_figure(fig, path: str | Path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
 # --------------------------------------------------------------------------------------------------------- #
 # Options
 # --------------------------------------------------------------------------------------------------------- #
@@ -358,12 +370,7 @@ def plot_nll_by_position(curves: Mapping[str, PositionNLL], train_len: int, path
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=120)
 
 
 # --------------------------------------------------------------------------------------------------------- #
@@ -584,12 +591,7 @@ def plot_drift(reports: Mapping[str, DriftReport], path: str | Path,
         ax.set_xlabel("window start (token)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=110)
 
 
 # --------------------------------------------------------------------------------------------------------- #
