@@ -1,6 +1,6 @@
 """Corpus preparation: MIDI folder -> token cache, in parallel, skipping and reporting bad files.
 
-    python -m musicgen.data.prepare data=pop909 data.root=../shared/data/pop909
+    python -m musicgen.data.prepare data=pop909 data.root=/path/to/pop909
 
 An unchanged corpus is not re-tokenized: files whose SHA-1 (and tokenizer settings and metre) match the
 existing manifest keep their cached ids.
