@@ -28,13 +28,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import PROJECT_ROOT, UserError
+from ..config import PROJECT_ROOT, UserError, require_known_keys
 from .likelihood import NATS_PER_BIT, PositionNLL, extrapolation_edges, position_nll
 
 Log = Callable[[str], None]
@@ -101,10 +101,7 @@ class EvaluateOptions:
             values["data_root"] = data["root"]
         if data.get("cache_dir") is not None:
             values["data_cache_dir"] = data["cache_dir"]
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown evaluate option(s): {', '.join(unknown)}")
+        require_known_keys(cls, values, "evaluate")
         return cls(**values)
 
     def __post_init__(self) -> None:

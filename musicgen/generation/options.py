@@ -7,11 +7,11 @@ reported as one line (UserError).
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import PROJECT_ROOT, UserError
+from ..config import PROJECT_ROOT, UserError, require_known_keys
 from .render import RENDER_CHOICES
 from .sampling import SamplingConfig
 from .session import DEFAULT_MAX_TOKENS, StopConfig
@@ -53,10 +53,7 @@ class GenerateOptions:
     def from_mapping(cls, values: Mapping[str, Any]) -> "GenerateOptions":
         """From a dict or the Hydra config; unknown keys are an error naming them."""
         values = {k: v for k, v in dict(values).items() if k != "hydra"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown generate option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        require_known_keys(cls, values, "generate", list_known=True)
         return cls(**values)
 
     def __post_init__(self) -> None:

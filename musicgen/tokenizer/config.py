@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 
@@ -45,9 +45,8 @@ class TokenizerConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "TokenizerConfig":
         """Build from a dict or OmegaConf node; unknown keys are an error that names them."""
+        from ..config import require_known_keys
+
         values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown tokenizer option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        require_known_keys(cls, values, "tokenizer", list_known=True, error=ValueError)
         return cls(**values)
