@@ -33,7 +33,8 @@ def _filtered(kind: str, realizations: int, seed: int, length: int = L) -> tuple
         filt.gate.fill_(-40.0)  # g = sigmoid(-40) ~ 4e-18: gate closed
         g = torch.Generator().manual_seed(seed)
         noise = gen.draw(g, torch.device("cpu"))
-        codes = gen.codes(noise, length)
+        # sine codes in chunks of 16 positions: lags cross chunk boundaries (rotated weights)
+        codes = gen.codes(noise, length, chunk=16) if kind == "sine" else gen.codes(noise, length)
         eye = torch.eye(D).view(D, 1, 1, D).expand(D, length, H, D)  # batch = feature index
         qhat, khat = filt(eye, eye, codes, filt.draw(g, torch.device("cpu")))  # (D, H, length, R)
     scale = (realizations * D) ** 0.25

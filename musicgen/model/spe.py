@@ -16,7 +16,10 @@ forms the (L x L) matrix. Two code generators:
 
 Codes are shared across the batch (one draw per forward) and, with ``pe.share``, across layers:
 one generator for the whole model, one :class:`SPEFilter` (gate) per layer.
-Layouts: codes (L, H, d, R); queries/keys (B, L, H, d); filtered (B, H, L, R).
+Layouts: ConvSPE codes (L, H, d, R); SineSPE codes stay factorised (:class:`SineCodes`: an
+(H, L, 2K, d) basis and (H, 2K, d, R) mixing weights) and are applied by
+:func:`.sine_filter.sine_filter` without ever forming the (L, H, d, R) tensors;
+queries/keys (B, L, H, d); filtered (B, H, L, R).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .noise import NoiseStream, derive_seed, randn
+from .sine_filter import SINE_CHUNK, SineCodes, rotate_chunks, sine_filter
 
 __all__ = ["SineSPE", "ConvSPE", "SPEFilter", "ConvNoise", "build_code_generator"]
 
@@ -79,28 +83,46 @@ class SineSPE(nn.Module):
         mk = torch.cat([zc, zs], dim=2) * self.scale
         return mq, mk
 
-    def codes_at(self, noise: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Codes for positions (L,) (integer tensor) -> two contiguous (L, H, d, R) tensors.
+    def _phase(self, positions: Tensor) -> Tensor:
+        """2 pi (f n mod 1) at integer positions (L,) -> (H, L, K, d).
 
-        Two separate products rather than one sliced in two: slicing a code-sized tensor makes
-        autograd allocate and zero-fill a full-size gradient per slice.
+        f * n is formed in float64 and reduced mod 1 before the float32 trigonometry: at
+        position 10^5 a float32 phase would be off by ~0.05 rad for the highest frequencies,
+        and generation has no maximum length.
         """
-        freqs = torch.sigmoid(self.freqs) / 2  # (H, d, K)
-        # f * n in float64, reduced mod 1: at position 10^5 a float32 phase would be off by
-        # ~0.05 rad for the highest frequencies; generation has no maximum length.
+        freqs = (torch.sigmoid(self.freqs) / 2).transpose(1, 2)  # (H, K, d)
         hi = torch.float32 if positions.device.type == "mps" else torch.float64  # MPS has no float64
-        cycles = freqs.to(hi).unsqueeze(0) * positions.to(hi).view(-1, 1, 1, 1)
-        phase = (2 * math.pi) * (cycles - cycles.detach().floor()).to(freqs.dtype)
-        omega = torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)  # (L, H, d, 2K)
-        mq, mk = self._mixing(noise)
-        return (
-            torch.einsum("lhdk,hdkr->lhdr", omega, mq).contiguous(),
-            torch.einsum("lhdk,hdkr->lhdr", omega, mk).contiguous(),
-        )
+        cycles = freqs.to(hi).unsqueeze(1) * positions.to(hi).view(1, -1, 1, 1)  # (H, L, K, d)
+        return (2 * math.pi) * (cycles - cycles.detach().floor()).to(freqs.dtype)
+
+    def basis(self, positions: Tensor) -> Tensor:
+        """Omega_k at integer positions (L,) -> (H, L, 2K, d): [cos(2 pi f n), sin(2 pi f n)]."""
+        phase = self._phase(positions)
+        return torch.cat([torch.cos(phase), torch.sin(phase)], dim=2)
+
+    def codes_at(self, noise: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Materialised codes for positions (L,) -> two (L, H, d, R) tensors (recurrent step)."""
+        omega = self.basis(positions)  # (H, L, 2K, d)
+        mq, mk = self._mixing(noise)  # (H, d, 2K, R)
+        return torch.einsum("hljd,hdjr->lhdr", omega, mq), torch.einsum("hljd,hdjr->lhdr", omega, mk)
 
     # uniform interface used by the model -------------------------------------------------
-    def codes(self, noise: Tensor, length: int) -> tuple[Tensor, Tensor]:
-        return self.codes_at(noise, torch.arange(length, device=self.freqs.device))
+    def codes(self, noise: Tensor, length: int, chunk: int = SINE_CHUNK) -> SineCodes:
+        """Codes for positions 0..L-1 in factorised, chunked form (:mod:`.sine_filter`): local
+        query/key bases for one chunk and rotated noise per chunk; never (L, H, d, R) tensors."""
+        device = self.freqs.device
+        chunk = min(chunk, length)
+        local = self._phase(torch.arange(chunk, device=device))  # (H, C, K, d)
+        local_q = local + self.offsets.transpose(1, 2).unsqueeze(1)
+        omega = torch.stack(
+            [torch.cat([torch.cos(local_q), torch.sin(local_q)], dim=2),
+             torch.cat([torch.cos(local), torch.sin(local)], dim=2)],
+            dim=1,
+        )  # (H, 2, C, 2K, d)
+        offsets = self._phase(torch.arange(0, length, chunk, device=device)).transpose(0, 1)  # (n, H, K, d)
+        _, mk = self._mixing(noise)  # (H, d, 2K, R): the key mixing is the plain (scaled) noise
+        weights = rotate_chunks(mk.transpose(1, 2), torch.cos(offsets), torch.sin(offsets))
+        return SineCodes(omega, weights)
 
     def begin(self, noise: Tensor) -> Tensor:
         """Recurrent state: just the noise; codes at n are recomputed from the sines."""
@@ -269,9 +291,12 @@ class SPEFilter(nn.Module):
         return out.view(length, h, b, -1).permute(2, 1, 0, 3).contiguous()
 
     def forward(
-        self, q: Tensor, k: Tensor, codes: tuple[Tensor, Tensor], eps: Tensor | None
+        self, q: Tensor, k: Tensor, codes: SineCodes | tuple[Tensor, Tensor], eps: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """q, k: (B, L, H, d); codes: (L, H, d, R) each -> qhat, khat: (B, H, L, R)."""
+        """q, k: (B, L, H, d); codes: factorised SineSPE codes, or (L, H, d, R) Qbar, Kbar
+        -> qhat, khat: (B, H, L, R)."""
+        if isinstance(codes, SineCodes):
+            return self._forward_factorised(q, k, codes, eps)
         qbar, kbar = codes
         if not self.gated:
             return self._filter(q, qbar), self._filter(k, kbar)
@@ -282,6 +307,19 @@ class SPEFilter(nn.Module):
         qhat = self._filter(q * keep, qbar) + torch.einsum("blhd,hdr->bhlr", q * mix, eps)
         khat = self._filter(k * keep, kbar) + torch.einsum("blhd,hdr->bhlr", k * mix, eps)
         return qhat, khat
+
+    def _forward_factorised(
+        self, q: Tensor, k: Tensor, codes: SineCodes, eps: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """SineSPE: queries and keys in one chunked kernel; sqrt(1-g) scales them (as in the
+        generic path) and the gating term x·(sqrt(g) eps) is one extra (d x R) product."""
+        x = torch.stack([q, k]).permute(3, 0, 1, 2, 4).contiguous()  # (H, 2, B, L, d)
+        if not self.gated:
+            return sine_filter(x, codes.omega, codes.weights)
+        assert eps is not None
+        keep = torch.sigmoid(-self.gate).sqrt().to(x.dtype)  # (H, d); x keeps its (autocast) dtype
+        gate_w = torch.sigmoid(self.gate).sqrt().unsqueeze(-1) * eps  # (H, d, R)
+        return sine_filter(x * keep.view(-1, 1, 1, 1, self.head_dim), codes.omega, codes.weights, x, gate_w)
 
 
 def build_code_generator(pe_cfg: dict, n_heads: int, head_dim: int) -> nn.Module:

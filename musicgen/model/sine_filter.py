@@ -1,0 +1,189 @@
+"""SineSPE filtering without materialising the codes: chunked GEMMs with a hand-written backward.
+
+SineSPE codes are low rank in time. With the key basis Omega_k(n) = [cos(2 pi f n), sin(2 pi f n)]
+and the query basis Omega_q(n) (the same with the query phase offsets), both codes share one
+(2K, R) noise matrix W per feature d (gains and the (R d)^(-1/4) scale folded in):
+Qbar[n, d] = Omega_q(n)[:, d] W[:, d],  Kbar[n, d] = Omega_k(n)[:, d] W[:, d]. Filtering is then
+
+    qhat[n, :] = sum_{j, d} (q[n, d] Omega_q[n, j, d]) W[j, d, :]       (one GEMM per head)
+
+and never needs the (L, H, d, R) code tensors (1 GB for queries and keys at 8192 tokens).
+
+* **Chunks share one basis.** Write n = n0 + m with n0 a multiple of the chunk length C. Angle
+  addition gives Omega(n0 + m) W = Omega(m) (Rot(2 pi f n0) W): every chunk uses the *same* local
+  bases Omega_q(m), Omega_k(m), m < C, and its own rotated weights W_c (a (2K, d, R) block per
+  chunk, shared by queries and keys). Only the activations are per position; the bases and their
+  gradients are (H, 2, C, 2K, d), and the exact float64 phase reduction is needed only for n0.
+* **Queries and keys in one product.** A chunk's rows [q ⊗ Omega_q ; k ⊗ Omega_k] multiply the
+  same W_c: one GEMM of 2C rows per head, and one for the weight gradient.
+* **Chunk-sized working sets.** A = x ⊗ Omega is built chunk by chunk in one reused buffer (the CPU
+  allocator hands big blocks back to the OS, so a fresh 100 MB temporary per call costs more in
+  page faults than its arithmetic) and rebuilt in the backward rather than stored.
+
+Gating adds a (d x R) block per layer, shared by queries and keys: xhat += x @ (sqrt(g) eps);
+the sqrt(1-g) factor is applied to x by the caller. Everything runs in x's dtype (so bf16/fp16
+autocast uses half-precision GEMMs on CUDA); gradients come back in each input's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["SINE_CHUNK", "SineCodes", "rotate_chunks", "sine_filter"]
+
+#: positions per chunk: large enough for efficient GEMMs (2C rows), small enough that the chunk
+#: buffers (H x 2C x 2K x d floats: 10 MB for 4 heads of 64 features, K = 5) stay cache-friendly.
+SINE_CHUNK = 512
+
+
+@dataclass
+class SineCodes:
+    """Factorised SineSPE codes of one sequence (see the module docstring).
+
+    omega: (H, 2, C, J, d) local bases [Omega_q(m), Omega_k(m)], m < C (J = 2K: cosines, sines).
+    weights: (n_chunks, H, J, d, R) rotated noise of each chunk, shared by queries and keys.
+    Qbar[n0 + m] = Omega_q(m) weights[n0 / C] and Kbar[n0 + m] = Omega_k(m) weights[n0 / C].
+    """
+
+    omega: Tensor
+    weights: Tensor
+
+    @property
+    def chunk(self) -> int:
+        return self.omega.shape[2]
+
+    def materialise(self, length: int) -> tuple[Tensor, Tensor]:
+        """Codes (L, H, d, R) for queries and keys: a reference for tests and analysis."""
+        c = self.chunk
+        n = torch.arange(length, device=self.omega.device)
+        om = self.omega[:, :, n % c]  # (H, 2, L, J, d)
+        w = self.weights[n // c]  # (L, H, J, d, R)
+        return (
+            torch.einsum("hljd,lhjdr->lhdr", om[:, 0], w),
+            torch.einsum("hljd,lhjdr->lhdr", om[:, 1], w),
+        )
+
+
+def rotate_chunks(weight: Tensor, cos_b: Tensor, sin_b: Tensor) -> Tensor:
+    """Per-chunk weights Rot(beta_c) W: weight (H, 2K, d, R), cos_b/sin_b (n_chunks, H, K, d).
+
+    cos(a + b) = cos a cos b - sin a sin b and sin(a + b) = sin a cos b + cos a sin b, so the
+    coefficients of the local [cos a, sin a] basis are [cos b Wc + sin b Ws, cos b Ws - sin b Wc].
+    Returns (n_chunks, H, 2K, d, R).
+    """
+    k = cos_b.shape[2]
+    wc, ws = weight[None, :, :k], weight[None, :, k:]  # (1, H, K, d, R)
+    cb, sb = cos_b.unsqueeze(-1), sin_b.unsqueeze(-1)  # (n, H, K, d, 1)
+    return torch.cat([cb * wc + sb * ws, cb * ws - sb * wc], dim=2)
+
+
+def _prefix(buf: Tensor, *shape: int) -> Tensor:
+    """A contiguous tensor of ``shape`` at the start of ``buf`` (for the shorter last chunk)."""
+    return buf.view(-1)[: torch.Size(shape).numel()].view(shape)
+
+
+def _chunks(length: int, chunk: int) -> list[tuple[int, int, int]]:
+    return [(c, s, min(s + chunk, length)) for c, s in enumerate(range(0, length, chunk))]
+
+
+class _SineFilter(torch.autograd.Function):
+    """out (2, B, H, L, R): per chunk, [q ⊗ Omega_q ; k ⊗ Omega_k] @ W_c (+ [q ; k] @ G)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, omega: Tensor, weights: Tensor, x_gate: Tensor | None, gate_w: Tensor | None):
+        h, _, b, length, d = x.shape
+        j, r = omega.shape[3], weights.shape[-1]
+        dt = x.dtype
+        ctx.dtypes = (omega.dtype, weights.dtype, None if gate_w is None else gate_w.dtype,
+                      None if x_gate is None else x_gate.dtype)
+        omega = omega.to(dt)
+        weights = weights.to(dt).view(weights.shape[0], h, j * d, r)
+        xs = x.contiguous()
+        xg = None if x_gate is None else x_gate.to(dt).contiguous()
+        gw = None if gate_w is None else gate_w.to(dt)
+        out = x.new_empty(2, b, h, length, r)
+        buf = x.new_empty(h, 2, omega.shape[2], j, d)
+        for c, s, e in _chunks(length, omega.shape[2]):
+            n = e - s
+            a = _prefix(buf, h, 2, n, j, d)
+            for i in range(b):
+                torch.mul(xs[:, :, i, s:e].unsqueeze(3), omega[:, :, :n], out=a)
+                y = torch.bmm(a.view(h, 2 * n, j * d), weights[c])  # (H, 2n, R)
+                if xg is not None:
+                    y.baddbmm_(xg[:, :, i, s:e].reshape(h, 2 * n, d), gw)
+                out[:, i, :, s:e] = y.view(h, 2, n, r).transpose(0, 1)
+        ctx.save_for_backward(xs, omega, weights, xg, gw)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor):
+        xs, omega, weights, xg, gw = ctx.saved_tensors
+        h, _, b, length, d = xs.shape
+        j, r = omega.shape[3], weights.shape[-1]
+        need_x, need_omega, need_w, need_xg, need_gw = ctx.needs_input_grad
+        g_all = d_out.to(xs.dtype)
+        dx = torch.empty_like(xs) if need_x else None
+        dxg = torch.empty_like(xg) if need_xg else None
+        d_omega = torch.zeros_like(omega) if need_omega else None
+        # weight gradient accumulated transposed, (n, H, R, J d): g^T A is faster than A^T g here
+        d_wt = weights.new_zeros(weights.shape[0], h, r, j * d) if need_w else None
+        d_gw = torch.zeros_like(gw) if need_gw else None
+        w_t = weights.transpose(2, 3).contiguous() if (need_x or need_omega) else None  # (n, H, R, J d)
+        chunk = omega.shape[2]
+        buf = xs.new_empty(h, 2, chunk, j, d)
+        da_buf = xs.new_empty(h, 2, chunk, j, d)
+        g_buf = xs.new_empty(h, 2, chunk, r)
+        for c, s, e in _chunks(length, chunk):
+            n = e - s
+            om = omega[:, :, :n]
+            for i in range(b):
+                g = _prefix(g_buf, h, 2, n, r)
+                g.copy_(g_all[:, i, :, s:e].transpose(0, 1))
+                g2 = g.view(h, 2 * n, r)
+                xc = xs[:, :, i, s:e].unsqueeze(3)  # (H, 2, n, 1, d)
+                if need_w:
+                    a = _prefix(buf, h, 2, n, j, d)
+                    torch.mul(xc, om, out=a)
+                    d_wt[c].baddbmm_(g2.transpose(1, 2), a.view(h, 2 * n, j * d))
+                if xg is not None:
+                    xgc = xg[:, :, i, s:e].reshape(h, 2 * n, d)
+                    if need_gw:
+                        d_gw.baddbmm_(xgc.transpose(1, 2), g2)
+                    if need_xg:
+                        dxg[:, :, i, s:e] = torch.bmm(g2, gw.transpose(1, 2)).view(h, 2, n, d)
+                if need_x or need_omega:
+                    da = _prefix(da_buf, h, 2, n, j, d)
+                    torch.bmm(g2, w_t[c], out=da.view(h, 2 * n, j * d))
+                    if need_x:  # sum_j dA[.., j, :] * Omega[.., j, :], without a (.., J, d) temporary
+                        dxc = dx[:, :, i, s:e]
+                        torch.mul(da[:, :, :, 0], om[:, :, :, 0], out=dxc)
+                        for q in range(1, j):
+                            dxc.addcmul_(da[:, :, :, q], om[:, :, :, q])
+                    if need_omega:
+                        d_omega[:, :, :n].addcmul_(da, xc)
+        o_dt, w_dt, g_dt, xg_dt = ctx.dtypes
+        return (
+            dx,
+            None if d_omega is None else d_omega.to(o_dt),
+            None if d_wt is None else d_wt.transpose(2, 3).reshape(-1, h, j, d, r).to(w_dt),
+            None if dxg is None else dxg.to(xg_dt),
+            None if d_gw is None else d_gw.to(g_dt),
+        )
+
+
+def sine_filter(
+    x: Tensor, omega: Tensor, weights: Tensor, x_gate: Tensor | None = None, gate_weight: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Filter queries and keys with factorised SineSPE codes -> qhat, khat, each (B, H, L, R).
+
+    x: (H, 2, B, L, d) queries and keys (already scaled by sqrt(1 - g) when gated);
+    omega: (H, 2, C, J, d) local bases; weights: (n_chunks, H, J, d, R) (:func:`rotate_chunks`);
+    x_gate (H, 2, B, L, d) and gate_weight (H, d, R) = sqrt(g) eps: the gating term, or None.
+    """
+    if (x_gate is None) != (gate_weight is None):
+        raise ValueError("x_gate and gate_weight go together")
+    out = _SineFilter.apply(x, omega, weights, x_gate, gate_weight)
+    return out[0], out[1]
