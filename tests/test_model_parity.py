@@ -65,6 +65,14 @@ def test_step_forward_parity(name: str) -> None:
     assert (ref - rec).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("name", ["spe_sine_gated-performer", "spe_sine-elu"])
+def test_step_forward_parity_sine_codes_in_chunks(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parallel form cuts SineSPE codes into chunks (512 positions in the model); with chunks
+    of 16 the 70 positions span five of them, and stepping must still agree."""
+    monkeypatch.setattr("musicgen.model.spe.SINE_CHUNK", 16)
+    test_step_forward_parity(name)
+
+
 @pytest.mark.parametrize("name", ["spe_sine_gated-performer", "spe_conv_gated-performer", "softmax-ape", "none-elu"])
 def test_prefill_then_step_parity(name: str) -> None:
     torch.manual_seed(0)

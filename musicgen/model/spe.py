@@ -107,11 +107,11 @@ class SineSPE(nn.Module):
         return torch.einsum("hljd,hdjr->lhdr", omega, mq), torch.einsum("hljd,hdjr->lhdr", omega, mk)
 
     # uniform interface used by the model -------------------------------------------------
-    def codes(self, noise: Tensor, length: int, chunk: int = SINE_CHUNK) -> SineCodes:
+    def codes(self, noise: Tensor, length: int, chunk: int | None = None) -> SineCodes:
         """Codes for positions 0..L-1 in factorised, chunked form (:mod:`.sine_filter`): local
         query/key bases for one chunk and rotated noise per chunk; never (L, H, d, R) tensors."""
         device = self.freqs.device
-        chunk = min(chunk, length)
+        chunk = min(SINE_CHUNK if chunk is None else chunk, length)
         local = self._phase(torch.arange(chunk, device=device))  # (H, C, K, d)
         local_q = local + self.offsets.transpose(1, 2).unsqueeze(1)
         omega = torch.stack(
