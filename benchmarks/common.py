@@ -31,9 +31,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return text
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(name: str, payload: dict[str, Any], out: str | Path | None = None) -> Path:
+    """Write ``payload`` to ``out``, by default benchmarks/results/<name>.json."""
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=str))
     print(f"wrote {path}")
     return path

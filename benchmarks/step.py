@@ -49,13 +49,17 @@ def reach_position(model, state, position: int) -> None:
 @torch.no_grad()
 def time_steps(model, position: int, steps: int, warmup: int, vocab: int) -> list[float]:
     g = torch.Generator().manual_seed(0)
-    state = model.init_state(1, generator=g, max_len=position + steps + warmup + 1)
+    device = model.embed.weight.device
+    state = model.init_state(1, device=device, generator=g, max_len=position + steps + warmup + 1)
     reach_position(model, state, position)
-    tok = torch.randint(1, vocab, (1,), generator=g)
+    tok = torch.randint(1, vocab, (1,), generator=g).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(warmup + steps):
+        sync()
         t0 = time.perf_counter()
         logits, state = model.step(tok, state)
+        sync()
         dt = time.perf_counter() - t0
         if i >= warmup:
             times.append(dt)
@@ -72,6 +76,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--vocab", type=int, default=400)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,14 +84,14 @@ def main() -> None:
     models = {}
     for name in args.models:
         torch.manual_seed(0)
-        models[name] = build_model(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), args.vocab).eval()
+        models[name] = build_model(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), args.vocab).to(args.device).eval()
 
     results = []
     print(f"{'model':18s} {'position':>9s} {'ms/token (median)':>18s} {'p10':>8s} {'p90':>8s} {'state MB':>9s}")
     for pos in args.positions:
         for name, model in models.items():  # interleaved: side-by-side under the same machine load
             times = sorted(time_steps(model, pos, args.steps, args.warmup, args.vocab))
-            state = model.init_state(1, max_len=pos + 1)
+            state = model.init_state(1, device=args.device, max_len=pos + 1)
             med = 1e3 * statistics.median(times)
             p10, p90 = 1e3 * times[len(times) // 10], 1e3 * times[(9 * len(times)) // 10]
             mb = state.nbytes() / 2**20
@@ -104,7 +109,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"threads": args.threads, "steps": args.steps, "warmup": args.warmup, "batch": 1,
+    meta = {"device": args.device, "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "batch": 1,
             "torch": torch.__version__, "loadavg_at_end": os.getloadavg()}
     out.write_text(json.dumps({"meta": meta, "results": results, "growth": growth}, indent=2))
     print(f"\nwrote {out}")

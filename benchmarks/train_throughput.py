@@ -31,7 +31,8 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker(model_name: str, length: int, tokens: int, repeats: int, device: str, overrides: list[str]) -> dict:
+def worker(model_name: str, length: int, tokens: int, repeats: int, device: str, overrides: list[str],
+           precision: str = "fp32") -> dict:
     import torch
     import yaml
 
@@ -57,7 +58,8 @@ def worker(model_name: str, length: int, tokens: int, repeats: int, device: str,
 
     def step() -> float:
         t0 = time.perf_counter()
-        logits = model(x[:, :-1])
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(x[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, VOCAB), x[:, 1:].reshape(-1))
         loss.backward()
         optimizer.step()
@@ -70,7 +72,7 @@ def worker(model_name: str, length: int, tokens: int, repeats: int, device: str,
     times = [step() for _ in range(repeats)]
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _maxrss_mb() - base
     seconds = median(times)
-    return {"model": model_name, "length": length, "batch": batch, "seconds_per_step": seconds,
+    return {"model": model_name, "length": length, "batch": batch, "precision": precision, "seconds_per_step": seconds,
             "tokens_per_s": batch * length / seconds, "peak_mb": peak}
 
 
@@ -81,18 +83,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["spe_sine_gated", "ape", "softmax"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (CUDA)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_throughput.json)")
     parser.add_argument("--override", action="append", default=[], help="model override, e.g. attention.feature_map=elu")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = worker(args.worker[0], int(args.worker[1]), args.tokens, args.repeats, args.device, args.override)
+        result = worker(args.worker[0], int(args.worker[1]), args.tokens, args.repeats, args.device, args.override,
+                        args.precision)
         print(json.dumps(result))
         return
     results = []
     for length in args.lengths:
         for name in args.models:
             cmd = [sys.executable, __file__, "--worker", name, str(length), "--tokens", str(args.tokens),
-                   "--repeats", str(args.repeats), "--device", args.device]
+                   "--repeats", str(args.repeats), "--device", args.device, "--precision", args.precision]
             for item in args.override:
                 cmd += ["--override", item]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -117,9 +122,9 @@ def main() -> None:
     table = print_table(["model", "seq_len", "batch", "s/step", "tokens/s", "peak MB"], rows)
     for key, value in ratios.items():
         print(f"{key}: {value:.2f}x")
-    write_results("train_throughput", {"device": args.device, "tokens_per_step": args.tokens,
+    write_results("train_throughput", {"device": args.device, "precision": args.precision, "tokens_per_step": args.tokens,
                                        "overrides": args.override, "results": results, "ratios": ratios,
-                                       "table": table})
+                                       "table": table}, args.out)
 
 
 if __name__ == "__main__":
