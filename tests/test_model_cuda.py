@@ -42,9 +42,14 @@ def test_cuda_parity_step_vs_forward(name: str, monkeypatch: pytest.MonkeyPatch)
     assert (ref - rec).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("name", CUDA_CASES)
+@pytest.mark.parametrize("name", [c for c in CUDA_CASES if "conv" not in c])
 def test_cuda_matches_cpu_forward_and_gradients(name: str) -> None:
-    """Same weights, same (CPU-generator) noise: logits and gradients agree across devices."""
+    """Same weights, same (CPU-generator) noise: logits and gradients agree across devices.
+
+    ConvSPE is left out on purpose: its noise stream is drawn by a generator on the model's
+    device (CPU-drawn noise would cost seconds per long training crop), so its draws, and hence
+    its logits, differ between devices for the same seed; its step/forward parity on CUDA is
+    tested above."""
     torch.manual_seed(0)
     cpu = build_model(small_cfg(**CASES[name]), VOCAB).train()
     gpu = build_model(small_cfg(**CASES[name]), VOCAB).cuda().train()

@@ -64,10 +64,13 @@ def test_sine_filter_parity_values_and_gradients(gated: bool) -> None:
         assert pa[name] is not None and torch.allclose(pa[name], pb[name], rtol=1e-8, atol=1e-10), name
 
 
-def test_sine_filter_parity_gradcheck() -> None:
-    """The hand-written backward against finite differences, every input, gating term included."""
+@pytest.mark.parametrize("group", [1, 2])
+def test_sine_filter_parity_gradcheck(group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-written backward against finite differences, every input, gating term included.
+    group=2 runs the GPU layout (several batch rows per product, here with a short last group)."""
+    monkeypatch.setattr("musicgen.model.sine_filter._batch_group", lambda device, chunk, batch: min(batch, group))
     torch.manual_seed(0)
-    h, b, length, j, d, r, chunk = 2, 2, 7, 4, 3, 2, 3
+    h, b, length, j, d, r, chunk = 2, 3, 7, 4, 3, 2, 3
     dt = torch.float64
     x = torch.randn(h, 2, b, length, d, dtype=dt, requires_grad=True)
     omega = torch.randn(h, 2, chunk, j, d, dtype=dt, requires_grad=True)

@@ -85,6 +85,12 @@ def _prefix(buf: Tensor, *shape: int) -> Tensor:
     return buf.view(-1)[: torch.Size(shape).numel()].view(shape)
 
 
+def _batch_group(device: torch.device, chunk: int, batch: int) -> int:
+    """Batch rows per product: on a CPU one row (a chunk's working set stays in cache); on a GPU
+    as many as make ~8k positions (fewer, larger kernels: small products are launch-bound)."""
+    return 1 if device.type == "cpu" else max(1, min(batch, 8192 // chunk))
+
+
 def _chunks(length: int, chunk: int) -> list[tuple[int, int, int]]:
     return [(c, s, min(s + chunk, length)) for c, s in enumerate(range(0, length, chunk))]
 
@@ -105,16 +111,19 @@ class _SineFilter(torch.autograd.Function):
         xg = None if x_gate is None else x_gate.to(dt).contiguous()
         gw = None if gate_w is None else gate_w.to(dt)
         out = x.new_empty(2, b, h, length, r)
-        buf = x.new_empty(h, 2, omega.shape[2], j, d)
-        for c, s, e in _chunks(length, omega.shape[2]):
+        chunk = omega.shape[2]
+        group = _batch_group(x.device, chunk, b)
+        buf = x.new_empty(h, 2, group, chunk, j, d)
+        for c, s, e in _chunks(length, chunk):
             n = e - s
-            a = _prefix(buf, h, 2, n, j, d)
-            for i in range(b):
-                torch.mul(xs[:, :, i, s:e].unsqueeze(3), omega[:, :, :n], out=a)
-                y = torch.bmm(a.view(h, 2 * n, j * d), weights[c])  # (H, 2n, R)
+            for i0 in range(0, b, group):
+                m = min(b, i0 + group) - i0
+                a = _prefix(buf, h, 2, m, n, j, d)
+                torch.mul(xs[:, :, i0 : i0 + m, s:e].unsqueeze(4), omega[:, :, None, :n], out=a)
+                y = torch.bmm(a.view(h, 2 * m * n, j * d), weights[c])  # (H, 2 m n, R)
                 if xg is not None:
-                    y.baddbmm_(xg[:, :, i, s:e].reshape(h, 2 * n, d), gw)
-                out[:, i, :, s:e] = y.view(h, 2, n, r).transpose(0, 1)
+                    y.baddbmm_(xg[:, :, i0 : i0 + m, s:e].reshape(h, 2 * m * n, d), gw)
+                out[:, i0 : i0 + m, :, s:e] = y.view(h, 2, m, n, r).permute(1, 2, 0, 3, 4)
         ctx.save_for_backward(xs, omega, weights, xg, gw)
         return out
 
@@ -133,37 +142,41 @@ class _SineFilter(torch.autograd.Function):
         d_gw = torch.zeros_like(gw) if need_gw else None
         w_t = weights.transpose(2, 3).contiguous() if (need_x or need_omega) else None  # (n, H, R, J d)
         chunk = omega.shape[2]
-        buf = xs.new_empty(h, 2, chunk, j, d)
-        da_buf = xs.new_empty(h, 2, chunk, j, d)
-        g_buf = xs.new_empty(h, 2, chunk, r)
+        group = _batch_group(xs.device, chunk, b)
+        buf = xs.new_empty(h, 2, group, chunk, j, d)
+        da_buf = xs.new_empty(h, 2, group, chunk, j, d)
+        g_buf = xs.new_empty(h, 2, group, chunk, r)
         for c, s, e in _chunks(length, chunk):
             n = e - s
-            om = omega[:, :, :n]
-            for i in range(b):
-                g = _prefix(g_buf, h, 2, n, r)
-                g.copy_(g_all[:, i, :, s:e].transpose(0, 1))
-                g2 = g.view(h, 2 * n, r)
-                xc = xs[:, :, i, s:e].unsqueeze(3)  # (H, 2, n, 1, d)
+            om = omega[:, :, None, :n]  # (H, 2, 1, n, J, d)
+            for i0 in range(0, b, group):
+                m = min(b, i0 + group) - i0
+                rows = 2 * m * n
+                g = _prefix(g_buf, h, 2, m, n, r)
+                g.copy_(g_all[:, i0 : i0 + m, :, s:e].permute(2, 0, 1, 3, 4))
+                g2 = g.view(h, rows, r)
+                xc = xs[:, :, i0 : i0 + m, s:e].unsqueeze(4)  # (H, 2, m, n, 1, d)
                 if need_w:
-                    a = _prefix(buf, h, 2, n, j, d)
+                    a = _prefix(buf, h, 2, m, n, j, d)
                     torch.mul(xc, om, out=a)
-                    d_wt[c].baddbmm_(g2.transpose(1, 2), a.view(h, 2 * n, j * d))
+                    d_wt[c].baddbmm_(g2.transpose(1, 2), a.view(h, rows, j * d))
                 if xg is not None:
-                    xgc = xg[:, :, i, s:e].reshape(h, 2 * n, d)
+                    xgc = xg[:, :, i0 : i0 + m, s:e].reshape(h, rows, d)
                     if need_gw:
                         d_gw.baddbmm_(xgc.transpose(1, 2), g2)
                     if need_xg:
-                        dxg[:, :, i, s:e] = torch.bmm(g2, gw.transpose(1, 2)).view(h, 2, n, d)
+                        dxg[:, :, i0 : i0 + m, s:e] = torch.bmm(g2, gw.transpose(1, 2)).view(h, 2, m, n, d)
                 if need_x or need_omega:
-                    da = _prefix(da_buf, h, 2, n, j, d)
-                    torch.bmm(g2, w_t[c], out=da.view(h, 2 * n, j * d))
+                    da = _prefix(da_buf, h, 2, m, n, j, d)
+                    torch.bmm(g2, w_t[c], out=da.view(h, rows, j * d))
                     if need_x:  # sum_j dA[.., j, :] * Omega[.., j, :], without a (.., J, d) temporary
-                        dxc = dx[:, :, i, s:e]
-                        torch.mul(da[:, :, :, 0], om[:, :, :, 0], out=dxc)
+                        dxc = dx[:, :, i0 : i0 + m, s:e]
+                        torch.mul(da[..., 0, :], om[..., 0, :], out=dxc)
                         for q in range(1, j):
-                            dxc.addcmul_(da[:, :, :, q], om[:, :, :, q])
-                    if need_omega:
-                        d_omega[:, :, :n].addcmul_(da, xc)
+                            dxc.addcmul_(da[..., q, :], om[..., q, :])
+                    if need_omega:  # summed over the batch rows of the group
+                        for i in range(m):
+                            d_omega[:, :, :n].addcmul_(da[:, :, i], xc[:, :, i])
         o_dt, w_dt, g_dt, xg_dt = ctx.dtypes
         return (
             dx,
