@@ -74,17 +74,24 @@ def test_kernel_bf16_autocast_accumulates_in_float32() -> None:
 
 @pytest.mark.parametrize("length,chunk", [(37, 8), (16, 16), (5, 16)])
 def test_chunked_function_gradcheck_and_loop_parity(length: int, chunk: int) -> None:
-    """Hand-written backward: gradcheck (values + final-state gradient) and equality with autograd
-    through the reference loop."""
-    from musicgen.model.causal_linear import chunked_causal_product, chunked_causal_product_loop
+    """Hand-written backward: gradcheck (output and final-state gradients) and equality with
+    autograd through the reference loop followed by the division."""
+    from musicgen.model.causal_linear import EPS, chunked_causal_attention, chunked_causal_product_loop
 
     q, k, v = _inputs(b=1, h=2, length=length, f=3, d=2)
-    assert torch.autograd.gradcheck(lambda *a: chunked_causal_product(*a, chunk), (q, k, v))
-    num, st = chunked_causal_product(q, k, v, chunk)
-    num_ref, st_ref = chunked_causal_product_loop(q, k, v, chunk)
-    w, ws = torch.randn_like(num), torch.randn_like(st)
-    grads = torch.autograd.grad((num * w).sum() + (st * ws).sum(), (q, k, v))
-    grads_ref = torch.autograd.grad((num_ref * w).sum() + (st_ref * ws).sum(), (q, k, v))
-    assert _rel(num, num_ref) < 1e-12 and _rel(st, st_ref) < 1e-12
+    assert torch.autograd.gradcheck(lambda *a: chunked_causal_attention(*a, chunk), (q, k, v))
+    out, st = chunked_causal_attention(q, k, v, chunk)
+    num_ref, st_ref = chunked_causal_product_loop(q, k, torch.cat([v, torch.ones_like(v[..., :1])], -1), chunk)
+    out_ref = num_ref[..., :-1] / (num_ref[..., -1:] + EPS)
+    w, ws = torch.randn_like(out), torch.randn_like(st)
+    grads = torch.autograd.grad((out * w).sum() + (st * ws).sum(), (q, k, v))
+    grads_ref = torch.autograd.grad((out_ref * w).sum() + (st_ref * ws).sum(), (q, k, v))
+    assert _rel(out, out_ref) < 1e-12 and _rel(st, st_ref) < 1e-12
     for g, gr in zip(grads, grads_ref):
+        assert _rel(g, gr) < 1e-10
+    # only the final state used (it does not depend on q): key and value gradients still flow
+    gs = torch.autograd.grad((chunked_causal_attention(q, k, v, chunk)[1] * ws).sum(), (k, v))
+    st_ref = chunked_causal_product_loop(q, k, torch.cat([v, torch.ones_like(v[..., :1])], -1), chunk)[1]
+    gs_ref = torch.autograd.grad((st_ref * ws).sum(), (k, v))
+    for g, gr in zip(gs, gs_ref):
         assert _rel(g, gr) < 1e-10

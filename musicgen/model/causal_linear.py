@@ -6,13 +6,15 @@ Given positive features q, k of shape (B, H, L, F) and values v (B, H, L, D), co
 
 Three implementations with the same maths:
 
-* :func:`chunked_causal_product` — the training kernel, plain PyTorch, any device: a
+* :func:`chunked_causal_attention` — the training kernel, plain PyTorch, any device: a
   ``torch.autograd.Function`` with a hand-written backward. The sequence is cut into chunks of
-  C tokens (``Tensor.split``); within a chunk the exact masked (C x C) product is used, across
-  chunks a carried (F x D) state: O(L C (F + D) + L F D) time. The backward saves only q, k, v
-  and the L/C chunk states (autograd through the loop kept every intermediate) and runs the
-  chunks in reverse with a carried state for the key/value gradients.
-  :func:`chunked_causal_product_loop` is the autograd-through-the-loop form, kept as a reference.
+  C tokens; within a chunk the exact masked (C x C) product is used, across chunks a carried
+  (F x (D+1)) state: O(L C (F + D) + L F D) time. Normalisation is fused in, outputs are
+  written chunk by chunk into preallocated tensors, the backward saves only q, k, v, the
+  output, the denominators and the L/C chunk states, and runs the chunks in reverse with a
+  carried state for the key/value gradients.
+  :func:`chunked_causal_product_loop` (autograd through a loop over ``Tensor.split`` chunks;
+  slicing there made autograd's backward quadratic) is kept as a reference for tests.
 * :func:`naive_causal_product` — quadratic masked reference for tests.
 * ``fast_transformers`` — pytorch-fast-transformers' CUDA/C++ ``causal_dot_product``.
 
@@ -32,7 +34,7 @@ __all__ = [
     "require_fast_transformers",
     "causal_linear_attention",
     "causal_linear_attention_naive",
-    "chunked_causal_product",
+    "chunked_causal_attention",
     "chunked_causal_product_loop",
     "naive_causal_product",
     "linear_attention_step",
@@ -66,75 +68,100 @@ def _with_ones(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
 
 
-class _ChunkedCausalProduct(torch.autograd.Function):
-    """num_i = sum_{j<=i} (q_i·k_j) v_j and the final state sum_j k_j v_j^T, chunk by chunk.
+class _ChunkedCausalAttention(torch.autograd.Function):
+    """out_i = q_i·S_i / (q_i·z_i + eps) chunk by chunk, normaliser and division fused in.
 
-    Forward: chunks of C tokens (``Tensor.split``: views, no copies); within a chunk the exact
-    masked (C x C) product, across chunks a carried (F x D) state S_c (sum over the chunks
-    before c). Saves q, k, v and the L/C chunk states only (autograd through the loop would
-    keep every chunk's (C x C) products, partial states and their gradient buffers).
-    Backward, hand-written, one loop in reverse with a carried R_c = dS_final + sum over the
-    chunks after c of Q^T dO; with A_c = tril(Q_c K_c^T) and dA_c = tril(dO_c V_c^T):
+    Forward: chunks of C tokens; within a chunk the exact masked (C x C) product, across chunks a
+    carried (F x (D+1)) state [S | z] (the ones column of v gives the normaliser z = sum k_j).
+    Each chunk's output is divided and written straight into the preallocated result: no
+    full-length temporaries (concatenating chunk outputs and dividing a strided (.., D+1)
+    tensor cost more than the products at 8192 tokens). Saves q, k, v, the output, the
+    denominators and the L/C chunk states (autograd through the loop would keep every chunk's
+    products and partial states).
+    Backward, hand-written, one loop in reverse. The division gives, per row,
+    dnum = dout / den and dden = -(dout·out) / den, i.e. dO = [dnum | dden] for the (D+1)-column
+    product; then with a carried R_c = dS_final + sum over later chunks of Q^T dO,
+    A_c = tril(Q_c K_c^T) and dA_c = tril(dO_c V_c^T):
         dQ_c = dA_c K_c + dO_c S_c^T,  dK_c = dA_c^T Q_c + V_c R_c^T,  dV_c = A_c^T dO_c + K_c R_c.
-    Chunk-sized working sets stay in cache (a fully batched version over all chunks was
-    slower on CPU: memory-bound). Runs in the input dtype with autocast off.
+    Runs in the input dtype with autocast off; slicing inside a Function costs no autograd
+    bookkeeping.
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
-        b, h, _, f = q.shape
-        d = v.shape[-1]
-        state = q.new_zeros(b * h, f, d)
-        states, outs = [], []
-        for qc, kc, vc in zip(q.split(chunk_size, 2), k.split(chunk_size, 2), v.split(chunk_size, 2)):
-            qc, kc, vc = qc.flatten(0, 1), kc.flatten(0, 1), vc.flatten(0, 1)
-            states.append(state)
-            intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
-            outs.append(torch.baddbmm(torch.bmm(intra, vc), qc, state))
-            state = torch.baddbmm(state, kc.transpose(1, 2), vc)
-        ctx.save_for_backward(q, k, v, *states)
-        ctx.chunk_size = chunk_size
-        ctx.set_materialize_grads(False)
-        return torch.cat(outs, dim=1).view(b, h, -1, d), state.view(b, h, f, d)
-
-    @staticmethod
-    def backward(ctx, d_num: Tensor | None, d_final: Tensor | None):
-        q, k, v, *states = ctx.saved_tensors
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk_size: int, eps: float) -> tuple[Tensor, Tensor]:
         b, h, length, f = q.shape
         d = v.shape[-1]
+        qf, kf, vf = (t.reshape(b * h, length, -1) for t in (q, k, v))
+        out = q.new_empty(b * h, length, d)
+        den = q.new_empty(b * h, length, 1)
+        ones = q.new_ones(b * h, chunk_size, 1)
+        state = q.new_zeros(b * h, f, d + 1)
+        states = []
+        for s in range(0, length, chunk_size):
+            e = min(s + chunk_size, length)
+            qc, kc = qf[:, s:e], kf[:, s:e]
+            vc = torch.cat([vf[:, s:e], ones[:, : e - s]], dim=-1)
+            states.append(state)
+            intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
+            num = torch.bmm(intra, vc).baddbmm_(qc, state)
+            torch.add(num[..., d:], eps, out=den[:, s:e])
+            torch.div(num[..., :d], den[:, s:e], out=out[:, s:e])
+            state = torch.baddbmm(state, kc.transpose(1, 2), vc)
+        ctx.save_for_backward(qf, kf, vf, out, den, *states)
+        ctx.chunk_size = chunk_size
+        ctx.heads = (b, h)
+        ctx.set_materialize_grads(False)
+        return out.view(b, h, length, d), state.view(b, h, f, d + 1)
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor | None, d_final: Tensor | None):
+        qf, kf, vf, out, den, *states = ctx.saved_tensors
+        bh, length, f = qf.shape
+        d = vf.shape[-1]
+        b, h = ctx.heads
         chunk = ctx.chunk_size
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        if d_out is None and d_final is None:
+            return None, None, None, None, None
+        with torch.autocast(device_type=qf.device.type, enabled=False):
             if d_final is not None:
-                future = d_final.to(q.dtype).reshape(b * h, f, d).clone()
+                future = d_final.to(qf.dtype).reshape(bh, f, d + 1).clone()
             else:
-                future = q.new_zeros(b * h, f, d)
-            if d_num is None:
-                d_num = q.new_zeros(b, h, length, d)
-            d_num = d_num.to(q.dtype)
-            parts = list(zip(q.split(chunk, 2), k.split(chunk, 2), v.split(chunk, 2), d_num.split(chunk, 2), states))
-            dqs, dks, dvs = [], [], []
-            for qc, kc, vc, do, state in reversed(parts):
-                qc, kc, vc, do = qc.flatten(0, 1), kc.flatten(0, 1), vc.flatten(0, 1), do.flatten(0, 1)
-                d_intra = torch.bmm(do, vc.transpose(1, 2)).tril_()
-                dqs.append(torch.baddbmm(torch.bmm(d_intra, kc), do, state.transpose(1, 2)))
+                future = qf.new_zeros(bh, f, d + 1)
+            g_all = None if d_out is None else d_out.to(qf.dtype).reshape(bh, length, d)
+            dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
+            ones = qf.new_ones(bh, chunk, 1)
+            do = qf.new_zeros(bh, chunk, d + 1)
+            starts = list(range(0, length, chunk))
+            for c in reversed(range(len(starts))):
+                s = starts[c]
+                e = min(s + chunk, length)
+                n = e - s
+                qc, kc = qf[:, s:e], kf[:, s:e]
+                vc = torch.cat([vf[:, s:e], ones[:, :n]], dim=-1)
+                doc = do[:, :n]
+                if g_all is not None:
+                    g, dn = g_all[:, s:e], den[:, s:e]
+                    torch.div(g, dn, out=doc[..., :d])
+                    torch.sum(doc[..., :d] * out[:, s:e], dim=-1, keepdim=True, out=doc[..., d:]).neg_()
+                d_intra = torch.bmm(doc, vc.transpose(1, 2)).tril_()
+                dq[:, s:e] = torch.bmm(d_intra, kc).baddbmm_(doc, states[c].transpose(1, 2))
                 intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
-                dvs.append(torch.baddbmm(torch.bmm(intra.transpose(1, 2), do), kc, future))
-                dks.append(torch.baddbmm(torch.bmm(d_intra.transpose(1, 2), qc), vc, future.transpose(1, 2)))
-                future = torch.baddbmm(future, qc.transpose(1, 2), do)
-
-        def full(chunks: list[Tensor]) -> Tensor:
-            return torch.cat(chunks[::-1], dim=1).view(b, h, length, -1)
-
-        return full(dqs), full(dks), full(dvs), None
+                dv[:, s:e] = torch.bmm(intra.transpose(1, 2), doc).baddbmm_(kc, future)[..., :d]
+                dk[:, s:e] = torch.bmm(d_intra.transpose(1, 2), qc).baddbmm_(vc, future.transpose(1, 2))
+                future = torch.baddbmm(future, qc.transpose(1, 2), doc)
+        shape = (b, h, length)
+        return dq.view(*shape, f), dk.view(*shape, f), dv.view(*shape, d), None, None
 
 
-def chunked_causal_product(q: Tensor, k: Tensor, v: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
-    """sum_{j<=i} (q_i·k_j) v_j for all i, plus the final state sum_j k_j v_j^T.
+def chunked_causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, chunk_size: int, eps: float = EPS
+) -> tuple[Tensor, Tensor]:
+    """Normalised causal linear attention and its final state, chunk by chunk.
 
-    q, k: (B, H, L, F); v: (B, H, L, D) of the same dtype. Returns ((B, H, L, D), (B, H, F, D)).
-    See :class:`_ChunkedCausalProduct` (hand-written backward).
+    q, k: (B, H, L, F); v: (B, H, L, D) of the same dtype. Returns (out (B, H, L, D), state
+    (B, H, F, D+1)). See :class:`_ChunkedCausalAttention` (hand-written backward).
     """
-    return _ChunkedCausalProduct.apply(q, k, v, int(chunk_size))
+    return _ChunkedCausalAttention.apply(q, k, v, int(chunk_size), float(eps))
 
 
 def chunked_causal_product_loop(q: Tensor, k: Tensor, v: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -178,16 +205,15 @@ def causal_linear_attention(
     """
     dtype = _compute_dtype(q)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k = q.to(dtype), k.to(dtype)
-        v1 = _with_ones(v.to(dtype))
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if backend == "torch":
-            num, state = chunked_causal_product(q, k, v1, chunk_size)
+            out, state = chunked_causal_attention(q, k, v, chunk_size, eps)
         elif backend == "fast_transformers":
-            num, state = _fast_causal_product(q, k, v1)
+            num, state = _fast_causal_product(q, k, _with_ones(v))
+            numer, denom = num.split([num.shape[-1] - 1, 1], dim=-1)  # split: no zero-filled slice grads
+            out = numer / (denom + eps)
         else:
             raise ValueError(f"unknown attention.backend {backend!r} (expected 'torch' or 'fast_transformers')")
-        numer, denom = num.split([num.shape[-1] - 1, 1], dim=-1)  # split: no zero-filled slice grads
-        out = numer / (denom + eps)
     return (out, state) if return_state else out
 
 
