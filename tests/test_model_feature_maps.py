@@ -40,3 +40,15 @@ def test_elu_features_positive() -> None:
     x = torch.randn(2, 2, 7, 4)
     assert (EluFeatureMap(4)(x, None, True) > 0).all()
     assert (EluFeatureMap(4)(100 * x, None, True) >= 0).all()  # underflows to 0, never negative
+
+
+def test_elu_feature_map_values_and_gradcheck() -> None:
+    """The fused elu+1 (derivative read off its output) equals elu(x) + 1, values and gradients,
+    on a transposed (non-contiguous) input like the attention's."""
+    from musicgen.model.feature_maps import EluFeatureMap
+
+    fm = EluFeatureMap(5)
+    x = (torch.randn(2, 7, 3, 5, dtype=torch.float64) * 3).transpose(1, 2).requires_grad_()
+    y = fm(x, None, is_query=True)
+    assert y.is_contiguous() and torch.allclose(y, torch.nn.functional.elu(x) + 1)
+    assert torch.autograd.gradcheck(lambda t: fm(t, None, is_query=False), (x,))
