@@ -61,6 +61,17 @@ def test_bad_config_is_rejected() -> None:
         model_config_from({"pe": {"kind": "rope"}}, 10)
     with pytest.raises(KeyError):
         model_config_from({"attention": {"kernel": 3}}, 10)
+    with pytest.raises(ValueError, match="chunk_size"):
+        model_config_from({"attention": {"chunk_size": "big"}}, 10)
+
+
+def test_chunk_size_auto_resolves_per_device() -> None:
+    from musicgen.model.causal_linear import resolve_chunk_size
+
+    assert model_config_from({}, 10)["attention"]["chunk_size"] == "auto"
+    assert resolve_chunk_size("auto", torch.device("cpu")) == 64
+    assert resolve_chunk_size("auto", torch.device("cuda")) == 256
+    assert resolve_chunk_size(16, torch.device("cuda")) == 16
 
 
 @pytest.mark.skipif(HAS_FAST, reason="pytorch-fast-transformers is installed")

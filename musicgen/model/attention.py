@@ -55,7 +55,7 @@ class CausalSelfAttention(nn.Module):
             self.feature_map = build_feature_map(
                 attn_cfg["feature_map"], n_heads, key_dim, attn_cfg["n_features"], attn_cfg["redraw_prob"]
             )
-            self.chunk_size = int(attn_cfg["chunk_size"])
+            self.chunk_size = attn_cfg["chunk_size"]  # int or "auto" (see resolve_chunk_size)
             self.backend = attn_cfg["backend"]
             if self.backend == "fast_transformers":
                 require_fast_transformers()  # fail at build time with an actionable message

@@ -35,6 +35,7 @@ __all__ = [
     "causal_linear_attention",
     "causal_linear_attention_naive",
     "chunked_causal_attention",
+    "resolve_chunk_size",
     "chunked_causal_product_loop",
     "naive_causal_product",
     "linear_attention_step",
@@ -58,6 +59,14 @@ def require_fast_transformers():
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise FastTransformersMissing(_FAST_HINT) from exc
     return causal_dot_product
+
+
+def resolve_chunk_size(chunk_size: int | str, device: torch.device) -> int:
+    """``attention.chunk_size``: an integer, or ``auto`` = 64 on a CPU (chunk-sized products stay
+    in cache) and 256 on a GPU (the loop is launch-bound there: fewer, larger products)."""
+    if chunk_size == "auto":
+        return 64 if device.type == "cpu" else 256
+    return int(chunk_size)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -192,7 +201,7 @@ def causal_linear_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    chunk_size: int = 64,
+    chunk_size: int | str = "auto",
     backend: str = "torch",
     eps: float = EPS,
     return_state: bool = False,
@@ -207,7 +216,7 @@ def causal_linear_attention(
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if backend == "torch":
-            out, state = chunked_causal_attention(q, k, v, chunk_size, eps)
+            out, state = chunked_causal_attention(q, k, v, resolve_chunk_size(chunk_size, q.device), eps)
         elif backend == "fast_transformers":
             num, state = _fast_causal_product(q, k, _with_ones(v))
             numer, denom = num.split([num.shape[-1] - 1, 1], dim=-1)  # split: no zero-filled slice grads

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "feature_map": "performer",
         "n_features": 64,
         "redraw_prob": 1.0,
-        "chunk_size": 64,
+        "chunk_size": "auto",
         "backend": "torch",
     },
     "pe": {
@@ -98,7 +98,10 @@ def model_config_from(cfg: Any, vocab_size: int | None = None) -> dict:
         raise ValueError(f"d_model={out['d_model']} must be divisible by n_heads={out['n_heads']}")
     if not 0.0 <= float(out["attention"]["redraw_prob"]) <= 1.0:
         raise ValueError("attention.redraw_prob must be in [0, 1]")
-    for sec, key in (("attention", "chunk_size"), ("attention", "n_features"), ("pe", "realizations"),
+    chunk = out["attention"]["chunk_size"]
+    if chunk != "auto" and (not str(chunk).isdigit() or int(chunk) < 1):
+        raise ValueError(f"model.attention.chunk_size={chunk!r}: expected 'auto' or an integer >= 1")
+    for sec, key in (("attention", "n_features"), ("pe", "realizations"),
                      ("pe", "sines"), ("pe", "kernel_size"), ("pe", "max_len")):
         if int(out[sec][key]) < 1:
             raise ValueError(f"model.{sec}.{key} must be >= 1")
