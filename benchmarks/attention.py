@@ -3,11 +3,12 @@
 Rows (B=4, H=8, d=64 by default; the inputs are q, k, v of one layer):
   linear_elu            our chunked causal linear attention, elu+1 features
   linear_performer      same kernel with FAVOR+ features (m = --features)
-  linear_performer_spe  + gated sinusoidal SPE (R = --realizations, K = 5): code generation +
-                        filtering + performer on the R-dim filtered q/k. Includes the code
-                        generation, i.e. the cost for a one-layer model.
-  linear_performer_spe_shared  same, codes generated outside the timed region (what each layer
-                        pays when `pe.share: true` amortises the generator over the layers)
+  linear_performer_spe  + gated sinusoidal SPE (R = --realizations, K = 5): codes (factorised:
+                        local bases + per-chunk rotated noise) + filtering + performer on the
+                        R-dim filtered q/k, with the gradients of every SPE parameter: the cost
+                        for a one-layer model.
+  linear_performer_spe_shared  same, codes made outside the timed region without gradients (the
+                        filter then skips the code-parameter gradients)
   fast_transformers     pytorch-fast-transformers causal_product (row says "not installed")
   softmax_sdpa          torch.nn.functional.scaled_dot_product_attention(is_causal=True)
 Whole-model rows (only for --model-lengths; tokens (B, L), the small presets of conf/model/):
