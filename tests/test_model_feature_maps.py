@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from musicgen.model.feature_maps import EluFeatureMap, PerformerFeatureMap, orthogonal_gaussian
@@ -52,3 +55,40 @@ def test_elu_feature_map_values_and_gradcheck() -> None:
     y = fm(x, None, is_query=True)
     assert y.is_contiguous() and torch.allclose(y, torch.nn.functional.elu(x) + 1)
     assert torch.autograd.gradcheck(lambda t: fm(t, None, is_query=False), (x,))
+
+
+@pytest.mark.parametrize("is_query", [True, False])
+def test_performer_feature_map_matches_autograd_reference(is_query: bool) -> None:
+    """The hand-written FAVOR+ map against the formula through autograd (float64): values (up to
+    the per-query stabiliser, which cancels in attention) and the gradient of the attention weights."""
+    from musicgen.model.feature_maps import PerformerFeatureMap
+
+    torch.manual_seed(0)
+    fm = PerformerFeatureMap(2, 8, 16, 1.0).double()
+    x = torch.randn(2, 5, 2, 8, dtype=torch.float64).transpose(1, 2).requires_grad_()  # (B, H, L, dim), strided
+    k = torch.randn(2, 2, 5, 8, dtype=torch.float64)
+    w = fm.features * 8**-0.25
+
+    def reference(t):
+        proj = t @ w.transpose(-1, -2).unsqueeze(0) - (t * t).sum(-1, keepdim=True) / (2 * 8**0.5)
+        return torch.exp(proj - 0.5 * math.log(16))
+
+    y, y_ref = fm(x, fm.features, is_query=is_query), reference(x)
+    ratio = y / y_ref  # 1 for keys, a per-query constant for queries
+    assert torch.allclose(ratio, ratio[..., :1].expand_as(ratio), rtol=1e-10)
+    if not is_query:
+        assert torch.allclose(y, y_ref, rtol=1e-10)
+    fk = reference(k)
+
+    def weights(phi):  # normalised attention weights of every query over the 5 keys
+        a = phi @ fk.transpose(-1, -2)
+        return a / a.sum(-1, keepdim=True)
+
+    if is_query:
+        g = torch.autograd.grad(weights(fm(x, fm.features, True)).square().sum(), x)[0]
+        g_ref = torch.autograd.grad(weights(reference(x)).square().sum(), x)[0]
+    else:
+        probe = torch.randn_like(y)
+        g = torch.autograd.grad((fm(x, fm.features, False) * probe).sum(), x)[0]
+        g_ref = torch.autograd.grad((reference(x) * probe).sum(), x)[0]
+    assert torch.allclose(g, g_ref, rtol=1e-8, atol=1e-12)

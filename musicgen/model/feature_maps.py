@@ -127,27 +127,46 @@ class PerformerFeatureMap(FeatureMap):
         return self.features
 
     def forward(self, x: Tensor, features: Tensor | None, is_query: bool) -> Tensor:
-        """x: (B, H, L, dim) -> (B, H, L, m), positive.
-
-        Queries are stabilised by their own max over features (a per-query constant that cancels
-        in the attention ratio, and is causal). Keys are not: a per-key shift would change the
-        weights; their exponent is bounded by |w|^2/2 anyway, which float32 holds.
-        The code is arranged for few passes over the (B, H, L, m) tensor (this is memory-bound):
-        the dim^-1/4 scale is folded into W, the 1/sqrt(m) factor into the exponent, and the
-        elementwise steps run in place on the matmul output (autograd keeps only what it needs).
-        """
+        """x: (B, H, L, dim) -> (B, H, L, m), positive (see :class:`_PositiveRandomFeatures`)."""
         assert features is not None
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = _compute_dtype(x)
-            x = x.to(dtype)
-            scale = self.in_dim**-0.25
-            w = features.to(dtype) * scale  # (H, m, dim)
-            logits = torch.matmul(x, w.transpose(-1, -2).unsqueeze(0))  # (B, H, L, m)
-            sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square()
-            shift = (0.5 * scale * scale) * sq + 0.5 * math.log(self.n_features)  # (B, H, L, 1), small
-            if is_query:  # max_j(proj_j) - shift == max_j(logits_j): computed before the in-place ops
-                shift = shift + (logits.detach().amax(-1, keepdim=True) - shift.detach())
-            return logits.sub_(shift).exp_()
+            w = features.to(dtype) * self.in_dim**-0.25  # (H, m, dim): the dim^-1/4 scale folded in
+            return _PositiveRandomFeatures.apply(x.to(dtype), w, bool(is_query))
+
+
+class _PositiveRandomFeatures(torch.autograd.Function):
+    """phi(x) = exp(W x - |x|^2 / (2 sqrt(dim)) - log(m) / 2), W pre-scaled by dim^-1/4.
+
+    Queries are stabilised by their own max over features (a per-query constant that cancels
+    in the attention ratio, and is causal); keys are not (a per-key shift would change the
+    weights; their exponent is bounded by |w|^2/2, which float32 holds). The gradient treats
+    the query's stabiliser like the key's shift s(x) = |x|^2 / (2 sqrt(dim)) + log(m) / 2
+    (exact, because the difference is a per-query constant that cancels).
+    Written by hand because the map is memory-bound: forward = one matmul + two in-place passes
+    over the (B, H, L, m) output; backward, with y kept: g = dy * y, dx = g W - (sum_m g) x / sqrt(dim)
+    (one matmul, two passes), where autograd took twice as many passes.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, is_query: bool) -> Tensor:
+        dim, m = x.shape[-1], w.shape[1]
+        logits = torch.matmul(x, w.transpose(-1, -2).unsqueeze(0))  # (B, H, L, m), contiguous
+        if is_query:
+            shift = logits.amax(-1, keepdim=True)
+        else:
+            shift = x.square().sum(-1, keepdim=True).mul_(0.5 * dim**-0.5).add_(0.5 * math.log(m))
+        y = logits.sub_(shift).exp_()
+        ctx.save_for_backward(x, w, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, w, y = ctx.saved_tensors
+        g = dy * y
+        dx = torch.matmul(g, w.unsqueeze(0))  # (B, H, L, dim)
+        dx.addcmul_(x, g.sum(-1, keepdim=True), value=-(x.shape[-1] ** -0.5))
+        return dx, None, None
 
 
 def build_feature_map(kind: str, n_heads: int, in_dim: int, n_features: int, redraw_prob: float) -> FeatureMap:
