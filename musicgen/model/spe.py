@@ -111,7 +111,7 @@ class SineSPE(nn.Module):
         """Codes for positions 0..L-1 in factorised, chunked form (:mod:`.sine_filter`): local
         query/key bases for one chunk and rotated noise per chunk; never (L, H, d, R) tensors."""
         device = self.freqs.device
-        chunk = min(SINE_CHUNK if chunk is None else chunk, length)
+        chunk = max(1, min(SINE_CHUNK if chunk is None else chunk, length))
         local = self._phase(torch.arange(chunk, device=device))  # (H, C, K, d)
         local_q = local + self.offsets.transpose(1, 2).unsqueeze(1)
         omega = torch.stack(
