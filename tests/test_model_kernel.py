@@ -95,3 +95,31 @@ def test_chunked_function_gradcheck_and_loop_parity(length: int, chunk: int) -> 
     gs_ref = torch.autograd.grad((st_ref * ws).sum(), (k, v))
     for g, gr in zip(gs, gs_ref):
         assert _rel(g, gr) < 1e-10
+
+
+@pytest.mark.parametrize("mode", ["train", "inference"])
+def test_kernel_rows_split_across_threads(mode: str) -> None:
+    """With several CPU threads the kernel shares the (batch x heads) rows out across threads: same
+    values, state and gradients as one range, also under inference mode (thread-local in PyTorch)."""
+    from musicgen.model.causal_linear import _split_rows, chunked_causal_attention
+
+    q, k, v = _inputs(b=3, h=2, length=45, f=4, d=3)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        out1, st1 = chunked_causal_attention(q, k, v, 8)
+        g1 = torch.autograd.grad((out1 * out1).sum() + st1.sum(), (q, k, v))
+        torch.set_num_threads(2)
+        assert len(_split_rows(6, q.device)) == 2
+        if mode == "inference":
+            with torch.inference_mode():
+                out2, st2 = chunked_causal_attention(q.detach(), k.detach(), v.detach(), 8)
+            assert out2.is_inference()
+        else:
+            out2, st2 = chunked_causal_attention(q, k, v, 8)
+            g2 = torch.autograd.grad((out2 * out2).sum() + st2.sum(), (q, k, v))
+            for a, b in zip(g1, g2):
+                assert _rel(a, b) < 1e-12
+    finally:
+        torch.set_num_threads(old)
+    assert _rel(out1, out2) < 1e-12 and _rel(st1, st2) < 1e-12

@@ -26,6 +26,10 @@ sum over thousands of tokens and performer features exceed fp16's range.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import Tensor
 
@@ -77,6 +81,53 @@ def _with_ones(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
 
 
+def _split_rows(rows: int, device: torch.device) -> list[slice]:
+    """How the (batch x heads) rows of the kernel are shared out: one range per CPU thread.
+
+    The chunk loop is a series of small products that do not keep two cores busy when each is
+    split inside (fwd+bwd at 8192 tokens, B=4, H=8, 2 cores: 1.18-1.35x faster with the rows
+    split across threads, interleaved runs). On GPUs one range: the device parallelises each product.
+    """
+    workers = min(torch.get_num_threads(), rows) if device.type == "cpu" else 1
+    bounds = [rows * i // workers for i in range(workers + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    """A forked child inherits the pool object but not its threads: start a fresh one there."""
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _run_rows(fn: Callable[[slice], None], ranges: list[slice]) -> None:
+    """Run ``fn`` on every row range, concurrently on CPU threads when there are several.
+
+    Workers run with one intra-op thread each, gradients off and the caller's inference mode
+    (both are thread-local in PyTorch), and write disjoint rows of preallocated tensors.
+    """
+    global _POOL
+    if len(ranges) == 1:
+        fn(ranges[0])
+        return
+    inference = torch.is_inference_mode_enabled()
+
+    def work(rows: slice) -> None:
+        torch.set_num_threads(1)
+        with torch.inference_mode(inference), torch.no_grad():  # this order: inference_mode(False) enables grad
+            fn(rows)
+
+    if _POOL is None or _POOL._max_workers < len(ranges):  # noqa: SLF001 - resize a private pool
+        _POOL = ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="musicgen-kernel")
+    for future in [_POOL.submit(work, r) for r in ranges]:
+        future.result()
+
+
 class _ChunkedCausalAttention(torch.autograd.Function):
     """out_i = q_i·S_i / (q_i·z_i + eps) chunk by chunk, normaliser and division fused in.
 
@@ -92,8 +143,9 @@ class _ChunkedCausalAttention(torch.autograd.Function):
     product; then with a carried R_c = dS_final + sum over later chunks of Q^T dO,
     A_c = tril(Q_c K_c^T) and dA_c = tril(dO_c V_c^T):
         dQ_c = dA_c K_c + dO_c S_c^T,  dK_c = dA_c^T Q_c + V_c R_c^T,  dV_c = A_c^T dO_c + K_c R_c.
-    Runs in the input dtype with autocast off; slicing inside a Function costs no autograd
-    bookkeeping.
+    Rows (batch x heads) are independent: on a CPU they are shared out across threads
+    (:func:`_split_rows`). Runs in the input dtype with autocast off; slicing inside a Function
+    costs no autograd bookkeeping.
     """
 
     @staticmethod
@@ -103,28 +155,32 @@ class _ChunkedCausalAttention(torch.autograd.Function):
         qf, kf, vf = (t.reshape(b * h, length, -1) for t in (q, k, v))
         out = q.new_empty(b * h, length, d)
         den = q.new_empty(b * h, length, 1)
-        ones = q.new_ones(b * h, chunk_size, 1)
-        state = q.new_zeros(b * h, f, d + 1)
-        states = []
-        for s in range(0, length, chunk_size):
-            e = min(s + chunk_size, length)
-            qc, kc = qf[:, s:e], kf[:, s:e]
-            vc = torch.cat([vf[:, s:e], ones[:, : e - s]], dim=-1)
-            states.append(state)
-            intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
-            num = torch.bmm(intra, vc).baddbmm_(qc, state)
-            torch.add(num[..., d:], eps, out=den[:, s:e])
-            torch.div(num[..., :d], den[:, s:e], out=out[:, s:e])
-            state = torch.baddbmm(state, kc.transpose(1, 2), vc)
-        ctx.save_for_backward(qf, kf, vf, out, den, *states)
+        n_chunks = -(-length // chunk_size)
+        states = q.new_empty(n_chunks + 1, b * h, f, d + 1)  # states[c]: sum over the chunks before c
+
+        def rows_forward(r: slice) -> None:
+            ones = q.new_ones(r.stop - r.start, chunk_size, 1)
+            state = states[0, r].zero_()
+            for c, s in enumerate(range(0, length, chunk_size)):
+                e = min(s + chunk_size, length)
+                qc, kc = qf[r, s:e], kf[r, s:e]
+                vc = torch.cat([vf[r, s:e], ones[:, : e - s]], dim=-1)
+                intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
+                num = torch.bmm(intra, vc).baddbmm_(qc, state)
+                torch.add(num[..., d:], eps, out=den[r, s:e])
+                torch.div(num[..., :d], den[r, s:e], out=out[r, s:e])
+                state = torch.baddbmm(state, kc.transpose(1, 2), vc, out=states[c + 1, r])
+
+        _run_rows(rows_forward, _split_rows(b * h, q.device))
+        ctx.save_for_backward(qf, kf, vf, out, den, states)
         ctx.chunk_size = chunk_size
         ctx.heads = (b, h)
         ctx.set_materialize_grads(False)
-        return out.view(b, h, length, d), state.view(b, h, f, d + 1)
+        return out.view(b, h, length, d), states[-1].view(b, h, f, d + 1)
 
     @staticmethod
     def backward(ctx, d_out: Tensor | None, d_final: Tensor | None):
-        qf, kf, vf, out, den, *states = ctx.saved_tensors
+        qf, kf, vf, out, den, states = ctx.saved_tensors
         bh, length, f = qf.shape
         d = vf.shape[-1]
         b, h = ctx.heads
@@ -132,32 +188,34 @@ class _ChunkedCausalAttention(torch.autograd.Function):
         if d_out is None and d_final is None:
             return None, None, None, None, None
         with torch.autocast(device_type=qf.device.type, enabled=False):
-            if d_final is not None:
-                future = d_final.to(qf.dtype).reshape(bh, f, d + 1).clone()
-            else:
-                future = qf.new_zeros(bh, f, d + 1)
             g_all = None if d_out is None else d_out.to(qf.dtype).reshape(bh, length, d)
+            g_final = None if d_final is None else d_final.to(qf.dtype).reshape(bh, f, d + 1)
             dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
-            ones = qf.new_ones(bh, chunk, 1)
-            do = qf.new_zeros(bh, chunk, d + 1)
-            starts = list(range(0, length, chunk))
-            for c in reversed(range(len(starts))):
-                s = starts[c]
-                e = min(s + chunk, length)
-                n = e - s
-                qc, kc = qf[:, s:e], kf[:, s:e]
-                vc = torch.cat([vf[:, s:e], ones[:, :n]], dim=-1)
-                doc = do[:, :n]
-                if g_all is not None:
-                    g, dn = g_all[:, s:e], den[:, s:e]
-                    torch.div(g, dn, out=doc[..., :d])
-                    torch.sum(doc[..., :d] * out[:, s:e], dim=-1, keepdim=True, out=doc[..., d:]).neg_()
-                d_intra = torch.bmm(doc, vc.transpose(1, 2)).tril_()
-                dq[:, s:e] = torch.bmm(d_intra, kc).baddbmm_(doc, states[c].transpose(1, 2))
-                intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
-                dv[:, s:e] = torch.bmm(intra.transpose(1, 2), doc).baddbmm_(kc, future)[..., :d]
-                dk[:, s:e] = torch.bmm(d_intra.transpose(1, 2), qc).baddbmm_(vc, future.transpose(1, 2))
-                future = torch.baddbmm(future, qc.transpose(1, 2), doc)
+
+            def rows_backward(r: slice) -> None:
+                n_rows = r.stop - r.start
+                future = g_final[r].clone() if g_final is not None else qf.new_zeros(n_rows, f, d + 1)
+                ones = qf.new_ones(n_rows, chunk, 1)
+                do = qf.new_zeros(n_rows, chunk, d + 1)
+                starts = list(range(0, length, chunk))
+                for c in reversed(range(len(starts))):
+                    s = starts[c]
+                    e = min(s + chunk, length)
+                    n = e - s
+                    qc, kc = qf[r, s:e], kf[r, s:e]
+                    vc = torch.cat([vf[r, s:e], ones[:, :n]], dim=-1)
+                    doc = do[:, :n]
+                    if g_all is not None:
+                        torch.div(g_all[r, s:e], den[r, s:e], out=doc[..., :d])
+                        torch.sum(doc[..., :d] * out[r, s:e], dim=-1, keepdim=True, out=doc[..., d:]).neg_()
+                    d_intra = torch.bmm(doc, vc.transpose(1, 2)).tril_()
+                    dq[r, s:e] = torch.bmm(d_intra, kc).baddbmm_(doc, states[c, r].transpose(1, 2))
+                    intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
+                    dv[r, s:e] = torch.bmm(intra.transpose(1, 2), doc).baddbmm_(kc, future)[..., :d]
+                    dk[r, s:e] = torch.bmm(d_intra.transpose(1, 2), qc).baddbmm_(vc, future.transpose(1, 2))
+                    future = torch.baddbmm(future, qc.transpose(1, 2), doc)
+
+            _run_rows(rows_backward, _split_rows(bh, qf.device))
         shape = (b, h, length)
         return dq.view(*shape, f), dk.view(*shape, f), dv.view(*shape, d), None, None
 
