@@ -16,10 +16,10 @@ forms the (L x L) matrix. Two code generators:
 
 Codes are shared across the batch (one draw per forward) and, with ``pe.share``, across layers:
 one generator for the whole model, one :class:`SPEFilter` (gate) per layer.
-Layouts: ConvSPE codes (L, H, d, R); SineSPE codes stay factorised (:class:`SineCodes`: an
-(H, L, 2K, d) basis and (H, 2K, d, R) mixing weights) and are applied by
-:func:`.sine_filter.sine_filter` without ever forming the (L, H, d, R) tensors;
-queries/keys (B, L, H, d); filtered (B, H, L, R).
+Layouts: ConvSPE codes (L, H, d, R); SineSPE codes stay factorised (:class:`SineCodes`: local
+query/key bases (H, 2, C, 2K, d) for one chunk of C positions and rotated noise (n_chunks, H, 2K, d, R)
+per chunk) and are applied by :func:`.sine_filter.sine_filter` without ever forming the (L, H, d, R)
+tensors; queries/keys (B, L, H, d); filtered (B, H, L, R).
 """
 
 from __future__ import annotations
