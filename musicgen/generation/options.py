@@ -17,6 +17,8 @@ from .sampling import SamplingConfig
 from .session import DEFAULT_MAX_TOKENS, StopConfig
 
 DEFAULT_CHECKPOINT = "checkpoints/musicgen-small.pt"
+#: bars of continuation when the user sets no length at all (bars=auto and no tokens/seconds)
+DEFAULT_BARS = 16
 
 
 @dataclass
@@ -29,7 +31,7 @@ class GenerateOptions:
     prompt_seconds: float | None = None
     prompt_time_signature: str = "file"
     include_prompt: bool = True
-    bars: int | None = None
+    bars: int | str | None = "auto"
     tokens: int | None = None
     seconds: float | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -81,7 +83,16 @@ class GenerateOptions:
 
     @property
     def stop(self) -> StopConfig:
-        return StopConfig(self.bars, self.tokens, self.seconds, self.max_tokens, bool(self.allow_eos))
+        return StopConfig(self.resolved_bars(), self.tokens, self.seconds, self.max_tokens, bool(self.allow_eos))
+
+    def resolved_bars(self) -> int | None:
+        """``bars=auto`` (the default) is 16 bars only while no other length is set: a limit the user gives
+        (``tokens=20000`` or ``seconds=60``) replaces the default one instead of being cut short by it."""
+        if self.bars == "auto":
+            return DEFAULT_BARS if self.tokens is None and self.seconds is None else None
+        if isinstance(self.bars, str):
+            raise UserError(f"bars={self.bars!r}: use an integer >= 1, auto or null")
+        return self.bars
 
     def resolved_seed(self) -> int:
         """The seed to use: the option, or a fresh random one (recorded in the .json, so still reproducible)."""

@@ -100,7 +100,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if data.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"checkpoint {path}: version {data.get('version')} is not supported")
     vocab = Vocabulary.from_dict(data["vocab"], source=f"checkpoint {path}")
-    training = {k: data[k] for k in ("optimizer", "scheduler", "rng", "scaler") if k in data}
+    training = {k: data[k] for k in ("optimizer", "scheduler", "rng", "scaler", "positional_init") if k in data}
     return Checkpoint(path, data["model_config"], data["model_state"], vocab, data.get("config", {}),
                       int(data.get("step", 0)), data.get("best_val_nll"), data.get("train_seq_len"), training)
 
@@ -128,10 +128,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
 
 def export_inference_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path:
-    """Strip optimizer/RNG state (and optionally store weights as fp16) for shipping a model."""
+    """Strip optimizer/RNG state (and optionally store weights as fp16) for shipping a model.
+
+    Positional parameters (SPE, decay) always stay fp32: fp16 rounding of a SineSPE frequency gives a
+    phase error of 1.6 rad at lag 20,000, and a decay rate near 1 rounds to a different time constant.
+    Their starting values (``positional_init``) are kept for the diagnostics.
+    """
+    from .optim import is_positional
+
     ckpt = load_checkpoint(src)
-    state = {k: (v.half() if half and torch.is_floating_point(v) else v).contiguous()
+    state = {k: (v.half() if half and torch.is_floating_point(v) and not is_positional(k) else v).contiguous()
              for k, v in ckpt.model_state.items()}
+    keep = {k: v for k, v in ckpt.training_state.items() if k == "positional_init"}
     save_checkpoint(dst, model_config=ckpt.model_config, model_state=state, vocab=ckpt.vocab, config=ckpt.config,
-                    step=ckpt.step, best_val_nll=ckpt.best_val_nll, train_seq_len=ckpt.train_seq_len)
+                    step=ckpt.step, best_val_nll=ckpt.best_val_nll, train_seq_len=ckpt.train_seq_len,
+                    training_state=keep)
     return Path(dst)

@@ -29,6 +29,7 @@ from ..model import build_model
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from .loggers import RunLogger
+from .optim import make_optimizer, positional_parameters
 from .schedule import warmup_cosine
 
 
@@ -155,7 +156,11 @@ def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, pro
     seed_everything(int(cfg.seed))
     model = build_model(cfg.model, len(vocab)).to(device)
     model_config = dict(model.config)
-    optimizer = _make_optimizer(model, tcfg)
+    positional_init = positional_parameters(model)  # where the positional parameters started (diagnostics)
+    if tcfg.get("init_from") and _resume_path(tcfg, ckpt_dir) is None:
+        positional_init = _init_from(model, str(tcfg.init_from), vocab.tokens, info.is_main)
+    optimizer = make_optimizer(model, float(tcfg.lr), float(tcfg.weight_decay),
+                               tuple(float(b) for b in tcfg.betas), float(tcfg.get("pe_lr_scale") or 1.0))
     max_steps = int(tcfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, int(tcfg.warmup_steps), max_steps, float(tcfg.min_lr_ratio)))
@@ -177,6 +182,7 @@ def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, pro
             scaler.load_state_dict(ckpt.training_state["scaler"])
         _set_rng_state(ckpt.training_state["rng"][min(info.rank, len(ckpt.training_state["rng"]) - 1)])
         start_step, best_val = ckpt.step, ckpt.best_val_nll
+        positional_init = ckpt.training_state.get("positional_init", positional_init)
         if info.is_main:
             tqdm.write(f"resumed from {resume_path} at step {start_step}")
 
@@ -206,7 +212,8 @@ def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, pro
             gathered: list[Any] = [None] * info.world_size
             torch.distributed.all_gather_object(gathered, rng_states[0])
             rng_states = gathered
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states}
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states,
+                 "positional_init": positional_init}
         if precision == "fp16":
             state["scaler"] = scaler.state_dict()
         save_checkpoint(ckpt_dir / name, model_config=model_config, model_state=core.state_dict(), vocab=vocab,
@@ -292,13 +299,32 @@ def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, pro
     return TrainResult(step, last_loss, best_val, ckpt_dir, interrupted, losses)
 
 
-def _make_optimizer(model: torch.nn.Module, tcfg: DictConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on norms, biases, gains or SPE frequencies)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": float(tcfg.weight_decay)},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=float(tcfg.lr), betas=tuple(float(b) for b in tcfg.betas))
+def _init_from(model: torch.nn.Module, path: str, vocab_tokens: list[str], verbose: bool) -> dict[str, torch.Tensor]:
+    """Fine-tune: start from another checkpoint's weights (``train.init_from``), step 0, fresh optimizer.
+
+    Parameters the source does not have (e.g. ``attention.decay`` added to a model trained without it)
+    keep their fresh initialisation and are reported; any other difference is an error. Returns the
+    positional parameters' starting values to measure how far training moves them: the source's own
+    record of its initialisation when it has one, else the values it starts this run with.
+    """
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if ckpt.vocab.tokens != vocab_tokens:
+        raise ValueError(f"train.init_from={path}: trained with a different vocabulary than this corpus")
+    state = {k: v.float() if torch.is_floating_point(v) else v for k, v in ckpt.model_state.items()}
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    if unexpected or shape:
+        raise ValueError(f"train.init_from={path}: weights do not fit this model "
+                         f"({', '.join((unexpected + shape)[:4])})")
+    missing = sorted(set(own) - set(state))
+    model.load_state_dict(state, strict=False)
+    if verbose:
+        new = f"; new parameters keep their initialisation: {', '.join(missing)}" if missing else ""
+        tqdm.write(f"initialised from {path} (step {ckpt.step}){new}")
+    start = positional_parameters(model)
+    start.update(ckpt.training_state.get("positional_init") or {})
+    return start
 
 
 def _validate(model: torch.nn.Module, val_set: SequentialCrops, long_set: SequentialCrops | None,

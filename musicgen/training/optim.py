@@ -1,0 +1,61 @@
+"""AdamW parameter groups: weight matrices, other weights, and the positional parameters.
+
+Why a group of their own for the positional parameters (SPE frequencies, phases, gains, gates,
+ConvSPE filters, attention decay rates): the shipped H200 model's SPE parameters never left their
+initialisation. They are 3-D tensors, so the old rule "decay every tensor with dim >= 2" pulled them
+back towards zero, and at the network's learning rate Adam moves each of them by at most ~lr per step
+(a few hundred steps of consistent sign to move a frequency logit by 0.1). They are few (a few thousand
+numbers), each controls the attention of a whole head/feature, and they need to travel far (a time
+constant from 16 to 512 tokens is a factor 32), so they get no weight decay and ``train.pe_lr_scale``
+times the learning rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["POSITIONAL_MARKERS", "is_positional", "positional_parameters", "make_optimizer"]
+
+#: substrings of parameter names that belong to positional machinery (see the module docstring)
+POSITIONAL_MARKERS = ("code_generators.", ".spe.", ".decay.")
+
+
+def is_positional(name: str) -> bool:
+    """Whether the parameter called ``name`` (``model.named_parameters()``) is positional."""
+    return any(marker in name for marker in POSITIONAL_MARKERS) or name.startswith("decay.")
+
+
+def positional_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached fp32 copies of every positional parameter, by name (for diagnostics and checkpoints)."""
+    return {name: p.detach().float().cpu().clone() for name, p in model.named_parameters() if is_positional(name)}
+
+
+def _groups(named: Iterable[tuple[str, nn.Parameter]]) -> tuple[list, list, list]:
+    matrices, others, positional = [], [], []
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        if is_positional(name):
+            positional.append(p)
+        elif p.dim() >= 2:
+            matrices.append(p)
+        else:
+            others.append(p)
+    return matrices, others, positional
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                   pe_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW: weight decay on weight matrices only; positional parameters without decay at
+    ``pe_lr_scale`` x lr (the scheduler's warm-up and cosine apply to every group alike)."""
+    if pe_lr_scale <= 0:
+        raise ValueError(f"train.pe_lr_scale={pe_lr_scale}: must be > 0")
+    matrices, others, positional = _groups(model.named_parameters())
+    groups = [{"params": matrices, "weight_decay": weight_decay, "name": "matrices"},
+              {"params": others, "weight_decay": 0.0, "name": "other"}]
+    if positional:
+        groups.append({"params": positional, "weight_decay": 0.0, "lr": lr * pe_lr_scale, "name": "positional"})
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
