@@ -123,3 +123,74 @@ def test_kernel_rows_split_across_threads(mode: str) -> None:
     finally:
         torch.set_num_threads(old)
     assert _rel(out1, out2) < 1e-12 and _rel(st1, st2) < 1e-12
+
+
+@pytest.mark.parametrize("length,chunk", [(37, 8), (64, 16), (5, 16), (50, 1), (33, 33)])
+@pytest.mark.parametrize("with_initial", [False, True])
+def test_decay_kernel_values_state_and_grads_vs_naive(length: int, chunk: int, with_initial: bool) -> None:
+    """Chunked kernel with per-head decay (and an initial state) vs the quadratic float64 reference:
+    outputs, final state, and the gradients of q, k, v, the rates and the initial state."""
+    q, k, v = _inputs(length=length)
+    rates = torch.tensor([-0.02, -0.3, -1.5], dtype=torch.float64, requires_grad=True)
+    init = (torch.rand(2, 3, 5, 5, dtype=torch.float64) * 3).requires_grad_() if with_initial else None
+    out, state = causal_linear_attention(q, k, v, chunk_size=chunk, log_gamma=rates, initial=init, return_state=True)
+    ref = causal_linear_attention_naive(q, k, v, log_gamma=rates, initial=init)
+    assert _rel(out, ref) < 1e-10
+    # the final state by its definition: sum_j gamma^(L-1-j) k_j [v_j, 1]^T (+ gamma^L S_init)
+    lag = torch.arange(length - 1, -1, -1, dtype=torch.float64)
+    weights = torch.exp(rates.view(-1, 1) * lag)
+    v1 = torch.cat([v, torch.ones(*v.shape[:-1], 1, dtype=v.dtype)], -1)
+    state_ref = torch.einsum("bhlf,bhle,hl->bhfe", k, v1, weights)
+    if init is not None:
+        state_ref = state_ref + init * torch.exp(rates * length).view(1, -1, 1, 1)
+    assert _rel(state, state_ref) < 1e-10
+    w, ws = torch.randn_like(ref), torch.randn_like(state)
+    inputs = (q, k, v, rates) + ((init,) if init is not None else ())
+    grads = torch.autograd.grad((out * w).sum() + (state * ws).sum(), inputs)
+    grads_ref = torch.autograd.grad((ref * w).sum() + (state_ref * ws).sum(), inputs)
+    for g, gr in zip(grads, grads_ref):
+        assert _rel(g, gr) < 1e-8
+
+
+def test_decay_kernel_gradcheck() -> None:
+    q, k, v = _inputs(b=1, h=2, length=11, f=3, d=2)
+    rates = torch.tensor([-0.1, -0.7], dtype=torch.float64, requires_grad=True)
+    init = torch.rand(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(q, k, v, rates, init):
+        out, state = causal_linear_attention(q, k, v, chunk_size=4, log_gamma=rates, initial=init, return_state=True)
+        return out, state
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, rates, init))
+
+
+def test_decay_step_matches_kernel_and_forgets() -> None:
+    """The recurrent step with decay reproduces the kernel; a strongly decayed head forgets old values."""
+    q, k, v = (t.detach() for t in _inputs(length=40))
+    rates = torch.tensor([-0.05, -0.5, -2.0], dtype=torch.float64)
+    out, state = causal_linear_attention(q, k, v, chunk_size=16, log_gamma=rates, return_state=True)
+    st = torch.zeros(2, 3, 5, 5, dtype=torch.float64)
+    outs = []
+    for i in range(40):
+        o, st = linear_attention_step(q[:, :, i], k[:, :, i], v[:, :, i], st, log_gamma=rates)
+        outs.append(o)
+    assert torch.allclose(torch.stack(outs, 2), out, atol=1e-10)
+    assert torch.allclose(st, state, atol=1e-10)
+    v2 = v.clone()
+    v2[:, :, :20] += 10.0  # change the distant past only
+    out2 = causal_linear_attention(q, k, v2, chunk_size=16, log_gamma=rates)
+    change = (out2 - out)[:, :, -1].abs().amax(dim=(0, 2))  # per head, at the last position
+    assert change[2] < 1e-6 < change[0]  # tau = 0.5 tokens forgets 20 tokens back; tau = 20 does not
+
+
+def test_decay_kernel_float32_long_sequence_stable() -> None:
+    """At 8192 tokens in float32 the decayed kernel stays finite and close to the float64 result."""
+    g = torch.Generator().manual_seed(1)
+    q = torch.rand(1, 2, 8192, 8, generator=g, dtype=torch.float64)
+    k = torch.rand(1, 2, 8192, 8, generator=g, dtype=torch.float64)
+    v = torch.randn(1, 2, 8192, 4, generator=g, dtype=torch.float64)
+    rates = torch.tensor([-1 / 16, -1 / 512], dtype=torch.float64)
+    ref = causal_linear_attention(q, k, v, chunk_size=64, log_gamma=rates)
+    got = causal_linear_attention(q.float(), k.float(), v.float(), chunk_size=64, log_gamma=rates.float())
+    assert torch.isfinite(got).all()
+    assert _rel(got.double(), ref) < 1e-4

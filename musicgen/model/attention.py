@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .causal_linear import causal_linear_attention, linear_attention_step, require_fast_transformers
+from .decay import AttentionDecay
 from .feature_maps import build_feature_map
 from .spe import SPEFilter
 
@@ -61,6 +62,10 @@ class CausalSelfAttention(nn.Module):
                 require_fast_transformers()  # fail at build time with an actionable message
         elif self.kind != "softmax":
             raise ValueError(f"unknown attention.kind {self.kind!r} (expected 'linear' or 'softmax')")
+        self.decay: AttentionDecay | None = None
+        if attn_cfg.get("decay", "none") != "none":
+            self.decay = AttentionDecay(n_heads, attn_cfg["decay"], float(attn_cfg["decay_tau_min"]),
+                                        float(attn_cfg["decay_tau_max"]))
 
     # randomness --------------------------------------------------------------------------
     def draw(self, generator: torch.Generator | None, device: torch.device, training: bool) -> LayerNoise:
@@ -88,6 +93,10 @@ class CausalSelfAttention(nn.Module):
         b, _, length, _ = out.shape
         return self.proj(out.to(like.dtype).transpose(1, 2).reshape(b, length, self.d_model))
 
+    def log_gamma(self) -> Tensor | None:
+        """(H,) decay rates log(gamma) of the linear-attention state, or None (no forgetting)."""
+        return None if self.decay is None else self.decay.log_gamma()
+
     # parallel form -----------------------------------------------------------------------
     def forward(
         self,
@@ -105,7 +114,7 @@ class CausalSelfAttention(nn.Module):
             fq = self.feature_map(q, noise.features, is_query=True)
             fk = self.feature_map(k, noise.features, is_query=False)
             out, state = causal_linear_attention(
-                fq, fk, v, self.chunk_size, self.backend, return_state=True
+                fq, fk, v, self.chunk_size, self.backend, return_state=True, log_gamma=self.log_gamma()
             )
         y = self._merge(out, v)
         return (y, state) if return_state else y
@@ -144,7 +153,8 @@ class CausalSelfAttention(nn.Module):
         if self.kind == "linear":
             fq = self.feature_map(q, noise.features, is_query=True)
             fk = self.feature_map(k, noise.features, is_query=False)
-            out, state = linear_attention_step(fq[:, :, 0], fk[:, :, 0], v[:, :, 0], cache["state"])
+            out, state = linear_attention_step(fq[:, :, 0], fk[:, :, 0], v[:, :, 0], cache["state"],
+                                               log_gamma=self.log_gamma())
             cache = {"state": state}
             out = out.unsqueeze(2)
         else:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -131,72 +132,103 @@ def _run_rows(fn: Callable[[slice], None], ranges: list[slice]) -> None:
 class _ChunkedCausalAttention(torch.autograd.Function):
     """out_i = q_i·S_i / (q_i·z_i + eps) chunk by chunk, normaliser and division fused in.
 
-    Forward: chunks of C tokens; within a chunk the exact masked (C x C) product, across chunks a
-    carried (F x (D+1)) state [S | z] (the ones column of v gives the normaliser z = sum k_j).
-    Each chunk's output is divided and written straight into the preallocated result: no
-    full-length temporaries (concatenating chunk outputs and dividing a strided (.., D+1)
-    tensor cost more than the products at 8192 tokens). Saves q, k, v, the output, the
-    denominators and the L/C chunk states (autograd through the loop would keep every chunk's
-    products and partial states).
-    Backward, hand-written, one loop in reverse. The division gives, per row,
-    dnum = dout / den and dden = -(dout·out) / den, i.e. dO = [dnum | dden] for the (D+1)-column
-    product; then with a carried R_c = dS_final + sum over later chunks of Q^T dO,
-    A_c = tril(Q_c K_c^T) and dA_c = tril(dO_c V_c^T):
-        dQ_c = dA_c K_c + dO_c S_c^T,  dK_c = dA_c^T Q_c + V_c R_c^T,  dV_c = A_c^T dO_c + K_c R_c.
+    With a per-head decay rate a = log(gamma) < 0 (``log_gamma``, optional) the state forgets:
+    S_i = gamma S_{i-1} + k_i [v_i, 1]^T, i.e. token j weighs gamma^(i-j) in position i's average.
+    An optional initial state S_{-1} (``initial``) continues a sequence.
+
+    Forward: chunks of C tokens starting at s, state S before the chunk, local index t = 0..n-1:
+        num_t = sum_{j<=t} gamma^(t-j) (q_t·k_j) [v_j, 1] + gamma^(t+1) q_t·S
+        S'    = gamma^n S + sum_j gamma^(n-1-j) k_j [v_j, 1]^T
+    (without decay every gamma power is 1: the plain masked product). The ones column of v gives
+    the normaliser z. Each chunk's output is divided and written straight into the preallocated
+    result: no full-length temporaries. Saves q, k, v, the output, the denominators and the L/C+1
+    chunk states (autograd through the loop would keep every chunk's products and partial states).
+
+    Backward, hand-written, one loop in reverse. The division gives, per row, dnum = dout / den and
+    dden = -(dout·out) / den, i.e. dO = [dnum | dden] for the (D+1)-column product; then with the
+    carried R = dL/dS' (starting from the final state's gradient), W = gamma^(t-j) tril,
+    A = (Q K^T) ⊙ W and dA = (dO V^T) ⊙ W:
+        dQ = dA K + gamma^(t+1) dO S^T,  dK = dA^T Q + gamma^(n-1-j) V R^T,
+        dV = A^T dO + gamma^(n-1-j) K R,  R <- gamma^n R + (gamma^(t+1) Q)^T dO.
+    The rate's gradient needs no extra pass: every pair (i, j) enters with gamma^(i-j), so
+    dL/da = sum over pairs of (i-j) x (their term) = sum_i (i-c) (q_i·dq_i - k_i·dk_i)
+            + (1+c) <S_-1, dS_-1> + (L-1-c) <dS_final, S_final>
+    for any constant c (the initial state is a key at position -1, the final state a query at
+    L-1); c = (L-1)/2 keeps the float32 sums small.
     Rows (batch x heads) are independent: on a CPU they are shared out across threads
-    (:func:`_split_rows`). Runs in the input dtype with autocast off; slicing inside a Function
-    costs no autograd bookkeeping.
+    (:func:`_split_rows`). Runs in the input dtype with autocast off.
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk_size: int, eps: float) -> tuple[Tensor, Tensor]:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk_size: int, eps: float,
+                log_gamma: Tensor | None, initial: Tensor | None) -> tuple[Tensor, Tensor]:
         b, h, length, f = q.shape
         d = v.shape[-1]
         qf, kf, vf = (t.reshape(b * h, length, -1) for t in (q, k, v))
         out = q.new_empty(b * h, length, d)
         den = q.new_empty(b * h, length, 1)
         n_chunks = -(-length // chunk_size)
-        states = q.new_empty(n_chunks + 1, b * h, f, d + 1)  # states[c]: sum over the chunks before c
+        states = q.new_empty(n_chunks + 1, b * h, f, d + 1)  # states[c]: the state before chunk c
+        rate = None if log_gamma is None else log_gamma.to(q.dtype).repeat(b)  # (B H,) row r -> head r % H
+        c0 = min(chunk_size, length)
 
         def rows_forward(r: slice) -> None:
             ones = q.new_ones(r.stop - r.start, chunk_size, 1)
-            state = states[0, r].zero_()
+            state = states[0, r]
+            if initial is None:
+                state.zero_()
+            else:
+                state.copy_(initial.reshape(b * h, f, d + 1)[r])
+            pw = _decay_powers(rate[r], c0) if rate is not None else None
             for c, s in enumerate(range(0, length, chunk_size)):
                 e = min(s + chunk_size, length)
+                n = e - s
                 qc, kc = qf[r, s:e], kf[r, s:e]
-                vc = torch.cat([vf[r, s:e], ones[:, : e - s]], dim=-1)
-                intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
-                num = torch.bmm(intra, vc).baddbmm_(qc, state)
+                vc = torch.cat([vf[r, s:e], ones[:, :n]], dim=-1)
+                intra = torch.bmm(qc, kc.transpose(1, 2))
+                if pw is None:
+                    intra.tril_()
+                    num = torch.bmm(intra, vc).baddbmm_(qc, state)
+                    state = torch.baddbmm(state, kc.transpose(1, 2), vc, out=states[c + 1, r])
+                else:
+                    intra.mul_(pw.mask[:, :n, :n])
+                    num = torch.bmm(intra, vc).baddbmm_(qc * pw.query[:, :n], state)
+                    kw = kc * pw.key_weights(n)
+                    state = torch.baddbmm(state * pw.total(n), kw.transpose(1, 2), vc, out=states[c + 1, r])
                 torch.add(num[..., d:], eps, out=den[r, s:e])
                 torch.div(num[..., :d], den[r, s:e], out=out[r, s:e])
-                state = torch.baddbmm(state, kc.transpose(1, 2), vc, out=states[c + 1, r])
 
         _run_rows(rows_forward, _split_rows(b * h, q.device))
-        ctx.save_for_backward(qf, kf, vf, out, den, states)
+        ctx.save_for_backward(qf, kf, vf, out, den, states, rate)
         ctx.chunk_size = chunk_size
         ctx.heads = (b, h)
+        ctx.has_rate = log_gamma is not None
+        ctx.has_initial = initial is not None
         ctx.set_materialize_grads(False)
         return out.view(b, h, length, d), states[-1].view(b, h, f, d + 1)
 
     @staticmethod
     def backward(ctx, d_out: Tensor | None, d_final: Tensor | None):
-        qf, kf, vf, out, den, states = ctx.saved_tensors
+        qf, kf, vf, out, den, states, rate = ctx.saved_tensors
         bh, length, f = qf.shape
         d = vf.shape[-1]
         b, h = ctx.heads
         chunk = ctx.chunk_size
         if d_out is None and d_final is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None, None
         with torch.autocast(device_type=qf.device.type, enabled=False):
             g_all = None if d_out is None else d_out.to(qf.dtype).reshape(bh, length, d)
             g_final = None if d_final is None else d_final.to(qf.dtype).reshape(bh, f, d + 1)
             dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
+            d_initial = qf.new_empty(bh, f, d + 1) if ctx.has_initial else None
+            c0 = min(chunk, length)
 
             def rows_backward(r: slice) -> None:
                 n_rows = r.stop - r.start
                 future = g_final[r].clone() if g_final is not None else qf.new_zeros(n_rows, f, d + 1)
                 ones = qf.new_ones(n_rows, chunk, 1)
                 do = qf.new_zeros(n_rows, chunk, d + 1)
+                pw = _decay_powers(rate[r], c0) if rate is not None else None
                 starts = list(range(0, length, chunk))
                 for c in reversed(range(len(starts))):
                     s = starts[c]
@@ -208,27 +240,85 @@ class _ChunkedCausalAttention(torch.autograd.Function):
                     if g_all is not None:
                         torch.div(g_all[r, s:e], den[r, s:e], out=doc[..., :d])
                         torch.sum(doc[..., :d] * out[r, s:e], dim=-1, keepdim=True, out=doc[..., d:]).neg_()
-                    d_intra = torch.bmm(doc, vc.transpose(1, 2)).tril_()
-                    dq[r, s:e] = torch.bmm(d_intra, kc).baddbmm_(doc, states[c, r].transpose(1, 2))
-                    intra = torch.bmm(qc, kc.transpose(1, 2)).tril_()
-                    dv[r, s:e] = torch.bmm(intra.transpose(1, 2), doc).baddbmm_(kc, future)[..., :d]
-                    dk[r, s:e] = torch.bmm(d_intra.transpose(1, 2), qc).baddbmm_(vc, future.transpose(1, 2))
-                    future = torch.baddbmm(future, qc.transpose(1, 2), doc)
+                    d_intra = torch.bmm(doc, vc.transpose(1, 2))
+                    intra = torch.bmm(qc, kc.transpose(1, 2))
+                    if pw is None:
+                        d_intra.tril_()
+                        intra.tril_()
+                        dq[r, s:e] = torch.bmm(d_intra, kc).baddbmm_(doc, states[c, r].transpose(1, 2))
+                        dv[r, s:e] = torch.bmm(intra.transpose(1, 2), doc).baddbmm_(kc, future)[..., :d]
+                        dk[r, s:e] = torch.bmm(d_intra.transpose(1, 2), qc).baddbmm_(vc, future.transpose(1, 2))
+                        future = torch.baddbmm(future, qc.transpose(1, 2), doc)
+                    else:
+                        mask, kw = pw.mask[:, :n, :n], pw.key_weights(n)
+                        d_intra.mul_(mask)
+                        intra.mul_(mask)
+                        dq[r, s:e] = torch.bmm(d_intra, kc).addcmul_(
+                            pw.query[:, :n], torch.bmm(doc, states[c, r].transpose(1, 2)))
+                        dv[r, s:e] = torch.bmm(intra.transpose(1, 2), doc).addcmul_(kw, torch.bmm(kc, future))[..., :d]
+                        dk[r, s:e] = torch.bmm(d_intra.transpose(1, 2), qc).addcmul_(
+                            kw, torch.bmm(vc, future.transpose(1, 2)))
+                        future = torch.baddbmm(future * pw.total(n), (qc * pw.query[:, :n]).transpose(1, 2), doc)
+                if d_initial is not None:
+                    d_initial[r] = future
 
             _run_rows(rows_backward, _split_rows(bh, qf.device))
+            d_rate = None
+            if ctx.has_rate and ctx.needs_input_grad[5]:
+                centre = (length - 1) / 2
+                pos = torch.arange(length, device=qf.device, dtype=qf.dtype) - centre
+                per_token = (qf * dq).sum(-1) - (kf * dk).sum(-1)  # (B H, L)
+                d_rows = per_token @ pos
+                if g_final is not None:
+                    d_rows = d_rows + (length - 1 - centre) * (g_final * states[-1]).sum((-1, -2))
+                if d_initial is not None:
+                    d_rows = d_rows + (1 + centre) * (states[0] * d_initial).sum((-1, -2))
+                d_rate = d_rows.view(b, h).sum(0)
         shape = (b, h, length)
-        return dq.view(*shape, f), dk.view(*shape, f), dv.view(*shape, d), None, None
+        d_init = d_initial.view(b, h, f, d + 1) if d_initial is not None else None
+        return dq.view(*shape, f), dk.view(*shape, f), dv.view(*shape, d), None, None, d_rate, d_init
+
+
+@dataclass
+class _DecayPowers:
+    """Powers of gamma for one range of rows and chunks of (at most) C tokens: the decay mask
+    W[t, j] = gamma^(t-j) (j <= t, else 0), the query weights gamma^(t+1) and gamma^(C-1-j).
+    Built from exp(a x m) directly (never by division), so small gammas underflow to 0, not inf."""
+
+    mask: Tensor  # (rows, C, C)
+    query: Tensor  # (rows, C, 1): gamma^(t+1)
+    rate: Tensor  # (rows, 1, 1): a = log gamma
+
+    def key_weights(self, n: int) -> Tensor:
+        """gamma^(n-1-j) for j < n: (rows, n, 1), how much key j still counts at the chunk's end
+        (the mask's row n-1)."""
+        return self.mask[:, n - 1, :n].unsqueeze(-1)
+
+    def total(self, n: int) -> Tensor:
+        """gamma^n: (rows, 1, 1)."""
+        return self.query[:, n - 1 : n]
+
+
+def _decay_powers(rate: Tensor, chunk: int) -> _DecayPowers:
+    t = torch.arange(chunk, device=rate.device, dtype=rate.dtype)
+    lag = t.view(-1, 1) - t.view(1, -1)
+    a = rate.view(-1, 1, 1)
+    mask = torch.exp(a * lag.clamp(min=0)).tril_()
+    query = torch.exp(a * (t + 1).view(1, -1, 1))
+    return _DecayPowers(mask, query, a)
 
 
 def chunked_causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, chunk_size: int, eps: float = EPS
+    q: Tensor, k: Tensor, v: Tensor, chunk_size: int, eps: float = EPS,
+    log_gamma: Tensor | None = None, initial: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Normalised causal linear attention and its final state, chunk by chunk.
 
-    q, k: (B, H, L, F); v: (B, H, L, D) of the same dtype. Returns (out (B, H, L, D), state
-    (B, H, F, D+1)). See :class:`_ChunkedCausalAttention` (hand-written backward).
+    q, k: (B, H, L, F); v: (B, H, L, D) of the same dtype; ``log_gamma``: (H,) per-head decay rates
+    log(gamma) <= 0 or None (no forgetting); ``initial``: (B, H, F, D+1) state to continue from, or
+    None. Returns (out (B, H, L, D), state (B, H, F, D+1)). See :class:`_ChunkedCausalAttention`.
     """
-    return _ChunkedCausalAttention.apply(q, k, v, int(chunk_size), float(eps))
+    return _ChunkedCausalAttention.apply(q, k, v, int(chunk_size), float(eps), log_gamma, initial)
 
 
 def chunked_causal_product_loop(q: Tensor, k: Tensor, v: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -263,9 +353,13 @@ def causal_linear_attention(
     backend: str = "torch",
     eps: float = EPS,
     return_state: bool = False,
+    log_gamma: Tensor | None = None,
+    initial: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Normalised causal linear attention. q, k: (B, H, L, F) positive; v: (B, H, L, D).
 
+    ``log_gamma`` (H,): per-head forgetting rates (state S_i = gamma S_{i-1} + k_i [v_i, 1]^T);
+    ``initial`` (B, H, F, D+1): the state to continue from (prefill of a continued sequence).
     Returns out (B, H, L, D) in the compute dtype (float32, or float64 for float64 inputs) and,
     with ``return_state``, the recurrent state (B, H, F, D+1) after the last token (used to
     continue generation from a prompt).
@@ -273,9 +367,17 @@ def causal_linear_attention(
     dtype = _compute_dtype(q)
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        if log_gamma is not None:
+            log_gamma = log_gamma.to(dtype)
+        if initial is not None:
+            initial = initial.to(dtype)
         if backend == "torch":
-            out, state = chunked_causal_attention(q, k, v, resolve_chunk_size(chunk_size, q.device), eps)
+            out, state = chunked_causal_attention(q, k, v, resolve_chunk_size(chunk_size, q.device), eps,
+                                                  log_gamma, initial)
         elif backend == "fast_transformers":
+            if log_gamma is not None or initial is not None:
+                raise ValueError("attention.backend=fast_transformers supports neither attention.decay nor an "
+                                 "initial state (its causal product has no decay); use attention.backend=torch")
             num, state = _fast_causal_product(q, k, _with_ones(v))
             numer, denom = num.split([num.shape[-1] - 1, 1], dim=-1)  # split: no zero-filled slice grads
             out = numer / (denom + eps)
@@ -284,24 +386,40 @@ def causal_linear_attention(
     return (out, state) if return_state else out
 
 
-def causal_linear_attention_naive(q: Tensor, k: Tensor, v: Tensor, eps: float = EPS) -> Tensor:
-    """Quadratic masked reference of :func:`causal_linear_attention` (tests only)."""
-    num = naive_causal_product(q, k, _with_ones(v))
+def causal_linear_attention_naive(q: Tensor, k: Tensor, v: Tensor, eps: float = EPS,
+                                  log_gamma: Tensor | None = None, initial: Tensor | None = None) -> Tensor:
+    """Quadratic masked reference of :func:`causal_linear_attention` (tests only): the (L x L)
+    weights gamma^(i-j) (q_i·k_j) for j <= i, plus gamma^(i+1) q_i·S_initial."""
+    length = q.shape[2]
+    scores = q @ k.transpose(-1, -2)
+    if log_gamma is not None:
+        t = torch.arange(length, dtype=q.dtype, device=q.device)
+        lag = (t.view(-1, 1) - t.view(1, -1)).clamp(min=0)
+        scores = scores * torch.exp(log_gamma.to(q.dtype).view(-1, 1, 1) * lag)
+    num = scores.tril() @ _with_ones(v)
+    if initial is not None:
+        carry = q @ initial.to(q.dtype)
+        if log_gamma is not None:
+            t = torch.arange(1, length + 1, dtype=q.dtype, device=q.device)
+            carry = carry * torch.exp(log_gamma.to(q.dtype).view(-1, 1, 1) * t.view(-1, 1))
+        num = num + carry
     return num[..., :-1] / (num[..., -1:] + eps)
 
 
 def linear_attention_step(
-    q: Tensor, k: Tensor, v: Tensor, state: Tensor, eps: float = EPS
+    q: Tensor, k: Tensor, v: Tensor, state: Tensor, eps: float = EPS, log_gamma: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """One recurrent step. q, k: (B, H, F); v: (B, H, D); state: (B, H, F, D+1).
+    """One recurrent step. q, k: (B, H, F); v: (B, H, D); state: (B, H, F, D+1); log_gamma: (H,) or None.
 
-    The current token attends to itself (j <= i), so the state is updated before it is read.
-    Cost and memory are independent of the position.
+    The current token attends to itself (j <= i), so the state is updated (decayed by gamma, then
+    the new key added) before it is read. Cost and memory are independent of the position.
     """
     dtype = state.dtype
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k = q.to(dtype), k.to(dtype)
         v1 = _with_ones(v.to(dtype))
+        if log_gamma is not None:
+            state = state * torch.exp(log_gamma.to(dtype)).view(1, -1, 1, 1)
         state = state + k.unsqueeze(-1) * v1.unsqueeze(-2)
         num = (q.unsqueeze(-2) @ state).squeeze(-2)
         out = num[..., :-1] / (num[..., -1:] + eps)

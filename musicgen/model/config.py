@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
         "redraw_prob": 1.0,
         "chunk_size": "auto",
         "backend": "torch",
+        "decay": "none",
+        "decay_tau_min": 16.0,
+        "decay_tau_max": 512.0,
     },
     "pe": {
         "kind": "spe_sine",
@@ -45,6 +48,7 @@ _CHOICES = {
     ("attention", "kind"): ("linear", "softmax"),
     ("attention", "feature_map"): ("performer", "elu"),
     ("attention", "backend"): ("torch", "fast_transformers"),
+    ("attention", "decay"): ("none", "fixed", "learned"),
     ("pe", "kind"): ("spe_sine", "spe_conv", "ape", "none"),
     ("pe", "ape"): ("learned", "sinusoidal"),
 }
@@ -105,6 +109,16 @@ def model_config_from(cfg: Any, vocab_size: int | None = None) -> dict:
                      ("pe", "sines"), ("pe", "kernel_size"), ("pe", "max_len")):
         if int(out[sec][key]) < 1:
             raise ValueError(f"model.{sec}.{key} must be >= 1")
+    att = out["attention"]
+    if att["decay"] != "none":
+        if att["kind"] != "linear":
+            raise ValueError("model.attention.decay needs attention.kind=linear (it forgets in the recurrent state)")
+        if att["backend"] == "fast_transformers":
+            raise ValueError("model.attention.decay is not supported by attention.backend=fast_transformers "
+                             "(its causal product has no decay): use attention.backend=torch")
+        lo, hi = float(att["decay_tau_min"]), float(att["decay_tau_max"])
+        if not 1.0 <= lo <= hi:
+            raise ValueError(f"model.attention.decay_tau_min/max = {lo}/{hi}: need 1 <= min <= max (tokens)")
     if out["attention"]["backend"] == "fast_transformers" and out["attention"]["kind"] != "linear":
         raise ValueError("attention.backend=fast_transformers only applies to attention.kind=linear")
     return out

@@ -61,6 +61,7 @@ class _LayerPlan:
     key_c1: float
     key_c2: float
     cache: dict  # the layer's cache dict ({"state": (B, H, F, D+1)}), updated in place
+    gamma: Tensor | None  # (1, H, 1, 1) decay factor of the state per step, or None
     v1: Tensor  # (B, H, D+1) buffer, last column = 1
     proj_w: Tensor
     proj_b: Tensor | None
@@ -211,11 +212,13 @@ def build_plan(model, state) -> StepPlan:
         else:  # pragma: no cover - build_feature_map only makes these two
             raise TypeError(type(fmap))
         cache = state.caches[i]
+        log_gamma = attn.log_gamma()
+        gamma = None if log_gamma is None else torch.exp(log_gamma).view(1, h, 1, 1).contiguous()
         v1 = torch.ones(batch, h, d + 1, device=device)
         ff1, act, ff2 = blk.ff[0], blk.ff[1], blk.ff[2]
         plan.layers.append(_LayerPlan(
             ln1=_ln(blk.ln1), qkv_w=wt[id(attn.qkv.weight)], qkv_b=attn.qkv.bias, spe_w=spe_w, spe_mul=spe_mul, gen_index=gi,
-            feature=kind, feat_w=feat_w, key_c1=c1, key_c2=c2, cache=cache, v1=v1,
+            feature=kind, feat_w=feat_w, key_c1=c1, key_c2=c2, cache=cache, gamma=gamma, v1=v1,
             proj_w=wt[id(attn.proj.weight)], proj_b=attn.proj.bias, ln2=_ln(blk.ln2),
             ff1_w=wt[id(ff1.weight)], ff1_b=ff1.bias, ff2_w=wt[id(ff2.weight)], ff2_b=ff2.bias,
             gelu=getattr(act, "approximate", "none"),
@@ -283,6 +286,8 @@ def fast_step(model, tokens: Tensor, state) -> Tensor:
             fq, fk = feats[:h], feats[h:]
         state_t = lp.cache["state"]  # (B, H, F, D+1)
         lp.v1[..., :d].copy_(qkv[:, 2])
+        if lp.gamma is not None:
+            state_t.mul_(lp.gamma)
         state_t.addcmul_(fk.transpose(0, 1).unsqueeze(-1), lp.v1.unsqueeze(-2))
         fq = fq.transpose(0, 1).reshape(b * h, 1, -1)
         num = torch.bmm(fq, state_t.view(b * h, -1, d + 1))  # (B H, 1, D+1)
