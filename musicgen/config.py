@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -64,3 +65,123 @@ def hydra_main(config_name: str = "config") -> Callable[[Callable[..., Any]], Ca
             report_user_errors(func))
 
     return decorate
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# Checks shared by every entry point: devices, output folders, numeric options
+# --------------------------------------------------------------------------------------------------------- #
+def resolve_device(option: Any, local_rank: int | None = None, name: str = "device"):
+    """The one device resolver of train, generate and evaluate: `auto`/None = cuda when available, else cpu.
+
+    A device this machine does not have (device=cuda without a GPU or a CUDA build, cuda:3 on a 2-GPU
+    machine, mps off macOS) is a one-line UserError here, before anything is loaded, instead of an
+    AssertionError from deep inside torch. `local_rank` picks the GPU of a torchrun process.
+    """
+    import torch
+
+    text = "auto" if option is None or str(option).strip() == "" else str(option).strip()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{name}={text}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{name}={text}: CUDA is not available on this machine (use {name}=cpu or {name}=auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(f"{name}={text}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        if device.index is None and local_rank is not None:
+            device = torch.device("cuda", local_rank)
+        return device
+    if device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"{name}={text}: MPS is not available on this machine (use {name}=cpu or {name}=auto)")
+        return device
+    raise UserError(f"{name}={text}: unsupported device type {device.type!r} (use auto, cpu, cuda, cuda:N or mps)")
+
+
+def check_writable_dir(path: str | Path, option: str) -> Path:
+    """Fail now, not after the work, when `path` cannot become a writable folder (nothing is created).
+
+    Walks up to the nearest existing ancestor: it must be a folder this process may write into.
+    """
+    target = Path(str(path)).expanduser()
+    probe = target
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == target else f" ({probe} is a file)"
+        raise UserError(f"{option}={path}: not a folder{where}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{option}={path}: no permission to write in {probe}")
+    return target
+
+
+def make_dir(path: str | Path, option: str) -> Path:
+    """mkdir -p, an OSError (permission, read-only disk, a file in the way) becoming a one-line UserError."""
+    target = Path(str(path)).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option}={path}: cannot create the folder ({exc.strerror or exc})") from None
+    return target
+
+
+def _number(name: str, value: Any, integer: bool) -> float | int:
+    """`value` as an int/float, or a UserError naming the option (bools and non-numbers are refused)."""
+    kind = "an integer" if integer else "a number"
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise UserError(f"{name} must be {kind}, got {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise UserError(f"{name} must be {kind}, got {value!r}")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise UserError(f"{name} must be a finite number, got {value!r}")
+    if integer:
+        if number != int(number):
+            raise UserError(f"{name} must be an integer, got {value!r}")
+        return int(number)
+    return float(number)
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None,
+              allow_none: bool = False) -> int | None:
+    """An integer option in [minimum, maximum]; a one-line UserError naming it otherwise."""
+    if value is None:
+        if allow_none:
+            return None
+        raise UserError(f"{name} must be an integer, got null")
+    number = int(_number(name, value, integer=True))
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        bound = (f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}") if minimum is not None \
+            else f"<= {maximum}"
+        raise UserError(f"{name} must be an integer {bound}{' or null' if allow_none else ''}, got {value!r}")
+    return number
+
+
+def check_float(name: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+                exclusive_min: bool = False, allow_none: bool = False) -> float | None:
+    """A finite number option (> or >= minimum, <= maximum); a one-line UserError naming it otherwise."""
+    if value is None:
+        if allow_none:
+            return None
+        raise UserError(f"{name} must be a number, got null")
+    number = float(_number(name, value, integer=False))
+    low_bad = minimum is not None and (number <= minimum if exclusive_min else number < minimum)
+    if low_bad or (maximum is not None and number > maximum):
+        parts = []
+        if minimum is not None:
+            parts.append(f"{'>' if exclusive_min else '>='} {minimum:g}")
+        if maximum is not None:
+            parts.append(f"<= {maximum:g}")
+        raise UserError(f"{name} must be a number {' and '.join(parts) or 'that is finite'}, got {value!r}")
+    return number

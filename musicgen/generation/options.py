@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..config import PROJECT_ROOT, UserError, require_known_keys
+from ..config import resolve_device as _resolve_device
 from .render import RENDER_CHOICES
 from .sampling import SamplingConfig
 from .session import DEFAULT_MAX_TOKENS, StopConfig
@@ -117,12 +118,6 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
 
 
 def resolve_device(option: str | None) -> str:
-    import torch
-
-    if option in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(str(option))
-    except RuntimeError as exc:
-        raise UserError(f"device={option!r}: {exc}") from None
-    return str(option)
+    """The device as a string (recorded in each .json): `musicgen.config.resolve_device`, shared by every entry
+    point, so device=cuda without a GPU is a one-line error before the checkpoint is loaded."""
+    return str(_resolve_device(option))

@@ -26,12 +26,10 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name}: CUDA is not available on this machine (use device=cpu or auto)")
-    return device
+    """`musicgen.config.resolve_device` (the one resolver of every entry point) for this process's GPU."""
+    from ..config import resolve_device as resolve
+
+    return resolve(name, local_rank)
 
 
 def init_distributed(device_name: str) -> DistInfo:
