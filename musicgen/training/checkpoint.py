@@ -7,12 +7,18 @@ A checkpoint is a dict saved with `torch.save`:
 - `config`: the whole resolved Hydra config of the run (data, tokenizer, model, train);
 - `step`, `best_val_nll`, `train_seq_len`;
 - `optimizer`, `scheduler`, `rng` (absent in inference-only exports such as the shipped model).
+
+Everything in it is a tensor or plain Python data (dict, list, tuple, str, int, float, bool, None; RNG states
+as tensors), so it is read with `torch.load(weights_only=True)`: a crafted file cannot run code when it is
+loaded by generate, evaluate, resume or init_from, it is refused with a one-line error naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,23 +92,94 @@ def save_checkpoint(path: str | Path, *, model_config: dict[str, Any], model_sta
     atomic_torch_save(payload, path)
 
 
+def _legacy_numpy_globals() -> list[Any]:
+    """What `np.random.get_state()` pickles to: a uint32 array. Training checkpoints written before RNG states
+    were stored as tensors hold one; these four globals (and no others) are allowed to read them."""
+    import numpy as np
+
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _refused_global(message: str) -> str | None:
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
+
+
+def _check_legacy_arrays(data: Any, path: Path, where: str = "") -> None:
+    """The only numpy objects allowed in a checkpoint: uint32 arrays inside its `rng` states."""
+    import numpy as np
+
+    if isinstance(data, np.ndarray):
+        if not where.startswith("rng") or data.dtype != np.uint32:
+            raise ValueError(f"checkpoint {path}: refused: it holds a numpy array at {where or 'the top level'} "
+                             "(musicgen checkpoints store tensors and plain data only)")
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            _check_legacy_arrays(value, path, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            _check_legacy_arrays(value, path, f"{where}[{i}]")
+
+
+def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain Python data only, so a crafted file cannot run code.
+
+    A file that needs anything else is refused with one line naming it and the first foreign object; the
+    single exception is the uint32 numpy array of a NumPy RNG state in older training checkpoints.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _refused_global(str(exc))
+        legacy = {f"{g.__module__}.{g.__qualname__}" for g in _legacy_numpy_globals()}
+        if refused not in legacy:
+            what = refused or "objects other than tensors and plain data"
+            raise ValueError(f"checkpoint {path}: refused: it contains {what}, which a musicgen checkpoint never "
+                             "holds (only tensors and plain data are loaded, so nothing in it was run)") from None
+        first = exc
+    except Exception as exc:  # zip/pickle framing errors from a damaged or truncated file
+        raise ValueError(f"checkpoint {path}: cannot be read, damaged or truncated ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]})") from None
+    try:  # an older training checkpoint: its NumPy RNG state is a uint32 array
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        what = _refused_global(str(exc)) or _refused_global(str(first)) or "objects other than tensors"
+        raise ValueError(f"checkpoint {path}: refused: it contains {what}, which a musicgen checkpoint never "
+                         "holds (only tensors and plain data are loaded, so nothing in it was run)") from None
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path}: cannot be read, damaged or truncated ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]})") from None
+    _check_legacy_arrays(data, path)
+    return data
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint; a missing, damaged or foreign file is a one-line ValueError/FileNotFoundError."""
+    """Read a checkpoint; a missing, damaged, foreign or unsafe file is a one-line ValueError/FileNotFoundError.
+
+    Loading never executes code from the file (`torch.load(weights_only=True)`, see `_safe_torch_load`).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # pickle/zip errors from a damaged file
-        raise ValueError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    data = _safe_torch_load(path, map_location)
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path}: not a musicgen checkpoint")
     if data.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"checkpoint {path}: version {data.get('version')} is not supported")
+    state, model_config = data.get("model_state"), data.get("model_config")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path}: damaged (model_state is not a dict of tensors)")
+    if not isinstance(model_config, dict) or not isinstance(data.get("vocab"), dict):
+        raise ValueError(f"checkpoint {path}: damaged (model_config or vocab missing)")
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {path}: damaged (config is not a dict)")
     vocab = Vocabulary.from_dict(data["vocab"], source=f"checkpoint {path}")
     training = {k: data[k] for k in ("optimizer", "scheduler", "rng", "scaler", "positional_init") if k in data}
-    return Checkpoint(path, data["model_config"], data["model_state"], vocab, data.get("config", {}),
-                      int(data.get("step", 0)), data.get("best_val_nll"), data.get("train_seq_len"), training)
+    return Checkpoint(path, model_config, state, vocab, config, int(data.get("step", 0)),
+                      data.get("best_val_nll"), data.get("train_seq_len"), training)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):

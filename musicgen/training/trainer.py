@@ -3,14 +3,22 @@
 Exact resumption: item numbers of the training crops are a function of the step (see `batch_indices`),
 every RNG state is checkpointed, and SIGINT/SIGTERM (or `train.stop_at_step`) save `last.pt` before exiting.
 So a run interrupted and resumed ends with the same parameters as one that ran straight through.
+
+Work is never destroyed silently: before anything is built the options are validated and the checkpoint
+folder is guarded (`guard_checkpoint_dir`): train.resume=true with nothing to resume, or a fresh run into a
+folder that holds checkpoints, is a one-line error; the folder is locked for the run; temp files of killed
+saves are removed. `TrainResult.stop_reason` says whether the run reached max_steps, stopped at
+train.stop_at_step, or was stopped by a signal (train.py then exits 128 + the signal number).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..data import Augmenter, RandomCrops, SequentialCrops, TokenCache, prepare_corpus
+from ..config import UserError, check_float, check_int, make_dir
 from ..evaluation.likelihood import NATS_PER_BIT, extrapolation_edges, position_nll
 from ..model import build_model
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -41,6 +50,14 @@ class TrainResult:
     ckpt_dir: Path
     interrupted: bool
     losses: list[float]
+    #: "finished" (max_steps reached), "stop_at_step" (the train.stop_at_step time-box) or the signal's name
+    #: ("SIGTERM", "SIGINT") when a signal stopped the run before max_steps
+    stop_reason: str = "finished"
+
+    @property
+    def signal_number(self) -> int | None:
+        """The signal that stopped the run before max_steps, if one did (train.py exits 128 + this)."""
+        return int(getattr(signal, self.stop_reason)) if self.stop_reason.startswith("SIG") else None
 
 
 class _StopFlag:
@@ -48,6 +65,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.raised = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -60,6 +78,11 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.raised = True
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else "a signal"
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -73,16 +96,34 @@ def batch_indices(step: int, micro: int, grad_accum: int, batch_size: int, rank:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG state as tensors and plain lists, so the checkpoint loads with `weights_only=True`."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": {"version": int(version), "internal": [int(x) for x in internal], "gauss": gauss}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `_rng_state`; also reads the tuples of older checkpoints (np.random.get_state() as saved)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        keys = numpy_state["keys"]
+        keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        numpy_state = (numpy_state["kind"], keys.astype(np.uint32), int(numpy_state["pos"]),
+                       int(numpy_state["has_gauss"]), float(numpy_state["cached_gaussian"]))
+    np.random.set_state(numpy_state)
+    python_state = state["python"]
+    if isinstance(python_state, dict):
+        python_state = (python_state["version"], tuple(python_state["internal"]), python_state["gauss"])
+    else:
+        python_state = (python_state[0], tuple(python_state[1]), python_state[2])
+    random.setstate(python_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -93,17 +134,180 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resume_path(train_cfg: DictConfig, ckpt_dir: Path) -> Path | None:
-    resume = train_cfg.get("resume")
-    if resume in (None, False, "false", "False"):
-        return None
+RESUME_CHOICES = "false (a fresh run), true (continue <ckpt_dir>/last.pt), auto (continue it when it exists, " \
+                 "else start fresh) or the path of a checkpoint"
+
+
+def _resume_mode(resume: Any) -> str | Path:
+    """train.resume as "false" | "true" | "auto" | a checkpoint Path."""
+    if resume in (None, False) or str(resume).lower() in ("false", "none", "null", ""):
+        return "false"
     if resume is True or str(resume).lower() == "true":
-        path = ckpt_dir / "last.pt"
-        return path if path.exists() else None
-    path = Path(str(resume))
-    if not path.is_file():
-        raise FileNotFoundError(f"train.resume={resume}: no such checkpoint")
-    return path
+        return "true"
+    if str(resume).lower() == "auto":
+        return "auto"
+    return Path(str(resume)).expanduser()
+
+
+def _resume_path(train_cfg: DictConfig, ckpt_dir: Path) -> Path | None:
+    """The checkpoint this run continues, or None for a fresh run (see `RESUME_CHOICES`).
+
+    train.resume=true with no last.pt is an error, never a silent fresh start: a typo in train.ckpt_dir (or a
+    kill before the first save) would otherwise start from step 0 and overwrite a good best.pt.
+    """
+    mode = _resume_mode(train_cfg.get("resume"))
+    last = ckpt_dir / "last.pt"
+    if mode == "false":
+        return None
+    if mode == "true":
+        if not last.is_file():
+            raise UserError(f"train.resume=true: nothing to resume, {last} does not exist (check train.ckpt_dir; "
+                            "train.resume=auto starts a fresh run when there is no last.pt)")
+        return last
+    if mode == "auto":
+        return last if last.is_file() else None
+    if not mode.is_file():
+        raise FileNotFoundError(f"train.resume={train_cfg.get('resume')}: no such checkpoint")
+    return mode
+
+
+def ckpt_dir_of(train_cfg: DictConfig, run_dir: Path) -> Path:
+    """Where checkpoints go (the same rule as in `_train`)."""
+    return Path(str(train_cfg.ckpt_dir)) if train_cfg.get("ckpt_dir") else run_dir / "checkpoints"
+
+
+class CheckpointDirLock:
+    """An exclusive `flock` on `<ckpt_dir>/.lock` for the whole run: two runs never write one folder.
+
+    The kernel drops the lock when the process ends, however it ends (kill -9 included), so a stale
+    `.lock` file never blocks a later run. (No locking where `fcntl` is missing, i.e. on Windows.)
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / ".lock"
+        self._handle: Any = None
+
+    def acquire(self) -> "CheckpointDirLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(f"train.ckpt_dir={self.path.parent} is in use by another training run ({owner}); "
+                            "wait for it to finish or pick another train.ckpt_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the flock
+            self._handle = None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers cannot be in use: we are not saving now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_orphaned_temp_files(folder: Path) -> list[Path]:
+    """Delete `.<name>.tmp-<pid>` files that a killed save left behind (their writer is gone)."""
+    removed = []
+    for path in folder.glob(".*.tmp-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if path.is_file() and (not pid.isdigit() or not _pid_alive(int(pid))):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def guard_checkpoint_dir(train_cfg: DictConfig, ckpt_dir: Path, is_main: bool) -> CheckpointDirLock | None:
+    """Before anything is built: refuse a run that would destroy checkpoints, lock the folder, tidy it.
+
+    - train.resume=true with no last.pt: error (see `_resume_path`);
+    - a run that does not continue a checkpoint of this folder, into a folder holding checkpoints (*.pt):
+      error, since its first validation would overwrite best.pt and its first save last.pt;
+    - another run holding the folder: error (`CheckpointDirLock`);
+    - orphaned temp files of killed saves: deleted.
+    The lock (rank 0 only; the other ranks never write) is returned for the caller to release.
+    """
+    resume_from = _resume_path(train_cfg, ckpt_dir)
+    continues_here = resume_from is not None and resume_from.resolve().parent == ckpt_dir.resolve()
+    if not is_main:
+        return None
+    make_dir(ckpt_dir, "train.ckpt_dir")
+    lock = CheckpointDirLock(ckpt_dir).acquire()
+    try:
+        removed = remove_orphaned_temp_files(ckpt_dir)
+        if removed:
+            tqdm.write(f"removed {len(removed)} temporary file(s) left by a killed save in {ckpt_dir}")
+        existing = sorted(p.name for p in ckpt_dir.glob("*.pt") if p.is_file())
+        if existing and not continues_here:
+            resume = _resume_mode(train_cfg.get("resume"))
+            why = "a fresh run" if resume_from is None else f"resuming from {resume_from}"
+            raise UserError(f"train.ckpt_dir={ckpt_dir} already holds {', '.join(existing)}; {why} would overwrite "
+                            f"{'them' if len(existing) > 1 else 'it'}. Continue that run with train.resume=true"
+                            f"{'' if resume == 'false' else ' (it needs a last.pt)'}, or pick another train.ckpt_dir")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Every numeric training option checked before anything runs, each error naming its option."""
+    t = cfg.train
+    check_int("seed", cfg.get("seed"))
+    for name, minimum in (("seq_len", 1), ("batch_size", 1), ("grad_accum", 1), ("max_steps", 1),
+                          ("warmup_steps", 0), ("val_every", 1), ("val_batches", 1), ("ckpt_every", 1),
+                          ("num_workers", 0)):
+        check_int(f"train.{name}", t.get(name), minimum=minimum)
+    check_int("train.val_length_factor", t.get("val_length_factor"), minimum=0, allow_none=True)
+    check_int("train.val_long_batches", t.get("val_long_batches"), minimum=1, allow_none=True)
+    check_int("train.stop_at_step", t.get("stop_at_step"), minimum=1, allow_none=True)
+    check_float("train.lr", t.get("lr"), minimum=0.0, exclusive_min=True)
+    check_float("train.weight_decay", t.get("weight_decay"), minimum=0.0)
+    check_float("train.pe_lr_scale", t.get("pe_lr_scale"), minimum=0.0, allow_none=True)
+    check_float("train.min_lr_ratio", t.get("min_lr_ratio"), minimum=0.0, maximum=1.0)
+    check_float("train.grad_clip", t.get("grad_clip"), minimum=0.0)
+    betas = t.get("betas")
+    if betas is None or isinstance(betas, (str, bytes)) or len(list(betas)) != 2:
+        raise UserError(f"train.betas must be two numbers in [0, 1), got {betas!r}")
+    for i, beta in enumerate(betas):
+        if check_float(f"train.betas[{i}]", beta, minimum=0.0) >= 1.0:
+            raise UserError(f"train.betas[{i}] must be in [0, 1), got {beta!r}")
+    if str(t.get("precision")) not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"train.precision={t.get('precision')}: use fp32, bf16 or fp16")
+    if not isinstance(t.get("resume"), (bool, str, type(None))):
+        raise UserError(f"train.resume={t.get('resume')!r}: use {RESUME_CHOICES}")
+    logger = cfg.get("logger") or {}
+    if logger.get("log_every") is not None:
+        check_int("logger.log_every", logger.get("log_every"), minimum=1)
+    data = cfg.get("data") or {}
+    check_int("data.max_files", data.get("max_files"), minimum=1, allow_none=True)
+    check_int("data.num_workers", data.get("num_workers"), minimum=0, allow_none=True)
+    augment = data.get("augment") or {}
+    for name in ("transpose", "tempo_shift"):
+        check_int(f"data.augment.{name}", augment.get(name), minimum=0, allow_none=True)
 
 
 def _check_compatible(ckpt: Checkpoint, model_config: dict[str, Any], vocab_tokens: list[str]) -> None:
@@ -125,12 +329,21 @@ def _autocast(device: torch.device, precision: str):
 
 
 def run_training(cfg: DictConfig, run_dir: str | Path, progress: bool = True) -> TrainResult:
-    """Train according to `cfg` (conf/config.yaml); checkpoints go to train.ckpt_dir or run_dir/checkpoints."""
+    """Train according to `cfg` (conf/config.yaml); checkpoints go to train.ckpt_dir or run_dir/checkpoints.
+
+    Options are validated and the checkpoint folder guarded (`guard_checkpoint_dir`) before anything is
+    built, so a run that would fail or destroy work stops at once with a one-line error.
+    """
+    validate_train_config(cfg)
     tcfg = cfg.train
     info = init_distributed(str(cfg.device))
+    lock = None
     try:
+        lock = guard_checkpoint_dir(tcfg, ckpt_dir_of(tcfg, Path(run_dir)), info.is_main)
         return _train(cfg, tcfg, info, Path(run_dir), progress)
     finally:
+        if lock is not None:
+            lock.release()
         shutdown(info)
 
 
@@ -231,7 +444,7 @@ def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, pro
     log_every = int(cfg.logger.get("log_every", 10))
     stop_at = tcfg.get("stop_at_step")
     losses: list[float] = []
-    step, interrupted, last_loss = start_step, False, float("nan")
+    step, interrupted, last_loss, stop_reason = start_step, False, float("nan"), "finished"
     bar = tqdm(total=max_steps, initial=start_step, desc="train", disable=not (progress and info.is_main),
                unit="step", dynamic_ncols=True)
     tokens_seen, t0 = 0, time.perf_counter()
@@ -286,17 +499,22 @@ def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, pro
                     save_all_ranks("best.pt", step)
             if step % int(tcfg.ckpt_every) == 0 or step == max_steps:
                 save_all_ranks("last.pt", step)
-            if stop.raised or (stop_at is not None and step >= int(stop_at) and step < max_steps):
+            signalled = stop.raised
+            if info.enabled:  # every rank stops at the same step, or the collective save below would hang
+                signalled = bool(all_reduce_mean(torch.tensor(float(stop.raised), device=device), info) > 0)
+            if step < max_steps and (signalled or (stop_at is not None and step >= int(stop_at))):
                 save_all_ranks("last.pt", step)
                 interrupted = True
+                stop_reason = stop.name if stop.raised else ("SIGTERM" if signalled else "stop_at_step")
                 if info.is_main:
-                    tqdm.write(f"stopped at step {step}; saved {ckpt_dir / 'last.pt'}; continue with "
-                               f"train.resume=true train.ckpt_dir={ckpt_dir}")
+                    why = f"by {stop_reason}" if signalled else f"at train.stop_at_step={int(stop_at)}"
+                    tqdm.write(f"stopped {why} before max_steps={max_steps}: saved at step {step} in "
+                               f"{ckpt_dir / 'last.pt'}; resume with train.resume=true train.ckpt_dir={ckpt_dir}")
                 break
     bar.close()
     logger.finish()
     barrier(info)
-    return TrainResult(step, last_loss, best_val, ckpt_dir, interrupted, losses)
+    return TrainResult(step, last_loss, best_val, ckpt_dir, interrupted, losses, stop_reason)
 
 
 def _init_from(model: torch.nn.Module, path: str, vocab_tokens: list[str], verbose: bool) -> dict[str, torch.Tensor]:
