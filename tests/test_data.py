@@ -36,7 +36,7 @@ def test_pop909_split_rule() -> None:
     assert hash_split("a/b.mid") == hash_split("a/b.mid")
 
 
-def test_prepare_writes_cache_and_reuses_it(small_corpus: Path, tmp_path: Path) -> None:
+def test_prepare_writes_cache_and_reuses_it(small_corpus: Path, tmp_path: Path, pop909_dir: Path) -> None:
     cfg = _data_cfg(small_corpus, tmp_path / "cache")
     cache = prepare_corpus(cfg, {}, progress=False)
     assert {s.relpath: s.split for s in cache.songs} == {
@@ -50,7 +50,8 @@ def test_prepare_writes_cache_and_reuses_it(small_corpus: Path, tmp_path: Path) 
     again = prepare_corpus(cfg, {}, progress=False)
     assert again.manifest["last_run"] == {"tokenized": 0, "unchanged": 6}
     shutil.copy(small_corpus / "003.mid", tmp_path / "003.bak")
-    (small_corpus / "003.mid").write_bytes((small_corpus / "002.mid").read_bytes())
+    # (another song's bytes: identical bytes read with the same metre would reuse that song's ids, by key)
+    (small_corpus / "003.mid").write_bytes((pop909_dir / "004.mid").read_bytes())
     try:
         third = prepare_corpus(cfg, {}, progress=False)
         assert third.manifest["last_run"] == {"tokenized": 1, "unchanged": 5}

@@ -2,8 +2,10 @@
 
     python -m musicgen.data.prepare data=pop909 data.root=/path/to/pop909
 
-An unchanged corpus is not re-tokenized: files whose SHA-1 (and tokenizer settings and metre) match the
-existing manifest keep their cached ids.
+An unchanged corpus is not re-tokenized: a song keeps its cached ids only when its cache key matches, and
+the key covers every input of its tokenization (`song_key`: the file's SHA-1, the tokenizer settings, the
+metre it is read with, e.g. from POP909's index.tsv, and the tokenizer's code version). Bad files keep
+their reason across runs. The whole preparation holds the cache's exclusive lock (see `musicgen.data.cache`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any, Mapping
 import numpy as np
 from tqdm import tqdm
 
+from ..config import make_dir
 from ..tokenizer import MidiReadError, REMITokenizer, TokenizerConfig
-from .cache import TokenCache, write_cache
+from .cache import TokenCache, cache_lock, write_cache
 from .download import download_pop909
 from .sources import SourceFile, list_sources
 
@@ -45,8 +48,21 @@ def _tokenize(source: SourceFile) -> tuple[str, np.ndarray | None, str]:
     return source.relpath, np.asarray(ids, dtype=np.uint16), ""
 
 
+#: Bump when a change to the tokenizer's code changes the ids it produces: every cached song is re-tokenized.
+TOKENIZATION_VERSION = 1
+
+
 def file_sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def song_key(file_sha1: str, tokenizer_cfg: TokenizerConfig, time_signature: tuple[int, int] | None) -> str:
+    """Hash of every input of one song's tokenization: its bytes, the tokenizer settings, the metre it is read
+    with (None = the file's own events) and `TOKENIZATION_VERSION`. Equal keys mean equal ids."""
+    metre = "file" if time_signature is None else f"{time_signature[0]}/{time_signature[1]}"
+    blob = json.dumps({"sha1": file_sha1, "tokenizer": tokenizer_cfg.to_dict(), "metre": metre,
+                       "version": TOKENIZATION_VERSION}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()
 
 
 def _settings(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig) -> dict[str, Any]:
@@ -55,38 +71,40 @@ def _settings(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig) -> di
             "split": str(data_cfg.get("split")), "tokenizer": tokenizer_cfg.to_dict()}
 
 
-def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] | TokenizerConfig,
-                   progress: bool = True) -> TokenCache:
-    """Make sure `data_cfg.cache_dir` holds an up-to-date token cache of `data_cfg.root`, and open it."""
-    if not isinstance(tokenizer_cfg, TokenizerConfig):
-        tokenizer_cfg = TokenizerConfig.from_mapping(tokenizer_cfg)
-    root = Path(str(data_cfg["root"]))
-    if data_cfg.get("download") and not any(root.glob("*.mid")):
-        if data_cfg.get("name") != "pop909":
-            raise ValueError("data.download=true is only available for data=pop909")
-        download_pop909(root)
-    sources = list_sources(data_cfg)
-    cache_dir = Path(str(data_cfg["cache_dir"]))
-    settings = _settings(data_cfg, tokenizer_cfg)
-    tokenizer = REMITokenizer(tokenizer_cfg)
+def _previous_results(cache_dir: Path, tokenizer: REMITokenizer, progress: bool
+                      ) -> dict[str, tuple[np.ndarray | None, str]]:
+    """Cache key -> (ids, "") or (None, reason) from the existing cache, when it is valid and of this vocabulary."""
+    if not (cache_dir / "manifest.json").exists():
+        return {}
+    try:
+        old = TokenCache(cache_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        if progress:
+            print(f"{' '.join(str(exc).split(';')[0].split())}: rebuilding it", flush=True)
+        return {}
+    if old.vocab.tokens != tokenizer.vocab.tokens:
+        return {}
+    previous: dict[str, tuple[np.ndarray | None, str]] = {}
+    for song in old.songs:
+        if song.key:
+            previous[song.key] = (old.song_tokens(song), "")
+    for entry in old.manifest.get("bad_files", []):
+        if entry.get("key"):
+            previous[entry["key"]] = (None, str(entry.get("reason") or "unreadable"))
+    return previous
 
-    previous: dict[str, tuple[str, np.ndarray]] = {}
-    if (cache_dir / "manifest.json").exists():
-        try:
-            old = TokenCache(cache_dir)
-            if old.manifest.get("settings") == settings and old.vocab.tokens == tokenizer.vocab.tokens:
-                previous = {s.relpath: (s.sha1, old.song_tokens(s)) for s in old.songs}
-                previous.update({b["path"]: (b.get("sha1", ""), None) for b in old.manifest.get("bad_files", [])})
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            previous = {}
 
+def _prepare_locked(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig, tokenizer: REMITokenizer,
+                    sources: list[SourceFile], cache_dir: Path, settings: dict[str, Any], root: Path,
+                    progress: bool):
+    previous = _previous_results(cache_dir, tokenizer, progress)
     hashes = {s.relpath: file_sha1(s.path) for s in sources}
-    todo = [s for s in sources if s.relpath not in previous or previous[s.relpath][0] != hashes[s.relpath]]
+    keys = {s.relpath: song_key(hashes[s.relpath], tokenizer_cfg, s.time_signature) for s in sources}
+    todo = [s for s in sources if keys[s.relpath] not in previous]
     results: dict[str, tuple[np.ndarray | None, str]] = {}
     for s in sources:
-        if s not in todo:
-            ids = previous[s.relpath][1]
-            results[s.relpath] = (ids, "" if ids is not None else "previously unreadable")
+        if keys[s.relpath] in previous:
+            results[s.relpath] = previous[keys[s.relpath]]
     unchanged = len(sources) - len(todo)
     if todo:
         workers = int(data_cfg.get("num_workers") or 0) or os.cpu_count() or 1
@@ -108,17 +126,39 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
     for s in sources:
         ids, reason = results[s.relpath]
         if ids is None:
-            bad.append((s.relpath, reason or "unreadable", hashes[s.relpath]))
+            bad.append((s.relpath, reason or "unreadable", hashes[s.relpath], keys[s.relpath]))
         else:
-            songs.append((s.relpath, hashes[s.relpath], s.split, ids))
+            songs.append((s.relpath, hashes[s.relpath], s.split, ids, keys[s.relpath]))
     cache = write_cache(cache_dir, tokenizer.vocab, songs, settings, bad,
                         last_run={"tokenized": len(todo), "unchanged": unchanged})
+    return cache, songs, bad, todo, unchanged
+
+
+def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] | TokenizerConfig,
+                   progress: bool = True) -> TokenCache:
+    """Make sure `data_cfg.cache_dir` holds an up-to-date token cache of `data_cfg.root`, and open it."""
+    if not isinstance(tokenizer_cfg, TokenizerConfig):
+        tokenizer_cfg = TokenizerConfig.from_mapping(tokenizer_cfg)
+    root = Path(str(data_cfg["root"]))
+    if data_cfg.get("download") and not any(root.glob("*.mid")):
+        if data_cfg.get("name") != "pop909":
+            raise ValueError("data.download=true is only available for data=pop909")
+        download_pop909(root)
+    sources = list_sources(data_cfg)
+    cache_dir = Path(str(data_cfg["cache_dir"]))
+    settings = _settings(data_cfg, tokenizer_cfg)
+    tokenizer = REMITokenizer(tokenizer_cfg)
+
+    make_dir(cache_dir, "data.cache_dir")
+    with cache_lock(cache_dir, exclusive=True, message=f"waiting for another process preparing {cache_dir} ..."):
+        cache, songs, bad, todo, unchanged = _prepare_locked(data_cfg, tokenizer_cfg, tokenizer, sources, cache_dir,
+                                                            settings, root, progress)
     if progress:
-        n_tokens = sum(len(ids) for *_, ids in songs)
+        n_tokens = sum(len(song[3]) for song in songs)
         print(f"corpus {root}: {len(songs)} songs, {n_tokens:,} tokens ({unchanged} unchanged, "
               f"{len(todo)} tokenized), {len(bad)} skipped -> {cache_dir}"
               + (f" (reasons in {cache_dir / 'bad_files.log'})" if bad else ""))
-        for path, reason, _ in bad[:10]:
+        for path, reason, *_ in bad[:10]:
             print(f"  skipped {path}: {reason}")
         if len(bad) > 10:
             print(f"  ... and {len(bad) - 10} more")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..config import check_int
 from ..tokenizer import find_midi_files, parse_time_signature
 
 SPLITS = ("train", "valid", "test")
@@ -55,6 +56,8 @@ def read_pop909_metres(root: Path) -> dict[int, tuple[int, int]]:
 
 def list_sources(data_cfg: Mapping[str, Any]) -> list[SourceFile]:
     """The corpus described by a data config (see conf/data/*.yaml), sorted by relative path."""
+    # A count of files or null (all): -1 would silently drop the last file and 0 would mean all.
+    max_files = check_int("data.max_files", data_cfg.get("max_files"), minimum=1, allow_none=True)
     root = Path(str(data_cfg["root"]))
     if not root.exists():
         hint = " (or set data.download=true)" if data_cfg.get("name") == "pop909" else ""
@@ -62,9 +65,8 @@ def list_sources(data_cfg: Mapping[str, Any]) -> list[SourceFile]:
     files = find_midi_files(root)
     if not files:
         raise FileNotFoundError(f"data.root={root}: no MIDI files (.mid/.midi/.kar) found")
-    max_files = data_cfg.get("max_files")
-    if max_files:
-        files = files[: int(max_files)]
+    if max_files is not None:
+        files = files[:max_files]
     ts_option = str(data_cfg.get("time_signature", "file"))
     split_rule = str(data_cfg.get("split", "hash"))
     metres: dict[int, tuple[int, int]] = {}
