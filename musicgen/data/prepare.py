@@ -20,8 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from ..config import make_dir
-from ..tokenizer import MidiReadError, REMITokenizer, TokenizerConfig
+from ..config import UserError, make_dir
+from ..tokenizer import MidiReadError, REMITokenizer, TokenizerConfig, Vocabulary
 from .cache import TokenCache, cache_lock, write_cache
 from .download import download_pop909
 from .sources import SourceFile, list_sources
@@ -71,7 +71,7 @@ def _settings(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig) -> di
             "split": str(data_cfg.get("split")), "tokenizer": tokenizer_cfg.to_dict()}
 
 
-def _previous_results(cache_dir: Path, tokenizer: REMITokenizer, progress: bool
+def _previous_results(cache_dir: Path, tokenizer: REMITokenizer, progress: bool, replace_other_vocabulary: bool = True
                       ) -> dict[str, tuple[np.ndarray | None, str]]:
     """Cache key -> (ids, "") or (None, reason) from the existing cache, when it is valid and of this vocabulary."""
     if not (cache_dir / "manifest.json").exists():
@@ -83,6 +83,10 @@ def _previous_results(cache_dir: Path, tokenizer: REMITokenizer, progress: bool
             print(f"{' '.join(str(exc).split(';')[0].split())}: rebuilding it", flush=True)
         return {}
     if old.vocab.tokens != tokenizer.vocab.tokens:
+        if not replace_other_vocabulary:
+            raise UserError(f"data.cache_dir={cache_dir} holds a token cache of another vocabulary "
+                            f"({old.vocab.fingerprint}, not {tokenizer.vocab.fingerprint}); it is not overwritten: "
+                            "pick another data.cache_dir (or delete that folder)")
         return {}
     previous: dict[str, tuple[np.ndarray | None, str]] = {}
     for song in old.songs:
@@ -96,8 +100,8 @@ def _previous_results(cache_dir: Path, tokenizer: REMITokenizer, progress: bool
 
 def _prepare_locked(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig, tokenizer: REMITokenizer,
                     sources: list[SourceFile], cache_dir: Path, settings: dict[str, Any], root: Path,
-                    progress: bool):
-    previous = _previous_results(cache_dir, tokenizer, progress)
+                    progress: bool, replace_other_vocabulary: bool = True):
+    previous = _previous_results(cache_dir, tokenizer, progress, replace_other_vocabulary)
     hashes = {s.relpath: file_sha1(s.path) for s in sources}
     keys = {s.relpath: song_key(hashes[s.relpath], tokenizer_cfg, s.time_signature) for s in sources}
     todo = [s for s in sources if keys[s.relpath] not in previous]
@@ -135,8 +139,12 @@ def _prepare_locked(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig,
 
 
 def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] | TokenizerConfig,
-                   progress: bool = True) -> TokenCache:
-    """Make sure `data_cfg.cache_dir` holds an up-to-date token cache of `data_cfg.root`, and open it."""
+                   progress: bool = True, replace_other_vocabulary: bool = True) -> TokenCache:
+    """Make sure `data_cfg.cache_dir` holds an up-to-date token cache of `data_cfg.root`, and open it.
+
+    A damaged or outdated cache there is rebuilt. One of another vocabulary is replaced too (training with new
+    tokenizer settings), unless `replace_other_vocabulary` is false (evaluate): then it is a UserError.
+    """
     if not isinstance(tokenizer_cfg, TokenizerConfig):
         tokenizer_cfg = TokenizerConfig.from_mapping(tokenizer_cfg)
     root = Path(str(data_cfg["root"]))
@@ -152,7 +160,7 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
     make_dir(cache_dir, "data.cache_dir")
     with cache_lock(cache_dir, exclusive=True, message=f"waiting for another process preparing {cache_dir} ..."):
         cache, songs, bad, todo, unchanged = _prepare_locked(data_cfg, tokenizer_cfg, tokenizer, sources, cache_dir,
-                                                            settings, root, progress)
+                                                            settings, root, progress, replace_other_vocabulary)
     if progress:
         n_tokens = sum(len(song[3]) for song in songs)
         print(f"corpus {root}: {len(songs)} songs, {n_tokens:,} tokens ({unchanged} unchanged, "
@@ -162,6 +170,40 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
             print(f"  skipped {path}: {reason}")
         if len(bad) > 10:
             print(f"  ... and {len(bad) - 10} more")
+    return cache
+
+
+def current_cache(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] | TokenizerConfig,
+                  ) -> TokenCache | None:
+    """The cache in `data_cfg.cache_dir` when it is exactly what `prepare_corpus` would write now (same
+    vocabulary; every file present with the same cache key and split), opened and verified; else None.
+
+    Read-only: nothing is written, so it is safe on a folder named by a loaded checkpoint (evaluate).
+    """
+    if not isinstance(tokenizer_cfg, TokenizerConfig):
+        tokenizer_cfg = TokenizerConfig.from_mapping(tokenizer_cfg)
+    cache_dir = Path(str(data_cfg["cache_dir"]))
+    if not (cache_dir / "manifest.json").is_file():
+        return None
+    sources = list_sources(data_cfg)
+    try:
+        cache = TokenCache(cache_dir)
+    except (OSError, ValueError):
+        return None
+    if cache.vocab.tokens != Vocabulary(tokenizer_cfg).tokens:
+        return None
+    songs = {s.relpath: s for s in cache.songs}
+    bad = {str(b.get("path")): b for b in cache.manifest.get("bad_files", [])}
+    if len(songs) + len(bad) != len(sources):
+        return None
+    for source in sources:
+        key = song_key(file_sha1(source.path), tokenizer_cfg, source.time_signature)
+        entry = songs.get(source.relpath)
+        if entry is not None:
+            if entry.key != key or entry.split != source.split:
+                return None
+        elif bad.get(source.relpath, {}).get("key") != key:
+            return None
     return cache
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PROJECT_ROOT, UserError, require_known_keys
+from ..config import PROJECT_ROOT, UserError, check_float, check_int, check_writable_dir, require_known_keys
 from .likelihood import NATS_PER_BIT, PositionNLL, extrapolation_edges, position_nll
 
 Log = Callable[[str], None]
@@ -108,13 +109,12 @@ class EvaluateOptions:
         if self.split not in ("train", "valid", "test"):
             raise UserError(f"split={self.split!r}: use train, valid or test")
         for name in ("length_factor", "batch_size", "drift_samples", "drift_window", "smooth"):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise UserError(f"{name} must be an integer >= 1, got {value}")
-        if self.max_files is not None and (int(self.max_files) != self.max_files or self.max_files < 1):
-            raise UserError(f"max_files must be an integer >= 1 or null, got {self.max_files}")
-        if self.drift_tokens is not None and (int(self.drift_tokens) != self.drift_tokens or self.drift_tokens < 1):
-            raise UserError(f"drift_tokens must be an integer >= 1 or null, got {self.drift_tokens}")
+            setattr(self, name, check_int(name, getattr(self, name), minimum=1))
+        self.max_files = check_int("max_files", self.max_files, minimum=1, allow_none=True)
+        self.drift_tokens = check_int("drift_tokens", self.drift_tokens, minimum=1, allow_none=True)
+        self.seed = check_int("seed", self.seed)
+        self.temperature = check_float("temperature", self.temperature, minimum=0.0)
+        self.top_p = check_float("top_p", self.top_p, minimum=0.0, maximum=1.0, exclusive_min=True)
         if self.generated is not None and not Path(str(self.generated)).is_dir():
             raise UserError(f"generated={self.generated}: no such folder")
 
@@ -135,37 +135,58 @@ def eval_data_config(ckpt_config: Mapping[str, Any], root: str | None = None,
     """The checkpoint's data settings (metre rule, split rule, max_files ...) with `root`/`cache_dir` swapped in.
 
     Why the checkpoint's: the split and metre rules define which songs are "test" and how they were tokenized,
-    so any other choice would not measure the model on the data it was trained for. A `root` other than the
-    checkpoint's gets its own cache folder (`<cache_dir>-eval-<hash of root>`) unless `cache_dir` is given, so
-    evaluating on other MIDI never overwrites the training cache.
+    so any other choice would not measure the model on the data it was trained for. `cache_dir` here is the
+    user's folder when given, else the checkpoint's own; `open_eval_cache` only *reads* the latter (paths
+    that are written never come from a loaded file).
     """
     data = dict(ckpt_config.get("data") or {})
     if not data:
         raise UserError("the checkpoint carries no data config; pass data.root=... and data.cache_dir=...")
     data.setdefault("cache_dir", f"cache/{data.get('name', 'data')}")
     own_root = _existing_path(data.get("root", ""))
-    data["cache_dir"] = str(_existing_path(data["cache_dir"]))
-    if root is not None and Path(str(root)).resolve() != own_root.resolve() and cache_dir is None:
-        tag = hashlib.sha1(str(Path(str(root)).resolve()).encode()).hexdigest()[:8]
-        data["cache_dir"] = f"{data['cache_dir']}-eval-{tag}"
+    data["cache_dir"] = str(cache_dir) if cache_dir is not None else str(_existing_path(data["cache_dir"]))
     data["root"] = str(root) if root is not None else str(own_root)
-    if cache_dir is not None:
-        data["cache_dir"] = str(cache_dir)
     data["download"] = False  # evaluation never fetches data behind the user's back
     return data
 
 
+def default_eval_cache_dir(data: Mapping[str, Any], vocab: Any) -> Path:
+    """Where evaluate builds a cache when the checkpoint's own cannot be used as it is: `cache/eval-<name>-<tag>`
+    in the working directory, the tag hashing the data root, split and metre rules and the vocabulary."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(data.get("name") or "data")).strip("._") or "data"
+    what = json.dumps({"root": str(Path(str(data.get("root", ""))).resolve()), "split": str(data.get("split")),
+                       "time_signature": str(data.get("time_signature")), "max_files": data.get("max_files"),
+                       "vocab": vocab.fingerprint}, sort_keys=True)
+    return Path("cache") / f"eval-{name[:40]}-{hashlib.sha1(what.encode()).hexdigest()[:10]}"
+
+
 def open_eval_cache(ckpt_config: Mapping[str, Any], vocab: Any, root: str | None = None,
                     cache_dir: str | None = None, progress: bool = True) -> Any:
-    """Token cache for evaluation: prepared (or reused) with the checkpoint's tokenizer and data settings.
+    """Token cache for evaluation, with the checkpoint's tokenizer (its vocabulary) and data settings.
 
-    The cache vocabulary must equal the checkpoint's, token for token: ids mean nothing otherwise.
+    - `cache_dir` given (data.cache_dir=): prepared or reused there; a cache of another vocabulary in that
+      folder is refused, not overwritten;
+    - else the checkpoint's own cache (its data.cache_dir) is used *read-only* when it is exactly up to date
+      for these files and this vocabulary; otherwise a cache is prepared in `default_eval_cache_dir`.
+      The checkpoint's folder is never written: its stored config cannot steer evaluate's writes, and a
+      checkpoint of another vocabulary cannot rebuild a training cache.
     """
     from ..data import prepare_corpus
+    from ..data.prepare import current_cache
 
     data = eval_data_config(ckpt_config, root, cache_dir)
-    tokenizer_cfg = ckpt_config.get("tokenizer") or vocab.config.to_dict()
-    cache = prepare_corpus(data, tokenizer_cfg, progress=progress)
+    tokenizer_cfg = vocab.config  # the checkpoint's vocabulary defines what the ids mean
+    if cache_dir is None:
+        own = data["cache_dir"]
+        cache = current_cache(data, tokenizer_cfg)
+        if cache is None:
+            data["cache_dir"] = str(default_eval_cache_dir(data, vocab))
+            if progress:
+                print(f"the checkpoint's token cache {own} is missing or not up to date for {data['root']} with its "
+                      f"vocabulary (it is never written by evaluate): using {data['cache_dir']}", flush=True)
+            cache = prepare_corpus(data, tokenizer_cfg, progress=progress, replace_other_vocabulary=False)
+    else:
+        cache = prepare_corpus(data, tokenizer_cfg, progress=progress, replace_other_vocabulary=False)
     if list(cache.vocab.tokens) != list(vocab.tokens):
         raise UserError(f"{cache.dir}: the token cache's vocabulary differs from the checkpoint's")
     return cache
@@ -387,9 +408,21 @@ def reference_statistics(cache: Any, split: str, tokenizer: Any, max_files: int 
     return rows
 
 
-def generated_statistics(folder: str | Path) -> tuple[list[dict[str, float]], list[str]]:
-    """(`music_statistics` of every .mid/.midi under `folder`, their relative paths).
+def generated_midi_files(folder: str | Path) -> list[Path]:
+    """The .mid/.midi files under `folder` (sorted); a UserError when there are none."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi") and p.is_file())
+    if not files:
+        raise UserError(f"generated={folder}: no .mid/.midi files found")
+    return files
 
+
+def generated_statistics(folder: str | Path, skipped: list[tuple[str, str]] | None = None,
+                         ) -> tuple[list[dict[str, float]], list[str]]:
+    """(`music_statistics` of every readable .mid/.midi under `folder`, their relative paths).
+
+    A file that cannot be read is left out and reported: appended to `skipped` as (relative path, reason);
+    only when no file at all can be read is it a UserError.
     `skipped_share` comes from the `.json` generate.py writes beside each MIDI (`skipped` / `tokens`). A MIDI
     file does not carry the ids it was decoded from, and re-encoding it yields grammatical ids by construction
     (skip share 0 whatever the model did), so without that .json the share is NaN (shown as n/a).
@@ -399,16 +432,16 @@ def generated_statistics(folder: str | Path) -> tuple[list[dict[str, float]], li
     from .metrics import music_statistics, skipped_token_share
 
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi") and p.is_file())
-    if not files:
-        raise UserError(f"generated={folder}: no .mid/.midi files found")
-    rows, names = [], []
+    files = generated_midi_files(folder)
+    rows, names, failed = [], [], []
     for path in files:
+        name = path.relative_to(folder).as_posix()
         try:
             midi = MidiFile(str(path))
-        except Exception as exc:  # a damaged file is reported, not a crash
-            raise UserError(f"{path}: cannot be read as MIDI ({type(exc).__name__}: {exc})") from None
-        row = dict(music_statistics(midi))
+            row = dict(music_statistics(midi))
+        except Exception as exc:  # a damaged file is skipped and reported, not a crash of all the statistics
+            failed.append((name, f"cannot be read as MIDI ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"))
+            continue
         row["skipped_share"] = float("nan")
         meta = path.with_suffix(".json")
         if meta.is_file():
@@ -418,16 +451,30 @@ def generated_statistics(folder: str | Path) -> tuple[list[dict[str, float]], li
             except (ValueError, KeyError, TypeError):
                 pass
         rows.append(row)
-        names.append(path.relative_to(folder).as_posix())
+        names.append(name)
+    if skipped is not None:
+        skipped.extend(failed)
+    if not rows:
+        first = f" ({failed[0][0]}: {failed[0][1]})" if failed else ""
+        raise UserError(f"generated={folder}: none of its {len(files)} MIDI file(s) can be read{first}")
     return rows, names
 
 
 def music_statistics_report(generated: str | Path, cache: Any, split: str, tokenizer: Any,
-                            max_files: int | None = None) -> tuple[str, dict[str, Any]]:
-    """(side-by-side table, JSON payload) of generated pieces vs the split's songs."""
+                            max_files: int | None = None,
+                            precomputed: tuple[list[dict[str, float]], list[str], list[tuple[str, str]]] | None = None,
+                            ) -> tuple[str, dict[str, Any]]:
+    """(side-by-side table, JSON payload) of generated pieces vs the split's songs.
+
+    `precomputed` = (rows, names, skipped) from `generated_statistics`, when the caller read the files already.
+    """
     from .metrics import aggregate, format_comparison_table
 
-    gen, names = generated_statistics(generated)
+    if precomputed is None:
+        skipped: list[tuple[str, str]] = []
+        gen, names = generated_statistics(generated, skipped)
+    else:
+        gen, names, skipped = precomputed
     ref = reference_statistics(cache, split, tokenizer, max_files)
     table = format_comparison_table(gen, ref, labels=(f"generated (n={len(gen)})", f"{split} (n={len(ref)})"))
     payload = {
@@ -437,6 +484,7 @@ def music_statistics_report(generated: str | Path, cache: Any, split: str, token
         "generated_mean_std": {k: list(v) for k, v in aggregate(gen).items()},
         "reference_mean_std": {k: list(v) for k, v in aggregate(ref).items()},
         "generated": [{"file": n, **r} for n, r in zip(names, gen)],
+        "skipped_files": [{"file": n, "reason": r} for n, r in skipped],
         "reference": ref,
     }
     return table, payload
@@ -645,6 +693,14 @@ def evaluate(options: EvaluateOptions, log: Log | None = print) -> EvaluationRes
     ckpt_path = resolve_checkpoint(options.checkpoint)
     device = resolve_device(options.device)
     out = Path(options.output_dir) if options.output_dir else default_output_dir()
+    check_writable_dir(out, "output_dir")  # before any work, not after the NLL step
+    generated = None
+    if options.generated:  # read the generated MIDI first: a bad folder fails now, bad files are skipped
+        skipped: list[tuple[str, str]] = []
+        rows, names = generated_statistics(options.generated, skipped)
+        generated = (rows, names, skipped)
+        for name, reason in skipped:
+            log(f"skipped {name}: {reason}")
     model, vocab, ckpt = load_model(ckpt_path, device)
     train_len = ckpt.train_seq_len or int(((ckpt.config or {}).get("train") or {}).get("seq_len") or 0)
     if not train_len:
@@ -675,12 +731,13 @@ def evaluate(options: EvaluateOptions, log: Log | None = print) -> EvaluationRes
     if options.generated:
         tokenizer = REMITokenizer(vocab.config)
         table, music = music_statistics_report(options.generated, cache, options.split, tokenizer,
-                                               options.max_files)
+                                               options.max_files, precomputed=generated)
         files["music_json"] = write_json(out / "music_statistics.json", music)
         result.music = music
         log("")
         log(f"music statistics: {options.generated} vs the {options.split} split (mean ± std; skipped_share: "
-            "tokens the grammar had to skip)")
+            "tokens the grammar had to skip)"
+            + (f"; {len(generated[2])} unreadable file(s) skipped" if generated and generated[2] else ""))
         log(table)
 
     if options.drift_tokens:
