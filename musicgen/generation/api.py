@@ -47,6 +47,7 @@ class GeneratedPiece:
     n_bars: int
     seconds: float  # length of the written MIDI, to the end of its last note
     files: dict[str, Path] = field(default_factory=dict)
+    guards: dict[str, Any] = field(default_factory=dict)  # how often each musical rule acted (guards.py)
 
     @property
     def n_notes(self) -> int:
@@ -101,6 +102,7 @@ def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_p
         "continuation_tokens": len(piece.ids) - piece.prompt_length,
         "continuation_bars": piece.n_bars,
         "skipped": piece.report.skipped,
+        "guards": piece.guards,
         "n_notes": piece.n_notes,
         "seconds": round(piece.seconds, 3),
         "device": device,
@@ -157,7 +159,7 @@ def generate_with(options: GenerateOptions, log: Log | None = print) -> list[Gen
     stop = options.stop
     if not stop.has_musical_limit:
         log(f"no bars/tokens/seconds limit set: stopping at EOS or after max_tokens={stop.max_tokens} tokens")
-    session = GenerationSession(model, tokenizer, options.sampling, stop, seed, device)
+    session = GenerationSession(model, tokenizer, options.sampling, stop, seed, device, options.guards)
     results = session.run(prompt, int(options.num_samples), progress=options.progress)
 
     width = max(2, len(str(options.num_samples - 1)))
@@ -168,7 +170,8 @@ def generate_with(options: GenerateOptions, log: Log | None = print) -> list[Gen
     for index, result in enumerate(results):
         midi, report, start_tick = _decode(tokenizer, result, options.include_prompt)
         piece = GeneratedPiece(index, f"{options.name}_{index:0{width}d}", result.ids, result.prompt_length, midi,
-                               report, start_tick, result.stop_reason, result.n_bars, midi_seconds(midi))
+                               report, start_tick, result.stop_reason, result.n_bars, midi_seconds(midi),
+                               guards=result.guards)
         if folder is not None:
             _write(piece, folder, options, log)
             meta = _metadata(piece, options, seed, ckpt_path, ckpt, prompt, device, session.tokens_per_second)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ..config import PROJECT_ROOT, UserError, require_known_keys
 from ..config import resolve_device as _resolve_device
+from .guards import DEFAULT_MAX_EMPTY_BARS, DEFAULT_MAX_NOTES_PER_ONSET, GuardConfig
 from .render import RENDER_CHOICES
 from .sampling import SamplingConfig
 from .session import DEFAULT_MAX_TOKENS, StopConfig
@@ -43,6 +44,9 @@ class GenerateOptions:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     repetition_window: int = 16
+    no_repeated_pitch: bool = True
+    max_notes_per_onset: int = DEFAULT_MAX_NOTES_PER_ONSET
+    max_empty_bars: int = DEFAULT_MAX_EMPTY_BARS
     seed: int | None = None
     device: str = "auto"
     output_dir: str | None = None
@@ -76,11 +80,16 @@ class GenerateOptions:
             raise UserError(f"seed must be an integer, got {self.seed}")
         self.sampling  # noqa: B018 - validate now
         self.stop  # noqa: B018
+        self.guards  # noqa: B018
 
     @property
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(float(self.temperature), int(self.top_k), float(self.top_p),
                               float(self.repetition_penalty), int(self.repetition_window))
+
+    @property
+    def guards(self) -> GuardConfig:
+        return GuardConfig(bool(self.no_repeated_pitch), self.max_notes_per_onset, self.max_empty_bars)
 
     @property
     def stop(self) -> StopConfig:

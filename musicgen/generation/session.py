@@ -17,6 +17,7 @@ runs in lock step) but their outputs are ignored; the loop ends when all are fin
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from ..config import UserError
 from ..tokenizer import GrammarState, Phase, REMITokenizer, TokenType
 from ..tokenizer.bins import Bins
 from ..tokenizer.grammar import FOLLOWERS
+from .guards import GuardConfig, MusicGuards
 from .prompt import Prompt
 from .sampling import PitchHistory, SamplingConfig, grammar_mask, sample_next
 from .timeline import TokenClock, event_step, follow_tempo
@@ -78,6 +80,7 @@ class SampleResult:
     stop_reason: str
     n_bars: int  # bars the continuation started
     continuation_seconds: float  # onset of its last event, from the continuation start
+    guards: dict[str, Any] = field(default_factory=dict)  # how often each musical rule acted (guards.py)
 
 
 @dataclass
@@ -119,9 +122,11 @@ class GenerationSession:
     """Generates a batch of continuations of one prompt with one model (see the module docstring)."""
 
     def __init__(self, model: Any, tokenizer: REMITokenizer, sampling: SamplingConfig, stop: StopConfig,
-                 seed: int, device: str | torch.device = "cpu") -> None:
+                 seed: int, device: str | torch.device = "cpu", guards: GuardConfig | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.sampling, self.stop = sampling, stop
+        self.guard_config = guards or GuardConfig()
+        self.guards: MusicGuards | None = None
         self.device = torch.device(device)
         self.vocab = tokenizer.vocab
         self.grammar = tokenizer.grammar
@@ -173,19 +178,24 @@ class GenerationSession:
         tracks = [_Track(gstate, clock.copy(), first_mask, start_seconds) for _ in range(batch_size)]
         self.history = PitchHistory(batch_size, len(self.vocab), self.vocab.ids_of_type(TokenType.PITCH),
                                     int(self.sampling.repetition_window))
+        self.guards = MusicGuards(self.vocab, self.guard_config, batch_size)
+        walk = self.grammar.initial_state()
+        for token in prompt.ids:
+            walk = self.grammar.advance(walk, token)
+            self.guards.observe(0, walk, token, continuation=False)
         for row in range(batch_size):
+            self.guards.rows[row] = copy.deepcopy(self.guards.rows[0])
             for token in prompt.ids:
                 self.history.push(row, token)
-        self.state = self.model.init_state(batch_size, device=self.device, generator=self._noise_gen)
-        logits = None
-        for token in prompt.ids:
-            batch = torch.full((batch_size,), token, dtype=torch.long, device=self.device)
-            logits, self.state = self.model.step(batch, self.state)
-        return logits, tracks, start_step
+        # the prompt in one parallel pass (same noise draws as init_state + one step per token)
+        ids = torch.tensor(prompt.ids, dtype=torch.long, device=self.device).unsqueeze(0).expand(batch_size, -1)
+        logits, self.state = self.model.prefill(ids, generator=self._noise_gen)
+        return logits[:, -1], tracks, start_step
 
     # --- sampling ------------------------------------------------------------------------------------
-    def allowed(self, tracks: list[_Track]) -> torch.Tensor:
-        """(B, V) mask: the grammar, the first-token rule, EOS when disallowed; PAD for finished rows."""
+    def allowed(self, tracks: list[_Track], logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, V) mask: the grammar, the first-token rule, EOS when disallowed, the musical guards
+        (:mod:`.guards`; ``logits`` let them count the probability they remove); PAD for finished rows."""
         mask = grammar_mask(self.grammar, [t.state for t in tracks]).numpy().copy()
         for row, track in enumerate(tracks):
             if track.done:
@@ -198,6 +208,15 @@ class GenerationSession:
             for row, track in enumerate(tracks):
                 if track.done:
                     mask[row, self.vocab.pad_id] = True
+        if self.guards is not None:
+            for row, track in enumerate(tracks):
+                if track.done:
+                    continue
+                probs = None
+                if logits is not None and self.guards.forbidden(row, track.state, mask[row]):
+                    row_logits = logits[row].float().cpu().masked_fill(~torch.from_numpy(mask[row]), float("-inf"))
+                    probs = torch.softmax(row_logits, dim=-1).numpy()
+                self.guards.restrict(row, track.state, mask[row], probs)
         return torch.from_numpy(mask)
 
     def _finish(self, track: _Track, reason: str) -> None:
@@ -230,6 +249,7 @@ class GenerationSession:
         track.tokens.append(token)
         follow_tempo(track.clock, state, int(self.vocab.values[token]), self._bins)
         self.history.push(row, token)
+        self.guards.observe(row, state, token, continuation=True)
         if TokenType.EOS in FOLLOWERS[state.phase]:
             track.closable = len(track.tokens)
         if len(track.tokens) >= stop.token_limit:
@@ -240,7 +260,8 @@ class GenerationSession:
         """Sample one token per sequence from `logits`, record it, and run the model on it -> next logits."""
         assert self.history is not None, "call feed_prompt first"
         guarded = self.history.mask() if self.sampling.repetition_penalty != 1.0 else None
-        tokens = sample_next(logits.float().cpu(), self.allowed(tracks), self.sampling, self._sample_gen, guarded)
+        logits = logits.float().cpu()
+        tokens = sample_next(logits, self.allowed(tracks, logits), self.sampling, self._sample_gen, guarded)
         feed = tokens.clone()
         for row, track in enumerate(tracks):
             if track.done:
@@ -275,4 +296,5 @@ class GenerationSession:
         elapsed = max(time.perf_counter() - began, 1e-9)
         self.tokens_per_second = steps * len(tracks) / elapsed
         return [SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
-                             t.last_seconds) for t in tracks]
+                             t.last_seconds, {**self.guard_config.to_dict(), **self.guards.counts[row].to_dict()})
+                for row, t in enumerate(tracks)]

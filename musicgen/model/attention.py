@@ -129,8 +129,8 @@ class CausalSelfAttention(nn.Module):
         softmax: {'k', 'v': (B, H, capacity, dim)} pre-allocated, 'len': filled length.
         """
         if self.kind == "linear":
-            if prefix is not None:
-                return {"state": prefix}
+            if prefix is not None:  # a copy: the kernel's state is a view into its per-chunk buffer
+                return {"state": prefix.clone()}
             f = self.feature_map.n_features
             return {"state": torch.zeros(batch_size, self.n_heads, f, self.head_dim + 1, device=device)}
         length = 0

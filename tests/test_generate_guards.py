@@ -1,0 +1,101 @@
+"""Musical guards of decoding (musicgen/generation/guards.py): models that want to loop or stay silent can't."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from musicgen.config import UserError
+from musicgen.generation import GenerationSession, SamplingConfig, StopConfig, unconditional_prompt
+from musicgen.generation.guards import GuardConfig
+from musicgen.tokenizer import REMITokenizer, TokenType
+
+OFF = GuardConfig(no_repeated_pitch=False, max_notes_per_onset=0, max_empty_bars=0)
+
+
+class FixedPreferenceModel:
+    """A 'model' whose next-token logits never change: the worst case of a collapsed model."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+    def prefill(self, ids: torch.Tensor, generator=None):
+        return self.logits.expand(ids.shape[0], ids.shape[1], -1).clone(), None
+
+    def step(self, tokens: torch.Tensor, state):
+        return self.logits.expand(tokens.shape[0], -1).clone(), state
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> REMITokenizer:
+    return REMITokenizer()
+
+
+def _onsets(tokenizer: REMITokenizer, ids: list[int]) -> Counter:
+    """(instrument, onset tick, pitch) -> how many notes start there, from the decoded MIDI."""
+    midi = tokenizer.decode(ids)
+    return Counter((i, n.start, n.pitch) for i, inst in enumerate(midi.instruments) for n in inst.notes)
+
+
+def _looping_model(tokenizer: REMITokenizer) -> FixedPreferenceModel:
+    """Wants another note (Velocity) after every note, always pitch 60, and never to move on."""
+    vocab = tokenizer.vocab
+    logits = torch.zeros(1, len(vocab))
+    logits[0, list(vocab.ids_of_type(TokenType.VELOCITY))] = 8.0
+    logits[0, vocab.id_of(TokenType.PITCH, 60)] = 12.0
+    logits[0, list(vocab.ids_of_type(TokenType.POSITION))] = -4.0
+    logits[0, vocab.bar_id] = -4.0
+    return FixedPreferenceModel(logits)
+
+
+def _run(model, tokenizer, guards, tokens=600, seed=0, temperature=1.0):
+    session = GenerationSession(model, tokenizer, SamplingConfig(temperature=temperature),
+                                StopConfig(tokens=tokens, allow_eos=False), seed, guards=guards)
+    return session.run(unconditional_prompt(tokenizer), 2, progress=False)
+
+
+def test_looping_model_loops_without_guards(tokenizer: REMITokenizer) -> None:
+    """The failure the guards exist for: the same (onset, pitch) over and over."""
+    for result in _run(_looping_model(tokenizer), tokenizer, OFF):
+        assert max(_onsets(tokenizer, result.ids).values()) > 20
+        assert result.guards["acted"] == dict.fromkeys(result.guards["acted"], 0)
+
+
+def test_guards_forbid_repeated_pitch_and_bound_notes_per_onset(tokenizer: REMITokenizer) -> None:
+    for result in _run(_looping_model(tokenizer), tokenizer, GuardConfig(max_notes_per_onset=6)):
+        counts = _onsets(tokenizer, result.ids)
+        assert counts and max(counts.values()) == 1  # never the same pitch twice at one onset
+        per_onset = Counter((inst, start) for inst, start, _ in counts.elements())
+        assert max(per_onset.values()) <= 6 and len(per_onset) > 10  # the piece moves on
+        assert tokenizer.decode_with_report(result.ids)[1].skipped == 0
+        acted, removed = result.guards["acted"], result.guards["probability_removed"]
+        assert acted["repeated_pitch"] > 0 and acted["onset_full"] > 0
+        assert removed["repeated_pitch"] > acted["repeated_pitch"] * 0.5  # the model wanted pitch 60 each time
+        assert result.guards["max_notes_per_onset"] == 6
+
+
+def test_silent_model_is_made_to_play(tokenizer: REMITokenizer) -> None:
+    """Greedy decoding of a model that prefers Bar (or EOS) wrote a MIDI with 0 notes; now it cannot."""
+    vocab = tokenizer.vocab
+    logits = torch.zeros(1, len(vocab))
+    logits[0, vocab.bar_id] = 10.0
+    logits[0, vocab.eos_id] = 9.0
+    logits[0, list(vocab.ids_of_type(TokenType.CHORD))] = 5.0
+    model = FixedPreferenceModel(logits)
+    silent = GenerationSession(model, tokenizer, SamplingConfig(temperature=0), StopConfig(tokens=300), 0,
+                               guards=OFF).run(unconditional_prompt(tokenizer), 1, progress=False)[0]
+    assert tokenizer.decode_with_report(silent.ids)[1].notes == 0
+    session = GenerationSession(model, tokenizer, SamplingConfig(temperature=0), StopConfig(tokens=300), 0)
+    result = session.run(unconditional_prompt(tokenizer), 1, progress=False)[0]
+    assert result.stop_reason in ("eos", "tokens")
+    assert tokenizer.decode_with_report(result.ids)[1].notes > 0
+    assert result.guards["acted"]["empty_bars"] > 0 or result.guards["acted"]["empty_piece"] > 0
+
+
+@pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5},
+                                    {"max_notes_per_onset": True}])
+def test_bad_guard_options(kwargs: dict) -> None:
+    with pytest.raises(UserError):
+        GuardConfig(**kwargs)

@@ -1,0 +1,29 @@
+"""Length options: a limit the user sets replaces the 16-bar default instead of being cut short by it."""
+
+from __future__ import annotations
+
+import pytest
+
+from musicgen.config import UserError
+from musicgen.generation import GenerateOptions
+
+
+def test_default_is_16_bars() -> None:
+    assert GenerateOptions().stop.bars == 16
+
+
+@pytest.mark.parametrize("values", [{"tokens": 20000, "allow_eos": False}, {"seconds": 90.0}])
+def test_user_limit_replaces_default_bars(values: dict) -> None:
+    stop = GenerateOptions(**values).stop
+    assert stop.bars is None
+    assert stop.tokens == values.get("tokens") and stop.seconds == values.get("seconds")
+
+
+def test_explicit_bars_kept_and_null_means_no_bar_limit() -> None:
+    assert GenerateOptions(bars=64, tokens=20000).stop.bars == 64
+    assert GenerateOptions(bars=None).stop.bars is None
+
+
+def test_bad_bars_string() -> None:
+    with pytest.raises(UserError, match="bars"):
+        GenerateOptions(bars="many")
