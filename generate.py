@@ -30,8 +30,9 @@ def main(cfg) -> None:
     print(f"wrote {len(pieces)} piece(s) to {folder}/")
     for piece in pieces:
         files = ", ".join(p.name for p in piece.files.values())
+        flag = " NO NOTES (see the warning above; marked in its .json)" if piece.warnings else ""
         print(f"  {piece.name}: {len(piece.ids)} tokens, {piece.n_notes} notes, {piece.seconds:.1f} s, "
-              f"stop={piece.stop_reason}, skipped={piece.report.skipped} -> {files}")
+              f"stop={piece.stop_reason}, skipped={piece.report.skipped} -> {files}{flag}")
 
 
 if __name__ == "__main__":

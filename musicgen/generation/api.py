@@ -20,13 +20,14 @@ from typing import Any, Callable
 import miditoolkit
 
 from .. import __version__
-from ..tokenizer import DecodeReport, REMITokenizer
+from ..config import UserError, check_writable_dir, make_dir
+from ..tokenizer import DecodeReport, REMITokenizer, TokenType
 from ..training.checkpoint import file_sha256, load_model
 from .options import GenerateOptions, resolve_checkpoint, resolve_device
 from .pianoroll import plot_pianoroll
 from .prompt import Prompt, load_prompt, unconditional_prompt
 from .render import render_wav
-from .session import GenerationSession, SampleResult
+from .session import GenerationSession, SampleResult, state_nbytes
 from .timeline import midi_seconds
 
 Log = Callable[[str], None]
@@ -48,6 +49,8 @@ class GeneratedPiece:
     seconds: float  # length of the written MIDI, to the end of its last note
     files: dict[str, Path] = field(default_factory=dict)
     guards: dict[str, Any] = field(default_factory=dict)  # how often each musical rule acted (guards.py)
+    continuation_notes: int = 0  # notes the model wrote after the prompt (one Duration token per note)
+    warnings: list[str] = field(default_factory=list)  # e.g. a continuation without a single note
 
     @property
     def n_notes(self) -> int:
@@ -104,6 +107,9 @@ def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_p
         "skipped": piece.report.skipped,
         "guards": piece.guards,
         "n_notes": piece.n_notes,
+        "continuation_notes": piece.continuation_notes,
+        "no_notes": piece.continuation_notes == 0,
+        "warnings": list(piece.warnings),
         "seconds": round(piece.seconds, 3),
         "device": device,
         "tokens_per_second": round(tokens_per_second, 1),
@@ -124,6 +130,92 @@ def _write(piece: GeneratedPiece, folder: Path, options: GenerateOptions, log: L
         piece.files["wav"] = wav
         if piece.index == 0:
             log(f"audio preview: {how}")
+
+
+def no_notes_warning(piece: GeneratedPiece, vocab: Any) -> str | None:
+    """Why a continuation holds no note, in words (None when it has notes): which tokens it is made of.
+
+    (Greedy decoding of the shipped model, for instance, loops on `Position Chord` events: each bar gets chord
+    symbols at two positions but never a Velocity-Pitch-Duration, so the MIDI file has no notes.)
+    """
+    if piece.continuation_notes:
+        return None
+    counts: dict[str, int] = {}
+    for token in piece.continuation_ids:
+        kind = TokenType(int(vocab.types[token])).name.title().replace("_", "")
+        counts[kind] = counts.get(kind, 0) + 1
+    made_of = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "nothing"
+    where = " (the file holds only the prompt's notes)" if piece.prompt_length > 1 and piece.n_notes else ""
+    return (f"{piece.name}: the continuation has no notes{where}: its {len(piece.continuation_ids)} tokens are "
+            f"{made_of}; try another seed or a temperature > 0")
+
+
+def available_memory_bytes(device: str) -> int | None:
+    """Free memory for generation on `device` (GPU: free device memory; CPU: MemAvailable, capped by a cgroup
+    limit when the process runs in one); None when it cannot be told."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    known: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                known.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip()
+            if limit.isdigit() and int(limit) < 1 << 60:
+                known.append(max(0, int(limit) - int(usage)))
+                break
+        except (OSError, ValueError):
+            continue
+    return min(known) if known else None
+
+
+def bytes_per_sample(model: Any, vocab_size: int, device: str, tokens: int) -> tuple[int, int]:
+    """(device bytes, host bytes) one more sample of `tokens` tokens needs: its recurrent state (measured on a
+    throwaway batch of one after one and two steps, so a growing KV cache is extrapolated), twice over while a
+    step replaces it, plus logits, masks and bookkeeping on the host."""
+    import torch
+
+    with torch.inference_mode():
+        state = model.init_state(1, device=device, generator=torch.Generator().manual_seed(0))
+        token = torch.zeros(1, dtype=torch.long, device=device)
+        _, state = model.step(token, state)
+        one = state_nbytes(state)
+        _, state = model.step(token, state)
+        two = state_nbytes(state)
+    per_state = one + max(0, two - one) * max(0, tokens - 1)
+    return 2 * per_state, 48 * vocab_size + 64 * tokens + 32 * 1024
+
+
+def check_batch_fits(model: Any, vocab_size: int, num_samples: int, device: str, tokens: int) -> None:
+    """num_samples pieces run as one batch: refuse, before sampling, a batch that cannot fit in memory."""
+    device_bytes, host_bytes = bytes_per_sample(model, vocab_size, device, tokens)
+    on_gpu = str(device).startswith("cuda")
+    budgets = [(device_bytes, available_memory_bytes(device), str(device))] if on_gpu else \
+        [(device_bytes + host_bytes, available_memory_bytes("cpu"), "this machine")]
+    if on_gpu:
+        budgets.append((host_bytes, available_memory_bytes("cpu"), "this machine"))
+    for per_sample, available, where in budgets:
+        if available is None or per_sample <= 0:
+            continue
+        usable = int(available * 0.8)
+        if per_sample * num_samples > usable:
+            fit = max(0, usable // per_sample)
+            raise UserError(f"num_samples={num_samples}: generating them as one batch of {tokens} tokens each needs "
+                            f"about {per_sample * num_samples / 2**30:.1f} GiB on {where} ({per_sample / 2**20:.2f} "
+                            f"MiB per sample), more than the {available / 2**30:.1f} GiB available; use num_samples "
+                            f"<= {fit} (runs with other seeds give more pieces)")
 
 
 def generate(checkpoint: str | Path | None = None, prompt: str | Path | None = None, *,
@@ -148,8 +240,11 @@ def generate_with(options: GenerateOptions, log: Log | None = print) -> list[Gen
     log = log or (lambda _msg: None)
     ckpt_path = resolve_checkpoint(options.checkpoint)
     device = resolve_device(options.device)
+    if options.output_dir:  # before any work: a long run must not be lost to a folder it cannot write
+        check_writable_dir(options.output_dir, "output_dir")
     seed = options.resolved_seed()
     model, vocab, ckpt = load_model(ckpt_path, device)
+    options.check_time_signature(vocab)
     tokenizer = REMITokenizer(vocab.config)
     if options.prompt:
         prompt = load_prompt(options.prompt, tokenizer, options.prompt_bars, options.prompt_seconds,
@@ -159,19 +254,25 @@ def generate_with(options: GenerateOptions, log: Log | None = print) -> list[Gen
     stop = options.stop
     if not stop.has_musical_limit:
         log(f"no bars/tokens/seconds limit set: stopping at EOS or after max_tokens={stop.max_tokens} tokens")
+    check_batch_fits(model, len(vocab), int(options.num_samples), device, len(prompt.ids) + stop.token_limit + 1)
     session = GenerationSession(model, tokenizer, options.sampling, stop, seed, device, options.guards)
     results = session.run(prompt, int(options.num_samples), progress=options.progress)
 
     width = max(2, len(str(options.num_samples - 1)))
     folder = Path(options.output_dir) if options.output_dir else None
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dir(folder, "output_dir")
     pieces = []
     for index, result in enumerate(results):
         midi, report, start_tick = _decode(tokenizer, result, options.include_prompt)
         piece = GeneratedPiece(index, f"{options.name}_{index:0{width}d}", result.ids, result.prompt_length, midi,
                                report, start_tick, result.stop_reason, result.n_bars, midi_seconds(midi),
-                               guards=result.guards)
+                               guards=result.guards, continuation_notes=sum(
+                                   1 for t in result.ids[result.prompt_length:] if vocab.types[t] == TokenType.DURATION))
+        warning = no_notes_warning(piece, vocab)
+        if warning:
+            piece.warnings.append(warning)
+            log(f"warning: {warning}")
         if folder is not None:
             _write(piece, folder, options, log)
             meta = _metadata(piece, options, seed, ckpt_path, ckpt, prompt, device, session.tokens_per_second)

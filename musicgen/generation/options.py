@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import PROJECT_ROOT, UserError, require_known_keys
+from ..config import PROJECT_ROOT, UserError, check_float, check_int, require_known_keys
 from ..config import resolve_device as _resolve_device
 from .guards import DEFAULT_MAX_EMPTY_BARS, DEFAULT_MAX_NOTES_PER_ONSET, GuardConfig
+from ..tokenizer import parse_time_signature
 from .render import RENDER_CHOICES
 from .sampling import SamplingConfig
 from .session import DEFAULT_MAX_TOKENS, StopConfig
@@ -64,8 +65,31 @@ class GenerateOptions:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        if int(self.num_samples) != self.num_samples or self.num_samples < 1:
-            raise UserError(f"num_samples must be an integer >= 1, got {self.num_samples}")
+        # Types first, each error naming its option (seed=abc, top_k=1.5, temperature=hot ...).
+        self.num_samples = check_int("num_samples", self.num_samples, minimum=1)
+        self.seed = check_int("seed", self.seed, allow_none=True)
+        for name in ("prompt_bars", "tokens"):
+            setattr(self, name, check_int(name, getattr(self, name), minimum=1, allow_none=True))
+        for name in ("prompt_seconds", "seconds"):
+            setattr(self, name, check_float(name, getattr(self, name), minimum=0.0, exclusive_min=True,
+                                            allow_none=True))
+        self.max_tokens = check_int("max_tokens", self.max_tokens, minimum=1)
+        self.top_k = check_int("top_k", self.top_k, minimum=0)
+        self.repetition_window = check_int("repetition_window", self.repetition_window, minimum=1)
+        self.temperature = check_float("temperature", self.temperature, minimum=0.0)
+        self.top_p = check_float("top_p", self.top_p, minimum=0.0, maximum=1.0, exclusive_min=True)
+        self.repetition_penalty = check_float("repetition_penalty", self.repetition_penalty, minimum=1.0)
+        if self.bars not in ("auto", None):
+            if isinstance(self.bars, str) and not self.bars.strip().lstrip("-").isdigit():
+                raise UserError(f"bars={self.bars!r}: use an integer >= 1, auto or null")
+            self.bars = check_int("bars", self.bars, minimum=1)
+        metre = str(self.prompt_time_signature) if self.prompt_time_signature is not None else "file"
+        if metre not in ("file", "index"):
+            try:
+                parse_time_signature(metre)
+            except ValueError:
+                raise UserError(f"prompt_time_signature={self.prompt_time_signature!r}: use file, index or a "
+                                "metre such as 4/4 or 3/4") from None
         if self.prompt_bars is not None and self.prompt_seconds is not None:
             raise UserError("set prompt_bars or prompt_seconds, not both")
         if (self.prompt_bars is not None or self.prompt_seconds is not None) and not self.prompt:
@@ -76,8 +100,6 @@ class GenerateOptions:
         self.render = render
         if not str(self.name) or "/" in str(self.name) or "\\" in str(self.name):
             raise UserError(f"name={self.name!r}: must be a plain file-name prefix (no folders)")
-        if self.seed is not None and int(self.seed) != self.seed:
-            raise UserError(f"seed must be an integer, got {self.seed}")
         self.sampling  # noqa: B018 - validate now
         self.stop  # noqa: B018
         self.guards  # noqa: B018
@@ -103,6 +125,16 @@ class GenerateOptions:
         if isinstance(self.bars, str):
             raise UserError(f"bars={self.bars!r}: use an integer >= 1, auto or null")
         return self.bars
+
+    def check_time_signature(self, vocab: Any) -> None:
+        """A fixed prompt metre the checkpoint's grid cannot represent (e.g. 7/1) is an error, not a silent 4/4."""
+        metre = str(self.prompt_time_signature or "file")
+        if metre in ("file", "index"):
+            return
+        if parse_time_signature(metre) not in [tuple(ts) for ts in vocab.time_signatures]:
+            raise UserError(f"prompt_time_signature={metre}: this checkpoint's tokenizer (grid "
+                            f"{vocab.config.grid} steps per whole note) cannot represent that metre (a bar must be a "
+                            "whole number of grid steps, at most four whole notes); use e.g. 4/4, 3/4, 6/8 or file")
 
     def resolved_seed(self) -> int:
         """The seed to use: the option, or a fresh random one (recorded in the .json, so still reproducible)."""
