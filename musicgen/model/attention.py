@@ -62,6 +62,9 @@ class CausalSelfAttention(nn.Module):
                 require_fast_transformers()  # fail at build time with an actionable message
         elif self.kind != "softmax":
             raise ValueError(f"unknown attention.kind {self.kind!r} (expected 'linear' or 'softmax')")
+        #: diagnostics: when a list, every forward appends (kind, q or phi(q), k or phi(k), log_gamma)
+        #: detached, so tools can look at the attention the model really computes (evaluation/positional.py)
+        self.probe: list | None = None
         self.decay: AttentionDecay | None = None
         if attn_cfg.get("decay", "none") != "none":
             self.decay = AttentionDecay(n_heads, attn_cfg["decay"], float(attn_cfg["decay_tau_min"]),
@@ -108,11 +111,16 @@ class CausalSelfAttention(nn.Module):
         """x (B, L, D) -> (B, L, D); with ``return_state`` also the recurrent state after x."""
         q, k, v = self._project(x, codes, noise)
         if self.kind == "softmax":
+            if self.probe is not None:
+                self.probe.append(("softmax", q.detach(), k.detach(), None))
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             state: object = (k, v)
         else:
             fq = self.feature_map(q, noise.features, is_query=True)
             fk = self.feature_map(k, noise.features, is_query=False)
+            if self.probe is not None:
+                lg = self.log_gamma()
+                self.probe.append(("linear", fq.detach(), fk.detach(), None if lg is None else lg.detach()))
             out, state = causal_linear_attention(
                 fq, fk, v, self.chunk_size, self.backend, return_state=True, log_gamma=self.log_gamma()
             )
