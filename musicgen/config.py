@@ -106,6 +106,11 @@ def resolve_device(option: Any, local_rank: int | None = None, name: str = "devi
     raise UserError(f"{name}={text}: unsupported device type {device.type!r} (use auto, cpu, cuda, cuda:N or mps)")
 
 
+def _option(option: str, value: Any) -> str:
+    """`name=value` for config options, `--flag value` for command-line flags."""
+    return f"{option} {value}" if option.startswith("-") else f"{option}={value}"
+
+
 def check_writable_dir(path: str | Path, option: str) -> Path:
     """Fail now, not after the work, when `path` cannot become a writable folder (nothing is created).
 
@@ -117,9 +122,9 @@ def check_writable_dir(path: str | Path, option: str) -> Path:
         probe = probe.parent
     if not probe.is_dir():
         where = "" if probe == target else f" ({probe} is a file)"
-        raise UserError(f"{option}={path}: not a folder{where}")
+        raise UserError(f"{_option(option, path)}: not a folder{where}")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{option}={path}: no permission to write in {probe}")
+        raise UserError(f"{_option(option, path)}: no permission to write in {probe}")
     return target
 
 
@@ -129,7 +134,7 @@ def make_dir(path: str | Path, option: str) -> Path:
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{option}={path}: cannot create the folder ({exc.strerror or exc})") from None
+        raise UserError(f"{_option(option, path)}: cannot create the folder ({exc.strerror or exc})") from None
     return target
 
 

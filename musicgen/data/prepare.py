@@ -156,6 +156,13 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
     cache_dir = Path(str(data_cfg["cache_dir"]))
     settings = _settings(data_cfg, tokenizer_cfg)
     tokenizer = REMITokenizer(tokenizer_cfg)
+    forced = {s.time_signature for s in sources if s.time_signature is not None}
+    if str(data_cfg.get("time_signature", "file")) not in ("file", "index") and forced:
+        metre = next(iter(forced))
+        if metre not in tokenizer.vocab.time_signatures:
+            raise UserError(f"data.time_signature={data_cfg.get('time_signature')}: a grid of {tokenizer_cfg.grid} "
+                            "steps per whole note cannot represent that metre (a bar must be a whole number of "
+                            "steps, at most four whole notes); use e.g. 4/4, 3/4 or file")
 
     make_dir(cache_dir, "data.cache_dir")
     with cache_lock(cache_dir, exclusive=True, message=f"waiting for another process preparing {cache_dir} ..."):
