@@ -1,0 +1,139 @@
+"""Long pieces and continuations, measured the way a listener would: do they stay music, and in the prompt's world?
+
+    python benchmarks/long_pieces.py [--checkpoint checkpoints/musicgen-small.pt] [--tokens 20000]
+                                     [--seeds 5 7 9] [--prompts 12] [--name long_pieces]
+
+1. **Free generation**: one piece per seed of ``--tokens`` tokens with EOS off and no bar limit (the README's
+   long-piece command), then statistics per window of 16 four-beat bars (musicgen/evaluation/bar_windows.py):
+   notes per bar, H4, groove, share of notes in the best diatonic scale, loop detectors; bars reached; how often
+   the decoding guards acted. The first piece's piano roll is written beside the JSON.
+2. **Continuations**: the first ``--prompts`` POP909 test songs (id % 20 == 0) with at least 24 bars; prompt =
+   their first 8 bars, 2 continuations of 16 bars each; key / register / density / groove distances to the
+   prompt (musicgen/evaluation/continuation.py) next to the same distances for the song's own next 16 bars.
+3. The same window statistics of those POP909 test songs, for reference.
+
+Prints tables and writes benchmarks/results/<name>.json (+ <name>_piece.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, print_table, shared_data, write_results  # noqa: E402
+from musicgen.evaluation.bar_windows import bar_window_statistics, within_range  # noqa: E402
+from musicgen.evaluation.continuation import FIDELITY_KEYS, fidelity, note_arrays  # noqa: E402
+from musicgen.generation import generate  # noqa: E402
+from musicgen.generation.pianoroll import plot_pianoroll  # noqa: E402
+from musicgen.generation.prompt import load_prompt  # noqa: E402
+from musicgen.tokenizer import REMITokenizer  # noqa: E402
+
+WINDOW_KEYS = ("notes_per_bar", "h4", "groove", "scale_share", "max_same_onset_pitch", "max_notes_per_onset")
+
+
+def _window_summary(stats) -> dict:
+    out = {k: [round(float(np.nanmin([getattr(s, k) for s in stats])), 4),
+               round(float(np.nanmedian([getattr(s, k) for s in stats])), 4),
+               round(float(np.nanmax([getattr(s, k) for s in stats])), 4)] if stats else None for k in WINDOW_KEYS}
+    out["range_check"] = within_range(stats)
+    return out
+
+
+def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str) -> dict:
+    pieces = {}
+    for i, seed in enumerate(seeds):
+        began = time.perf_counter()
+        piece = generate(checkpoint, tokens=tokens, bars=None, allow_eos=False, seed=seed, progress=True, log=None)[0]
+        elapsed = time.perf_counter() - began
+        stats = bar_window_statistics(piece.midi)
+        beats = max((n.start for inst in piece.midi.instruments for n in inst.notes), default=0) / piece.midi.ticks_per_beat
+        pieces[str(seed)] = {"tokens": len(piece.ids), "bars_4_beats": int(beats // 4), "notes": piece.n_notes,
+                             "seconds": round(piece.seconds, 1), "wall_s": round(elapsed, 1),
+                             "guards": piece.guards, "windows": [s.to_dict() for s in stats],
+                             "summary": _window_summary(stats)}
+        if i == 0:
+            png = RESULTS / f"{name}_piece.png"
+            plot_pianoroll(piece.midi, png, 0, title=f"seed {seed}: {len(piece.ids)} tokens, "
+                                                     f"{int(beats // 4)} bars, {piece.n_notes} notes")
+            pieces[str(seed)]["png"] = str(png)
+    return pieces
+
+
+def _test_songs(count: int, tokenizer: REMITokenizer) -> list[Path]:
+    root = shared_data() / "pop909"
+    songs = []
+    for song_id in range(20, 910, 20):
+        path = root / f"{song_id:03d}.mid"
+        if path.is_file() and load_prompt(path, tokenizer, time_signature="index").n_bars >= 24:
+            songs.append(path)
+        if len(songs) >= count:
+            break
+    return songs
+
+
+def continuations(checkpoint: str, count: int, seed: int) -> dict:
+    tokenizer = REMITokenizer()
+    rows, real_rows = [], []
+    for path in _test_songs(count, tokenizer):
+        song = tokenizer.decode(load_prompt(path, tokenizer, time_signature="index").ids)
+        pieces = generate(checkpoint, path, prompt_bars=8, prompt_time_signature="index", bars=16, num_samples=2,
+                          seed=seed, progress=False, log=None)
+        start = pieces[0].start_tick
+        span = 2 * start  # 16 bars of the song's metre = twice the 8-bar prompt
+        prompt = note_arrays(song, 0, start)
+        real_rows.append(fidelity(prompt, 8, note_arrays(song, start, start + span), 16))
+        for piece in pieces:
+            rows.append(fidelity(prompt, 8, note_arrays(piece.midi, start, start + span), 16))
+    mean = lambda rs, k: round(float(np.nanmean([r[k] for r in rs])), 4)  # noqa: E731
+    return {"songs": len(real_rows), "samples": len(rows),
+            "generated": {k: mean(rows, k) for k in FIDELITY_KEYS},
+            "song_itself": {k: mean(real_rows, k) for k in FIDELITY_KEYS}}
+
+
+def reference_windows(count: int) -> dict:
+    tokenizer = REMITokenizer()
+    stats = []
+    for path in _test_songs(count, tokenizer):
+        stats += bar_window_statistics(tokenizer.decode(load_prompt(path, tokenizer, time_signature="index").ids))
+    return _window_summary(stats)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default="checkpoints/musicgen-small.pt")
+    p.add_argument("--tokens", type=int, default=20000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[5, 7, 9])
+    p.add_argument("--prompts", type=int, default=12, help="POP909 test songs to continue (0 = skip)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the continuations")
+    p.add_argument("--name", default="long_pieces")
+    args = p.parse_args()
+
+    result = {"checkpoint": args.checkpoint, "tokens": args.tokens,
+              "free": free_generation(args.checkpoint, args.tokens, args.seeds, args.name)}
+    rows = []
+    for seed, r in result["free"].items():
+        s, check = r["summary"], r["summary"]["range_check"]
+        rows.append([seed, r["bars_4_beats"], f"{s['notes_per_bar'][0]}-{s['notes_per_bar'][2]}",
+                     s["h4"][2], s["groove"][0], s["scale_share"][0], s["max_same_onset_pitch"][2],
+                     s["max_notes_per_onset"][2], "yes" if check["all_inside"] else "no",
+                     sum(r["guards"]["acted"].values())])
+    print_table(["seed", "bars", "notes/bar (min-max)", "H4 max", "groove min", "scale min", "same (onset,pitch) max",
+                 "notes/onset max", "all windows in range", "guard actions"], rows)
+    if args.prompts and (shared_data() / "pop909").is_dir():
+        result["continuation"] = continuations(args.checkpoint, args.prompts, args.seed)
+        result["pop909_test_windows"] = reference_windows(args.prompts)
+        c = result["continuation"]
+        print_table(["distance to the prompt"] + list(FIDELITY_KEYS),
+                    [["generated"] + [c["generated"][k] for k in FIDELITY_KEYS],
+                     ["the song's own next 16 bars"] + [c["song_itself"][k] for k in FIDELITY_KEYS]])
+    write_results(args.name, result)
+
+
+if __name__ == "__main__":
+    main()
