@@ -85,6 +85,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from musicgen.generation import GenerationSession, SamplingConfig, StopConfig, state_nbytes
+    from musicgen.generation.guards import GuardConfig
     from musicgen.generation.prompt import unconditional_prompt
 
     torch.set_num_threads(spec["threads"])
@@ -95,7 +96,8 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         row: dict[str, Any] = {"model": spec["name"], "batch": batch, "position": position}
         for mode in ("model", "full"):
             session = GenerationSession(model, tokenizer, SamplingConfig(), StopConfig(
-                tokens=position + window + warmup + 10, allow_eos=False), seed=0)
+                tokens=position + window + warmup + 10, allow_eos=False), seed=0,
+                guards=GuardConfig(enabled=spec.get("guards", True)))
             logits, tracks, _ = session.feed_prompt(unconditional_prompt(tokenizer), batch)
             tokens = torch.full((batch,), tokenizer.vocab.bar_id, dtype=torch.long)
             with torch.inference_mode():
@@ -142,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="model config used when the checkpoint does not exist")
     parser.add_argument("--softmax-config", default=str(REPO / "conf/model/softmax.yaml"))
     parser.add_argument("--no-softmax", action="store_true", help="skip the softmax baseline")
+    parser.add_argument("--compare", default=None,
+                        help="a second checkpoint timed in the same run (e.g. the previously shipped model)")
+    parser.add_argument("--guards-off-row", action="store_true",
+                        help="also time the first model with the decoding guards off (their cost, side by side)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--positions", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--window", type=int, default=200, help="timed steps per position")
@@ -156,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                + ")", "checkpoint": args.checkpoint if have_ckpt else None, "config": args.config}]
     if not have_ckpt:
         print(f"note: {args.checkpoint} not found: timing a random model of {args.config} instead", file=sys.stderr)
+    if args.guards_off_row:
+        models.append(dict(models[0], name=models[0]["name"] + " guards off", guards=False))
+    if args.compare:
+        models.append({"name": f"compare ({Path(args.compare).name})", "checkpoint": args.compare, "config": None})
     if not args.no_softmax:
         models.append({"name": f"softmax (random {Path(args.softmax_config).stem})", "checkpoint": None,
                        "config": args.softmax_config})
@@ -183,12 +193,20 @@ def main(argv: list[str] | None = None) -> int:
         b1 = [r["full_tok_s"] for r in spe if r["batch"] == min(args.batch)]
         summary["spe_batch1_full_tok_s_min"] = min(b1)
         summary["spe_flat_in_position_max_over_min"] = round(max(b1) / min(b1), 3)
-    if len(models) > 1:
-        far = max(args.positions)
+    def row_of(name: str, batch: int, position: int) -> dict[str, Any]:
+        return next(r for r in rows if r["model"] == name and r["batch"] == batch and r["position"] == position)
+
+    far = max(args.positions)
+    for other in models[1:]:
         for batch in args.batch:
-            s = next(r for r in rows if r["model"] == models[0]["name"] and r["batch"] == batch and r["position"] == far)
-            f = next(r for r in rows if r["model"] == models[1]["name"] and r["batch"] == batch and r["position"] == far)
-            summary[f"speedup_vs_softmax_batch{batch}_at_{far}"] = round(s["full_tok_s"] / f["full_tok_s"], 2)
+            s = row_of(models[0]["name"], batch, far)["full_tok_s"]
+            f = row_of(other["name"], batch, far)["full_tok_s"]
+            if other["name"].startswith("softmax"):
+                summary[f"speedup_vs_softmax_batch{batch}_at_{far}"] = round(s / f, 2)
+            else:  # the same loop, another checkpoint or without guards: median ratio over positions
+                ratios = sorted(row_of(models[0]["name"], batch, p)["full_tok_s"] / row_of(other["name"], batch, p)["full_tok_s"]
+                                for p in args.positions)
+                summary[f"full_tok_s_ratio_vs_{other['name']}_batch{batch}"] = round(ratios[len(ratios) // 2], 3)
     for key, value in summary.items():
         print(f"{key}: {value}")
     out = Path(args.out)

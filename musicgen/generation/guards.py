@@ -23,7 +23,7 @@ steps: how many times the model would have broken the rule); the counts go into 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class GuardConfig:
     no_repeated_pitch: bool = True
     max_notes_per_onset: int = DEFAULT_MAX_NOTES_PER_ONSET
     max_empty_bars: int = DEFAULT_MAX_EMPTY_BARS
+    enabled: bool = True  # False: no guard at all (benchmarks time the loop with and without them)
 
     def __post_init__(self) -> None:
         for name in ("max_notes_per_onset", "max_empty_bars"):
@@ -143,17 +144,20 @@ class MusicGuards:
         return out
 
     def restrict(self, row: int, state: GrammarState, allowed: np.ndarray,
-                 probs: np.ndarray | None = None) -> np.ndarray:
+                 probs: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Apply every guard to one row of the grammar mask (in place) and count what each removed.
 
-        ``probs``: the model's distribution over the vocabulary at this step (for the removed mass).
-        The result always keeps at least one token: a guard that would empty the row does not act.
+        ``probs(allowed)``: the model's distribution over the vocabulary at this step given the grammar
+        mask (for the removed mass), called only when a guard acts. The result always keeps at least one
+        token: a guard that would empty the row does not act.
         """
-        for name, mask in self.forbidden(row, state, allowed).items():
+        forbidden = self.forbidden(row, state, allowed)
+        dist = probs(allowed.copy()) if forbidden and probs is not None else None
+        for name, mask in forbidden.items():
             if not (allowed & ~mask).any():
                 continue
             self.counts[row].acted[name] += 1
-            if probs is not None:
-                self.counts[row].mass[name] += float(probs[mask].sum())
+            if dist is not None:
+                self.counts[row].mass[name] += float(dist[mask].sum())
             allowed &= ~mask
         return allowed

@@ -178,13 +178,15 @@ class GenerationSession:
         tracks = [_Track(gstate, clock.copy(), first_mask, start_seconds) for _ in range(batch_size)]
         self.history = PitchHistory(batch_size, len(self.vocab), self.vocab.ids_of_type(TokenType.PITCH),
                                     int(self.sampling.repetition_window))
-        self.guards = MusicGuards(self.vocab, self.guard_config, batch_size)
-        walk = self.grammar.initial_state()
-        for token in prompt.ids:
-            walk = self.grammar.advance(walk, token)
-            self.guards.observe(0, walk, token, continuation=False)
+        self.guards = MusicGuards(self.vocab, self.guard_config, batch_size) if self.guard_config.enabled else None
+        if self.guards is not None:
+            walk = self.grammar.initial_state()
+            for token in prompt.ids:
+                walk = self.grammar.advance(walk, token)
+                self.guards.observe(0, walk, token, continuation=False)
         for row in range(batch_size):
-            self.guards.rows[row] = copy.deepcopy(self.guards.rows[0])
+            if self.guards is not None:
+                self.guards.rows[row] = copy.deepcopy(self.guards.rows[0])
             for token in prompt.ids:
                 self.history.push(row, token)
         # the prompt in one parallel pass (same noise draws as init_state + one step per token)
@@ -213,9 +215,10 @@ class GenerationSession:
                 if track.done:
                     continue
                 probs = None
-                if logits is not None and self.guards.forbidden(row, track.state, mask[row]):
-                    row_logits = logits[row].float().cpu().masked_fill(~torch.from_numpy(mask[row]), float("-inf"))
-                    probs = torch.softmax(row_logits, dim=-1).numpy()
+                if logits is not None:
+                    def probs(allowed: np.ndarray, row: int = row) -> np.ndarray:
+                        masked = logits[row].float().cpu().masked_fill(~torch.from_numpy(allowed), float("-inf"))
+                        return torch.softmax(masked, dim=-1).numpy()
                 self.guards.restrict(row, track.state, mask[row], probs)
         return torch.from_numpy(mask)
 
@@ -249,7 +252,8 @@ class GenerationSession:
         track.tokens.append(token)
         follow_tempo(track.clock, state, int(self.vocab.values[token]), self._bins)
         self.history.push(row, token)
-        self.guards.observe(row, state, token, continuation=True)
+        if self.guards is not None:
+            self.guards.observe(row, state, token, continuation=True)
         if TokenType.EOS in FOLLOWERS[state.phase]:
             track.closable = len(track.tokens)
         if len(track.tokens) >= stop.token_limit:
@@ -296,5 +300,6 @@ class GenerationSession:
         elapsed = max(time.perf_counter() - began, 1e-9)
         self.tokens_per_second = steps * len(tracks) / elapsed
         return [SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
-                             t.last_seconds, {**self.guard_config.to_dict(), **self.guards.counts[row].to_dict()})
+                             t.last_seconds, {**self.guard_config.to_dict(),
+                                              **(self.guards.counts[row].to_dict() if self.guards else {})})
                 for row, t in enumerate(tracks)]
