@@ -15,7 +15,7 @@ from musicgen.model.causal_linear import causal_linear_attention
 from test_model_parity import VOCAB, small_cfg
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
-NAMES = ["spe_sine_gated", "spe_conv_gated", "spe_sine", "spe_conv", "ape", "softmax", "none", "paper_pop_piano"]
+NAMES = ["spe_sine_gated_decay", "spe_sine_gated", "spe_conv_gated", "spe_sine", "spe_conv", "ape", "softmax", "none", "paper_pop_piano"]
 SMALL = [n for n in NAMES if n != "paper_pop_piano"]
 HAS_FAST = importlib.util.find_spec("fast_transformers") is not None
 

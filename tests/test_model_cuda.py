@@ -18,7 +18,7 @@ from test_model_parity import CASES, VOCAB, _step_all, small_cfg
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 CUDA_CASES = ["spe_sine_gated-performer", "spe_sine-elu", "spe_conv_gated-performer", "ape_sinusoidal-elu",
-              "softmax-ape", "none-performer"]
+              "softmax-ape", "none-performer", "spe_sine_gated-elu-decay", "none-elu-decay"]
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +87,25 @@ def test_cuda_chunked_kernel_parity_float64() -> None:
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
+def test_cuda_decay_kernel_parity_float64() -> None:
+    """The decayed kernel with an initial state on CUDA: values and gradients (rates included) equal the
+    quadratic reference."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shape = (2, 3, 150, 8)
+    q, k = (torch.rand(shape, device="cuda", dtype=torch.float64, generator=g).requires_grad_() for _ in range(2))
+    v = torch.randn(2, 3, 150, 5, device="cuda", dtype=torch.float64, generator=g, requires_grad=True)
+    rates = torch.tensor([-0.01, -0.1, -1.0], device="cuda", dtype=torch.float64, requires_grad=True)
+    init = torch.rand(2, 3, 8, 6, device="cuda", dtype=torch.float64, generator=g, requires_grad=True)
+    out = causal_linear_attention(q, k, v, chunk_size=32, log_gamma=rates, initial=init)
+    ref = causal_linear_attention_naive(q, k, v, log_gamma=rates, initial=init)
+    assert torch.allclose(out, ref, rtol=1e-10, atol=1e-12)
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v, rates, init))
+    grads_ref = torch.autograd.grad((ref * w).sum(), (q, k, v, rates, init))
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
 def test_cuda_sine_filter_gradcheck() -> None:
     torch.manual_seed(0)
     dev, dt = "cuda", torch.float64
@@ -99,7 +118,8 @@ def test_cuda_sine_filter_gradcheck() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["spe_sine_gated-performer", "spe_conv_gated-performer", "softmax-spe_sine_gated"])
+@pytest.mark.parametrize("name", ["spe_sine_gated-performer", "spe_conv_gated-performer", "softmax-spe_sine_gated",
+                                  "spe_sine_gated-elu-decay"])
 def test_cuda_autocast_training_step(name: str, dtype: torch.dtype) -> None:
     """Mixed precision: finite loss and gradients, loss within 2% of float32."""
     torch.manual_seed(0)
