@@ -265,10 +265,10 @@ def generate_with(options: GenerateOptions, log: Log | None = print) -> list[Gen
     pieces = []
     for index, result in enumerate(results):
         midi, report, start_tick = _decode(tokenizer, result, options.include_prompt)
+        notes = int((vocab.types[result.ids[result.prompt_length:]] == TokenType.DURATION).sum())
         piece = GeneratedPiece(index, f"{options.name}_{index:0{width}d}", result.ids, result.prompt_length, midi,
                                report, start_tick, result.stop_reason, result.n_bars, midi_seconds(midi),
-                               guards=result.guards, continuation_notes=sum(
-                                   1 for t in result.ids[result.prompt_length:] if vocab.types[t] == TokenType.DURATION))
+                               guards=result.guards, continuation_notes=notes)
         warning = no_notes_warning(piece, vocab)
         if warning:
             piece.warnings.append(warning)

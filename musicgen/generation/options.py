@@ -79,6 +79,8 @@ class GenerateOptions:
         self.temperature = check_float("temperature", self.temperature, minimum=0.0)
         self.top_p = check_float("top_p", self.top_p, minimum=0.0, maximum=1.0, exclusive_min=True)
         self.repetition_penalty = check_float("repetition_penalty", self.repetition_penalty, minimum=1.0)
+        for name in ("max_notes_per_onset", "max_empty_bars"):
+            setattr(self, name, check_int(name, getattr(self, name), minimum=0))
         if self.bars not in ("auto", None):
             if isinstance(self.bars, str) and not self.bars.strip().lstrip("-").isdigit():
                 raise UserError(f"bars={self.bars!r}: use an integer >= 1, auto or null")
