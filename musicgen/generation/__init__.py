@@ -5,16 +5,19 @@
 
 Modules: `sampling` (temperature/top-k/top-p/repetition guard under a grammar mask, the one sampler),
 `session` (the batched recurrent loop and stop rules), `prompt` (prompt MIDI -> ids, cut to bars/seconds),
-`pianoroll` (PNG), `render` (WAV preview), `options` (validated settings), `api` (`generate`).
+`pianoroll` (PNG), `render` (WAV preview), `options` (validated settings), `api` (`generate`), `controls`
+(chord chart, bpm, metre, density and key imposed at decode time), `guards` (rules of music).
 """
 
 from .api import GeneratedPiece, generate, generate_with
+from .controls import ChordChart, ControlConfig, Controls, parse_chart, parse_chord, parse_key
 from .options import GenerateOptions, resolve_checkpoint
 from .prompt import Prompt, load_prompt, unconditional_prompt
 from .sampling import SamplingConfig, filter_logits, grammar_mask, sample_next
 from .session import GenerationSession, SampleResult, StopConfig, state_nbytes
 
 __all__ = [
+    "ChordChart", "ControlConfig", "Controls", "parse_chart", "parse_chord", "parse_key",
     "GenerateOptions", "GeneratedPiece", "GenerationSession", "Prompt", "SampleResult", "SamplingConfig",
     "StopConfig", "filter_logits", "generate", "generate_with", "grammar_mask", "load_prompt",
     "resolve_checkpoint", "sample_next", "state_nbytes", "unconditional_prompt",

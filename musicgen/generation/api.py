@@ -49,6 +49,7 @@ class GeneratedPiece:
     seconds: float  # length of the written MIDI, to the end of its last note
     files: dict[str, Path] = field(default_factory=dict)
     guards: dict[str, Any] = field(default_factory=dict)  # how often each musical rule acted (guards.py)
+    controls: dict[str, Any] = field(default_factory=dict)  # chord chart, bpm, ... as applied (controls.py)
     continuation_notes: int = 0  # notes the model wrote after the prompt (one Duration token per note)
     warnings: list[str] = field(default_factory=list)  # e.g. a continuation without a single note
 
@@ -106,6 +107,7 @@ def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_p
         "continuation_bars": piece.n_bars,
         "skipped": piece.report.skipped,
         "guards": piece.guards,
+        "controls": piece.controls or options.controls.to_dict(),
         "n_notes": piece.n_notes,
         "continuation_notes": piece.continuation_notes,
         "no_notes": piece.continuation_notes == 0,
@@ -224,7 +226,8 @@ def generate(checkpoint: str | Path | None = None, prompt: str | Path | None = N
 
     Keyword options are the fields of `GenerateOptions` (documented in conf/generate.yaml): stop conditions
     `bars`/`tokens`/`seconds`/`max_tokens`/`allow_eos`, sampling `temperature`/`top_k`/`top_p`/
-    `repetition_penalty`/`repetition_window`, `seed`, `prompt_bars`/`prompt_seconds`/`include_prompt`, ...
+    `repetition_penalty`/`repetition_window`, `seed`, `prompt_bars`/`prompt_seconds`/`include_prompt`, the
+    controls `chords="Am F C G"`/`bpm`/`time_signature`/`density`/`key` (musicgen/generation/controls.py), ...
     Files (.mid, .png, .json, optional .wav) are written only when `output_dir` is given.
     """
     values = dict(kwargs)
@@ -245,6 +248,8 @@ def generate_with(options: GenerateOptions, log: Log | None = print) -> list[Gen
     seed = options.resolved_seed()
     model, vocab, ckpt = load_model(ckpt_path, device)
     options.check_time_signature(vocab)
+    controls = options.controls
+    controls.check(vocab)  # Chord tokens, the metre, the tempo range: before any sampling
     tokenizer = REMITokenizer(vocab.config)
     if options.prompt:
         prompt = load_prompt(options.prompt, tokenizer, options.prompt_bars, options.prompt_seconds,
@@ -255,7 +260,7 @@ def generate_with(options: GenerateOptions, log: Log | None = print) -> list[Gen
     if not stop.has_musical_limit:
         log(f"no bars/tokens/seconds limit set: stopping at EOS or after max_tokens={stop.max_tokens} tokens")
     check_batch_fits(model, len(vocab), int(options.num_samples), device, len(prompt.ids) + stop.token_limit + 1)
-    session = GenerationSession(model, tokenizer, options.sampling, stop, seed, device, options.guards)
+    session = GenerationSession(model, tokenizer, options.sampling, stop, seed, device, options.guards, controls)
     results = session.run(prompt, int(options.num_samples), progress=options.progress)
 
     width = max(2, len(str(options.num_samples - 1)))
@@ -268,7 +273,7 @@ def generate_with(options: GenerateOptions, log: Log | None = print) -> list[Gen
         notes = int((vocab.types[result.ids[result.prompt_length:]] == TokenType.DURATION).sum())
         piece = GeneratedPiece(index, f"{options.name}_{index:0{width}d}", result.ids, result.prompt_length, midi,
                                report, start_tick, result.stop_reason, result.n_bars, midi_seconds(midi),
-                               guards=result.guards, continuation_notes=notes)
+                               guards=result.guards, controls=result.controls, continuation_notes=notes)
         warning = no_notes_warning(piece, vocab)
         if warning:
             piece.warnings.append(warning)

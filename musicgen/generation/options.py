@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ..config import PROJECT_ROOT, UserError, check_float, check_int, require_known_keys
 from ..config import resolve_device as _resolve_device
+from .controls import ControlConfig
 from .guards import DEFAULT_MAX_EMPTY_BARS, DEFAULT_MAX_NOTES_PER_ONSET, GuardConfig
 from ..tokenizer import parse_time_signature
 from .render import RENDER_CHOICES
@@ -48,6 +49,11 @@ class GenerateOptions:
     no_repeated_pitch: bool = True
     max_notes_per_onset: int = DEFAULT_MAX_NOTES_PER_ONSET
     max_empty_bars: int = DEFAULT_MAX_EMPTY_BARS
+    chords: str | None = None
+    bpm: float | None = None
+    time_signature: str | None = None
+    density: str | float | None = None
+    key: str | None = None
     seed: int | None = None
     device: str = "auto"
     output_dir: str | None = None
@@ -105,6 +111,7 @@ class GenerateOptions:
         self.sampling  # noqa: B018 - validate now
         self.stop  # noqa: B018
         self.guards  # noqa: B018
+        self.controls  # noqa: B018
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -114,6 +121,11 @@ class GenerateOptions:
     @property
     def guards(self) -> GuardConfig:
         return GuardConfig(bool(self.no_repeated_pitch), self.max_notes_per_onset, self.max_empty_bars)
+
+    @property
+    def controls(self) -> ControlConfig:
+        """Chord chart, bpm, time_signature, density and key (musicgen/generation/controls.py)."""
+        return ControlConfig(self.chords, self.bpm, self.time_signature, self.density, self.key)
 
     @property
     def stop(self) -> StopConfig:

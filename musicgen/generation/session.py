@@ -13,6 +13,9 @@ Stop conditions, per sequence (the first that applies wins):
 A sequence stopped for any reason but EOS is trimmed back to its last event boundary (so no half note
 is left for the decoder to drop) and closed with EOS. Finished sequences keep stepping with PAD (the batch
 runs in lock step) but their outputs are ignored; the loop ends when all are finished.
+
+Each step's mask is the grammar's, then the musician's controls (:mod:`.controls`: chord chart, tempo, metre,
+key; density is a logit bias added before sampling), then the musical guards (:mod:`.guards`), always last.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..config import UserError
 from ..tokenizer import GrammarState, Phase, REMITokenizer, TokenType
 from ..tokenizer.bins import Bins
 from ..tokenizer.grammar import FOLLOWERS
+from .controls import ControlConfig, Controls
 from .guards import GuardConfig, MusicGuards
 from .prompt import Prompt
 from .sampling import PitchHistory, SamplingConfig, grammar_mask, sample_next
@@ -81,6 +85,7 @@ class SampleResult:
     n_bars: int  # bars the continuation started
     continuation_seconds: float  # onset of its last event, from the continuation start
     guards: dict[str, Any] = field(default_factory=dict)  # how often each musical rule acted (guards.py)
+    controls: dict[str, Any] = field(default_factory=dict)  # the controls applied and what they did (controls.py)
 
 
 @dataclass
@@ -122,11 +127,15 @@ class GenerationSession:
     """Generates a batch of continuations of one prompt with one model (see the module docstring)."""
 
     def __init__(self, model: Any, tokenizer: REMITokenizer, sampling: SamplingConfig, stop: StopConfig,
-                 seed: int, device: str | torch.device = "cpu", guards: GuardConfig | None = None) -> None:
+                 seed: int, device: str | torch.device = "cpu", guards: GuardConfig | None = None,
+                 controls: ControlConfig | list[ControlConfig] | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.sampling, self.stop = sampling, stop
         self.guard_config = guards or GuardConfig()
         self.guards: MusicGuards | None = None
+        # the musician's controls (chord chart, bpm, metre, density, key): one config, or one per sample
+        self.control_config = controls
+        self.controls: Controls | None = None
         self.device = torch.device(device)
         self.vocab = tokenizer.vocab
         self.grammar = tokenizer.grammar
@@ -179,6 +188,10 @@ class GenerationSession:
         self.history = PitchHistory(batch_size, len(self.vocab), self.vocab.ids_of_type(TokenType.PITCH),
                                     int(self.sampling.repetition_window))
         self.guards = MusicGuards(self.vocab, self.guard_config, batch_size) if self.guard_config.enabled else None
+        config = self.control_config
+        active = config is not None and (config.active if isinstance(config, ControlConfig)
+                                         else any(c.active for c in config))
+        self.controls = Controls(self.vocab, config, batch_size) if active else None
         if self.guards is not None:
             walk = self.grammar.initial_state()
             for token in prompt.ids:
@@ -196,8 +209,9 @@ class GenerationSession:
 
     # --- sampling ------------------------------------------------------------------------------------
     def allowed(self, tracks: list[_Track], logits: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, V) mask: the grammar, the first-token rule, EOS when disallowed, the musical guards
-        (:mod:`.guards`; ``logits`` let them count the probability they remove); PAD for finished rows."""
+        """(B, V) mask: the grammar, the first-token rule, EOS when disallowed, the controls (:mod:`.controls`),
+        then the musical guards (:mod:`.guards`; ``logits`` let them count the probability they remove); PAD
+        for finished rows."""
         mask = grammar_mask(self.grammar, [t.state for t in tracks]).numpy().copy()
         for row, track in enumerate(tracks):
             if track.done:
@@ -210,6 +224,10 @@ class GenerationSession:
             for row, track in enumerate(tracks):
                 if track.done:
                     mask[row, self.vocab.pad_id] = True
+        if self.controls is not None:
+            for row, track in enumerate(tracks):
+                if not track.done:
+                    self.controls.restrict(row, track.state, mask[row])
         if self.guards is not None:
             for row, track in enumerate(tracks):
                 if track.done:
@@ -254,6 +272,8 @@ class GenerationSession:
         self.history.push(row, token)
         if self.guards is not None:
             self.guards.observe(row, state, token, continuation=True)
+        if self.controls is not None:
+            self.controls.observe(row, state, token)
         if TokenType.EOS in FOLLOWERS[state.phase]:
             track.closable = len(track.tokens)
         if len(track.tokens) >= stop.token_limit:
@@ -265,6 +285,10 @@ class GenerationSession:
         assert self.history is not None, "call feed_prompt first"
         guarded = self.history.mask() if self.sampling.repetition_penalty != 1.0 else None
         logits = logits.float().cpu()
+        if self.controls is not None:  # density: a logit bias where a note may start or the piece move on
+            bias = self.controls.logit_bias([t.state for t in tracks], self.sampling.temperature)
+            if bias is not None:
+                logits = logits + bias
         tokens = sample_next(logits, self.allowed(tracks, logits), self.sampling, self._sample_gen, guarded)
         feed = tokens.clone()
         for row, track in enumerate(tracks):
@@ -301,5 +325,6 @@ class GenerationSession:
         self.tokens_per_second = steps * len(tracks) / elapsed
         return [SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
                              t.last_seconds, {**self.guard_config.to_dict(),
-                                              **(self.guards.counts[row].to_dict() if self.guards else {})})
+                                              **(self.guards.counts[row].to_dict() if self.guards else {})},
+                             self.controls.report(row) if self.controls else {})
                 for row, t in enumerate(tracks)]

@@ -1,0 +1,219 @@
+"""Do the controls work on a trained model? Chord charts, density and tempo, measured on generated music.
+
+    python benchmarks/controls.py [--checkpoint checkpoints/musicgen-small.pt] [--pieces 20] [--bars 16]
+                                  [--density-pieces 8] [--bpm-pieces 4] [--seed 1] [--name controls] [--out X.json]
+
+1. **Chord chart**: ``--pieces`` pieces of ``--bars`` bars (one batch, each row its own random 4-bar chart:
+   random roots, mostly major/minor triads, a quarter of the bars split in two chords) generated with the chart
+   imposed (``chords=``). For every chord slot of every bar (the tokenizer's half bars; see
+   musicgen/generation/controls.py) the chord is recognised *from the generated notes* with the tokenizer's
+   own rule (``musicgen.tokenizer.chords.detect_chords`` over that segment) and compared with the chart:
+   the share of exact matches (root and quality) and of root matches. The same pieces generated *without* a
+   chart (same seed), scored against the same charts, give the share by chance.
+2. **Density**: ``--density-pieces`` unconditioned pieces per level (low / medium / high, same seed): notes per
+   bar and per onset of the continuation.
+3. **Tempo**: ``--bpm-pieces`` pieces with ``bpm=80`` and with ``bpm=140``: the BPM their notes are played at
+   (decoded MIDI), next to the unconditioned pieces' BPM.
+
+The default settings take a few minutes on one CPU core. Prints tables and writes benchmarks/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import print_table, write_results  # noqa: E402
+from musicgen.generation import (ControlConfig, GenerationSession, SamplingConfig, StopConfig,  # noqa: E402
+                                 unconditional_prompt)
+from musicgen.generation.controls import N_QUALITIES, chord_slots, parse_chart  # noqa: E402
+from musicgen.generation.options import resolve_checkpoint, resolve_device  # noqa: E402
+from musicgen.tokenizer import REMITokenizer, TokenType  # noqa: E402
+from musicgen.tokenizer.bins import Bins  # noqa: E402
+from musicgen.tokenizer.chords import detect_chords  # noqa: E402
+from musicgen.tokenizer.vocab import DRUM_PROGRAM, PITCH_CLASS_NAMES  # noqa: E402
+from musicgen.training.checkpoint import file_sha256, load_model  # noqa: E402
+
+SUFFIX = {"maj": "", "min": "m", "dim": "dim", "aug": "aug", "sus4": "sus4", "dom7": "7", "maj7": "maj7", "min7": "m7"}
+QUALITY_WEIGHTS = {"maj": 0.45, "min": 0.35, "dom7": 0.08, "min7": 0.06, "maj7": 0.03, "sus4": 0.03}
+
+
+def random_chart(rng: np.random.Generator, bars: int = 4, split: float = 0.25) -> str:
+    """A chart text such as 'Am | F G | C | G7': random roots, mostly major/minor."""
+    names, weights = list(QUALITY_WEIGHTS), np.asarray(list(QUALITY_WEIGHTS.values()))
+    out = []
+    for _ in range(bars):
+        chords = []
+        for _ in range(2 if rng.random() < split else 1):
+            quality = names[rng.choice(len(names), p=weights / weights.sum())]
+            chords.append(PITCH_CLASS_NAMES[int(rng.integers(12))] + SUFFIX[quality])
+        out.append(" ".join(chords))
+    return " | ".join(out)
+
+
+def run_batch(model, tokenizer, controls: list[ControlConfig] | None, n: int, bars: int, seed: int,
+              sampling: SamplingConfig, device: str) -> tuple[list, float]:
+    stop = StopConfig(bars=bars, allow_eos=False, max_tokens=max(4096, 400 * bars))
+    session = GenerationSession(model, tokenizer, sampling, stop, seed, device, controls=controls)
+    began = time.perf_counter()
+    results = session.run(unconditional_prompt(tokenizer), n, progress=True)
+    return results, time.perf_counter() - began
+
+
+def chart_agreement(tokenizer: REMITokenizer, ids: list[int], chart_text: str) -> dict:
+    """Per chord slot of each bar: the chart's chord vs the chord recognised from the notes in that segment."""
+    score, report = tokenizer.decode_to_score(ids)
+    chart = parse_chart(chart_text)
+    pitched = [(n.onset, n.duration, n.pitch) for n in score.notes if n.program != DRUM_PROGRAM]
+    segments, wanted = [], []
+    for k, bar in enumerate(score.bars):
+        slots = chord_slots(chart.bar(k), bar.length, (bar.numerator, bar.denominator))
+        for i, (pos, chord) in enumerate(slots):
+            end = slots[i + 1][0] if i + 1 < len(slots) else bar.length
+            segments.append((bar.start + pos, bar.start + end))
+            wanted.append(chord)
+    found = dict(detect_chords(pitched, segments))
+    got = [found.get(start) for start, _ in segments]
+    exact = sum(g == w for g, w in zip(got, wanted))
+    root = sum(g is not None and g // N_QUALITIES == w // N_QUALITIES for g, w in zip(got, wanted))
+    return {"slots": len(wanted), "exact": exact, "root": root, "recognised": sum(g is not None for g in got),
+            "skipped": report.skipped, "metres": sorted({f"{b.numerator}/{b.denominator}" for b in score.bars})}
+
+
+def share(rows: list[dict], key: str) -> float:
+    total = sum(r["slots"] for r in rows)
+    return round(sum(r[key] for r in rows) / total, 4) if total else float("nan")
+
+
+def notes_per_bar(tokenizer: REMITokenizer, result) -> tuple[float, float]:
+    vocab = tokenizer.vocab
+    cont = result.ids[result.prompt_length:]
+    notes = sum(vocab.type_of(t) == TokenType.DURATION for t in cont)
+    onsets = sum(vocab.type_of(t) == TokenType.POSITION for t in cont)
+    return notes / max(result.n_bars, 1), notes / max(onsets, 1)
+
+
+def played_bpm(tokenizer: REMITokenizer, ids: list[int]) -> float:
+    """Median over the notes of the tempo in effect at each note onset (120 before any Tempo token)."""
+    score, _ = tokenizer.decode_to_score(ids)
+    bins = Bins(tokenizer.config)
+    if not score.notes:
+        return float("nan")
+    steps = [s for s, _ in score.tempos]
+    values = [bins.tempo_of_bin[b] for _, b in score.tempos]
+    at = []
+    for note in score.notes:
+        i = int(np.searchsorted(steps, note.onset, side="right")) - 1
+        at.append(values[i] if i >= 0 else 120.0)
+    return float(np.median(at))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default="checkpoints/musicgen-small.pt")
+    p.add_argument("--pieces", type=int, default=20, help="pieces with a random chart (and as many without)")
+    p.add_argument("--bars", type=int, default=16)
+    p.add_argument("--density-pieces", type=int, default=8, help="pieces per density level (0 = skip)")
+    p.add_argument("--bpm-pieces", type=int, default=4, help="pieces per tempo (0 = skip)")
+    p.add_argument("--bpm-bars", type=int, default=8)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="controls")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<name>.json)")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    ckpt_path = resolve_checkpoint(args.checkpoint)
+    sha = file_sha256(ckpt_path)  # the checkpoint may be replaced while this runs: record what was loaded
+    model, vocab, ckpt = load_model(ckpt_path, device)
+    tokenizer = REMITokenizer(vocab.config)
+    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p)
+    rng = np.random.default_rng(args.seed)
+    charts = [random_chart(rng) for _ in range(args.pieces)]
+    result: dict = {
+        "benchmark": "controls", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": device,
+                    "threads": args.threads},
+        "checkpoint": {"path": str(ckpt_path), "sha256": sha, "step": ckpt.step, "model": ckpt.model_config.get("name")},
+        "settings": {k: v for k, v in vars(args).items()} | {"sampling": sampling.to_dict()},
+    }
+
+    # 1. chord charts vs chance -------------------------------------------------------------------------------
+    with_chart, wall_chart = run_batch(model, tokenizer, [ControlConfig(chords=c) for c in charts], args.pieces,
+                                       args.bars, args.seed, sampling, device)
+    without, wall_free = run_batch(model, tokenizer, None, args.pieces, args.bars, args.seed, sampling, device)
+    rows_chart = [chart_agreement(tokenizer, r.ids, c) | {"forced_chords": r.controls["forced_chords"],
+                                                           "fallbacks": r.controls["fallbacks"], "bars": r.n_bars}
+                  for r, c in zip(with_chart, charts)]
+    rows_free = [chart_agreement(tokenizer, r.ids, c) | {"bars": r.n_bars} for r, c in zip(without, charts)]
+    chart_summary = {
+        "pieces": args.pieces, "bars": args.bars, "charts": charts,
+        "with_chart": {"exact_share": share(rows_chart, "exact"), "root_share": share(rows_chart, "root"),
+                       "recognised_share": share(rows_chart, "recognised"), "slots": sum(r["slots"] for r in rows_chart),
+                       "forced_chords": sum(r["forced_chords"] for r in rows_chart),
+                       "fallbacks": sum(r["fallbacks"] for r in rows_chart),
+                       "skipped": sum(r["skipped"] for r in rows_chart), "wall_s": round(wall_chart, 1),
+                       "per_piece_exact": [round(r["exact"] / max(r["slots"], 1), 3) for r in rows_chart],
+                       "metres": sorted({m for r in rows_chart for m in r["metres"]})},
+        "unconditioned_chance": {"exact_share": share(rows_free, "exact"), "root_share": share(rows_free, "root"),
+                                 "recognised_share": share(rows_free, "recognised"),
+                                 "slots": sum(r["slots"] for r in rows_free), "wall_s": round(wall_free, 1),
+                                 "metres": sorted({m for r in rows_free for m in r["metres"]})},
+        "target_exact_share": 0.8,
+    }
+    result["chart"] = chart_summary
+    w, u = chart_summary["with_chart"], chart_summary["unconditioned_chance"]
+    print_table(["chords vs chart", "slots", "exact match", "root match", "a chord recognised", "forced", "skipped"],
+                [[f"chart imposed ({args.pieces} x {args.bars} bars)", w["slots"], w["exact_share"], w["root_share"],
+                  w["recognised_share"], w["forced_chords"], w["skipped"]],
+                 ["no chart (chance)", u["slots"], u["exact_share"], u["root_share"], u["recognised_share"], 0, 0]])
+
+    # 2. density -----------------------------------------------------------------------------------------------
+    free_bpm = [played_bpm(tokenizer, r.ids) for r in without]
+    if args.density_pieces:
+        density = {}
+        for level in ("low", "medium", "high"):
+            results, wall = run_batch(model, tokenizer, [ControlConfig(density=level)] * args.density_pieces,
+                                      args.density_pieces, args.bars, args.seed, sampling, device)
+            stats = [notes_per_bar(tokenizer, r) for r in results]
+            density[level] = {"factor": ControlConfig(density=level).density_factor,
+                              "notes_per_bar": round(float(np.mean([s[0] for s in stats])), 3),
+                              "notes_per_onset": round(float(np.mean([s[1] for s in stats])), 3),
+                              "per_piece_notes_per_bar": [round(s[0], 2) for s in stats], "wall_s": round(wall, 1)}
+        result["density"] = density
+        print_table(["density", "odds factor", "notes/bar", "notes/onset"],
+                    [[k, round(v["factor"], 3), v["notes_per_bar"], v["notes_per_onset"]] for k, v in density.items()])
+
+    # 3. tempo ---------------------------------------------------------------------------------------------------
+    if args.bpm_pieces:
+        tempo = {"unconditioned_bpm": [round(b, 2) for b in free_bpm]}
+        bins = Bins(tokenizer.config)
+        for bpm in (80, 140):
+            results, wall = run_batch(model, tokenizer, [ControlConfig(bpm=bpm)] * args.bpm_pieces, args.bpm_pieces,
+                                      args.bpm_bars, args.seed, sampling, device)
+            played = [played_bpm(tokenizer, r.ids) for r in results]
+            target = bins.tempo_of_bin[bins.tempo_bin(bpm)]
+            tempo[str(bpm)] = {"bin_bpm": target, "played_bpm": [round(b, 2) for b in played],
+                               "all_at_bin": all(abs(b - target) < 1e-6 for b in played), "wall_s": round(wall, 1)}
+        result["tempo"] = tempo
+        print_table(["bpm asked", "bin BPM", "played BPM (median over pieces)", "every piece at the bin"],
+                    [[k, v["bin_bpm"], round(float(np.median(v["played_bpm"])), 2), v["all_at_bin"]]
+                     for k, v in tempo.items() if k != "unconditioned_bpm"]
+                    + [["(none)", "-", round(float(np.nanmedian(free_bpm)), 2), "-"]])
+    write_results(args.name, result, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""Musician's controls imposed at decode time: a chord chart, tempo, metre, note density and key.
+
+REMI already carries Chord, Tempo and TimeSig tokens and decoding is already grammar-constrained, so these
+need no training: each is a restriction of the grammar mask (or, for density, a bias on the logits) applied
+per sequence, after the grammar and before the musical guards (:mod:`.guards`, which stay last). A control
+never empties a row's mask: a restriction that would leave nothing allowed is not applied at that step (the
+row keeps the mask it had; counted as ``fallbacks`` in the piece's .json).
+
+* **Chord chart** (``chords="Am F C G"``): one chord per bar, or bars separated by ``|`` with one or two
+  chords each (``"Am F | C G"`` = bar 1 Am then F, bar 2 C then G; two chords split the bar in halves);
+  the chart repeats to fill the piece. Symbols: root ``A``-``G`` with an optional ``#`` or ``b``, then a
+  quality: none or ``maj`` (major), ``m``/``min`` (minor), ``dim``, ``aug``, ``sus4``/``sus``, ``7``/``dom7``,
+  ``maj7``/``M7``, ``m7``/``min7`` (the tokenizer's eight qualities; ``A:min`` token spelling works too).
+  In every bar the continuation starts with a Bar token, a Chord token is *forced* at each of the
+  tokenizer's chord slots: the half-bar starts (positions 0 and bar_length/2) in metres the tokenizer splits
+  in halves (even numerator, e.g. 4/4, 2/4, 6/8), position 0 only otherwise (3/4); a chart bar with two
+  chords always puts the second at bar_length // 2. Mechanically: while a slot's chord is pending, no
+  Position after the slot, no Bar and no EOS may be chosen (so the slot's Position must come), right after
+  it (and an optional Tempo) only the chart's Chord token is allowed, and no other Chord token is allowed
+  anywhere in the continuation. The model fills in the notes. A prompt that ends inside a bar gets the
+  chart from the continuation's first Bar on.
+* **Tempo** (``bpm=90``): the Tempo token of the nearest tempo bin is forced right after the continuation's
+  first Position, which is the bar start (Position 0) when the continuation starts with a Bar (Bar and EOS
+  wait until the tempo is placed, so even a bar without notes carries it); every other Tempo token is
+  forbidden, so the continuation keeps that tempo. The bin's BPM (what the MIDI file gets) is recorded.
+* **Metre** (``time_signature=3/4``): at every continuation Bar whose metre differs, the TimeSig token is
+  forced (so the first continuation Bar gets it, after a prompt in another metre too); every other TimeSig
+  token is forbidden. The metre must be in the checkpoint's vocabulary.
+* **Density** (``density=low|medium|high`` or a positive factor): wherever the grammar lets a sequence
+  either start another note at the current onset or move on (after a Tempo, Chord or Duration token: the
+  alternatives are Position, Bar and EOS), the probability of starting a note (Program and Velocity tokens)
+  is multiplied by the factor relative to moving on: low = 1/3, medium = 1 (no change), high = 3. The bias
+  is added to the logits scaled by the temperature, so the factor is exact on the distribution before
+  top-k/top-p filtering, whatever the temperature.
+* **Key** (``key=Am``, ``key=Eb``, ``key="F# minor"``): pitch-class constraint, not transposition. A pitched
+  (non-drum) note of the continuation may only use the key's scale (major, or natural minor for ``m``/
+  ``min``/``minor``), plus the tones of the chart's current chord when a chart is set (so an E major chord
+  in A minor keeps its G#). The prompt is left as it is (not transposed) and so is the chart.
+
+Hydra note: ``#`` must be quoted on the command line (``'chords="C#m A E B"'``, ``'key="F#m"'``); flats
+(``Bb``, ``Eb``) need no quotes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..config import UserError
+from ..tokenizer import GrammarState, Phase, TokenType, Vocabulary, parse_time_signature
+from ..tokenizer.bins import Bins
+from ..tokenizer.vocab import CHORD_QUALITIES, DRUM_PROGRAM, PITCH_CLASS_NAMES
+
+__all__ = ["ChordChart", "ControlConfig", "Controls", "DENSITY_FACTORS", "chord_name", "chord_slots",
+           "parse_chart", "parse_chord", "parse_key"]
+
+QUALITY_NAMES = tuple(CHORD_QUALITIES)
+N_QUALITIES = len(QUALITY_NAMES)
+#: chord-symbol suffix -> the tokenizer's quality name (case matters: M7 is major seventh, m7 minor seventh)
+QUALITY_SUFFIXES: dict[str, str] = {
+    "": "maj", "maj": "maj", "M": "maj",
+    "m": "min", "min": "min", "-": "min",
+    "dim": "dim", "o": "dim", "°": "dim",
+    "aug": "aug", "+": "aug",
+    "sus4": "sus4", "sus": "sus4",
+    "7": "dom7", "dom7": "dom7",
+    "maj7": "maj7", "M7": "maj7", "Δ7": "maj7",
+    "m7": "min7", "min7": "min7", "-7": "min7",
+}
+_ACCIDENTALS = {"": 0, "#": 1, "♯": 1, "b": -1, "♭": -1}
+_ROOTS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_SYMBOL = re.compile(r"^([A-G])([#♯b♭]?)(.*)$")
+_HELP = ("a root A-G with an optional # or b, then nothing (major), m, dim, aug, sus4, 7, maj7 or m7 "
+         "(e.g. Am, F#m7, Bb, Gsus4)")
+#: density name -> factor on the odds of starting another note at an onset vs moving on
+DENSITY_FACTORS: dict[str, float] = {"low": 1.0 / 3.0, "medium": 1.0, "high": 3.0}
+MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
+MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)  # natural minor
+
+
+def chord_name(index: int) -> str:
+    """Vocabulary spelling of a chord index (root * n_qualities + quality), e.g. 'A:min'."""
+    return f"{PITCH_CLASS_NAMES[index // N_QUALITIES]}:{QUALITY_NAMES[index % N_QUALITIES]}"
+
+
+def chord_pitch_classes(index: int) -> set[int]:
+    root = index // N_QUALITIES
+    return {(root + off) % 12 for off in CHORD_QUALITIES[QUALITY_NAMES[index % N_QUALITIES]]}
+
+
+def _root(letter: str, accidental: str) -> int:
+    return (_ROOTS[letter] + _ACCIDENTALS[accidental]) % 12
+
+
+def parse_chord(symbol: str) -> int:
+    """'Am' -> chord index (root * n_qualities + quality, the tokenizer's order); ValueError when unknown."""
+    text = str(symbol).strip()
+    if ":" in text:  # the vocabulary's own spelling, e.g. A:min, C#:maj7
+        root_text, quality = text.split(":", 1)
+        match = _SYMBOL.match(root_text)
+        if match and not match.group(3) and quality in CHORD_QUALITIES:
+            return _root(match.group(1), match.group(2)) * N_QUALITIES + QUALITY_NAMES.index(quality)
+        raise ValueError(text)
+    match = _SYMBOL.match(text)
+    if not match or match.group(3) not in QUALITY_SUFFIXES:
+        raise ValueError(text)
+    quality = QUALITY_SUFFIXES[match.group(3)]
+    return _root(match.group(1), match.group(2)) * N_QUALITIES + QUALITY_NAMES.index(quality)
+
+
+@dataclass(frozen=True)
+class ChordChart:
+    """A parsed chart: per bar, one or two chord indices. It repeats to fill the piece."""
+
+    text: str
+    bars: tuple[tuple[int, ...], ...]
+
+    def bar(self, index: int) -> tuple[int, ...]:
+        return self.bars[index % len(self.bars)]
+
+    def names(self) -> list[list[str]]:
+        return [[chord_name(c) for c in bar] for bar in self.bars]
+
+
+def parse_chart(text: str) -> ChordChart:
+    """'Am F C G' (one chord per bar) or 'Am F | C G' (bars split by |, one or two chords each) -> a chart.
+
+    Errors are UserErrors naming the offending symbol or bar.
+    """
+    raw = str(text).strip()
+    if not raw:
+        raise UserError("chords='': give at least one chord, e.g. chords='Am F C G'")
+    if "|" in raw:
+        groups = [part.split() for part in raw.strip("|").split("|")]
+        for number, group in enumerate(groups, 1):
+            if not group:
+                raise UserError(f"chords={raw!r}: bar {number} is empty (one or two chords between bars |)")
+            if len(group) > 2:
+                raise UserError(f"chords={raw!r}: bar {number} ({' '.join(group)}) has {len(group)} chords; a bar "
+                                "holds one chord or two (halves)")
+    else:
+        groups = [[symbol] for symbol in raw.split()]
+    bars = []
+    for group in groups:
+        chords = []
+        for symbol in group:
+            try:
+                chords.append(parse_chord(symbol))
+            except ValueError:
+                raise UserError(f"chords={raw!r}: unknown chord symbol {symbol!r} (use {_HELP})") from None
+        bars.append(tuple(chords))
+    return ChordChart(raw, tuple(bars))
+
+
+def parse_key(text: str) -> tuple[str, frozenset[int]]:
+    """'Am', 'A minor', 'Eb', 'C major', 'F#m' -> (display name, the scale's pitch classes)."""
+    raw = str(text).strip()
+    compact = raw.replace(" ", "")
+    match = _SYMBOL.match(compact)
+    mode = match.group(3) if match else None
+    if mode is not None and mode != "M":
+        mode = mode.lower()
+    if match and mode in ("", "maj", "major", "M"):
+        root, scale, mode_name = _root(match.group(1), match.group(2)), MAJOR_SCALE, "major"
+    elif match and mode in ("m", "min", "minor"):
+        root, scale, mode_name = _root(match.group(1), match.group(2)), MINOR_SCALE, "minor"
+    else:
+        raise UserError(f"key={raw!r}: use a root A-G with an optional # or b and an optional mode: C, Am, Eb, "
+                        "'F# minor', 'D major'")
+    spelled = match.group(1) + {"♯": "#", "♭": "b"}.get(match.group(2), match.group(2))
+    return f"{spelled} {mode_name}", frozenset((root + s) % 12 for s in scale)
+
+
+def chord_slots(chords: tuple[int, ...], bar_length: int, metre: tuple[int, int]) -> list[tuple[int, int]]:
+    """(position, chord index) where a chart bar's chords go in a bar of this length and metre.
+
+    One chord: at every chord segment start of the tokenizer (halves when the numerator and the length are
+    even, as in `musicgen.tokenizer.score`, else the bar start only). Two chords: bar start and bar_length // 2.
+    """
+    if len(chords) == 1:
+        parts = 2 if metre[0] % 2 == 0 and bar_length % 2 == 0 else 1
+        size = bar_length // parts
+        return [(i * size, chords[0]) for i in range(parts)]
+    half = bar_length // 2
+    return [(0, chords[0]), (half, chords[1])] if half > 0 else [(0, chords[0])]
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The controls of one piece (None = that control is off; see the module docstring)."""
+
+    chords: str | None = None
+    bpm: float | None = None
+    time_signature: str | None = None
+    density: str | float | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.chords is not None:
+            object.__setattr__(self, "chords", str(self.chords))
+            self.chart  # noqa: B018 - validate now
+        if self.bpm is not None:
+            try:
+                bpm = float(self.bpm)
+            except (TypeError, ValueError):
+                raise UserError(f"bpm={self.bpm!r}: must be a number of beats per minute (e.g. 90)") from None
+            if isinstance(self.bpm, bool) or not math.isfinite(bpm) or bpm <= 0:
+                raise UserError(f"bpm={self.bpm!r}: must be a positive number of beats per minute (e.g. 90)")
+            object.__setattr__(self, "bpm", bpm)
+        if self.time_signature is not None:
+            try:
+                parse_time_signature(str(self.time_signature))
+            except ValueError:
+                raise UserError(f"time_signature={self.time_signature!r}: use a metre such as 4/4, 3/4 or 6/8") \
+                    from None
+            object.__setattr__(self, "time_signature", str(self.time_signature))
+        if self.density is not None:
+            self.density_factor  # noqa: B018
+        if self.key is not None:
+            parse_key(self.key)
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.chords, self.bpm, self.time_signature, self.density, self.key))
+
+    @property
+    def chart(self) -> ChordChart | None:
+        return parse_chart(self.chords) if self.chords is not None else None
+
+    @property
+    def metre(self) -> tuple[int, int] | None:
+        return parse_time_signature(self.time_signature) if self.time_signature is not None else None
+
+    @property
+    def density_factor(self) -> float:
+        """The factor on the odds of another note (1 = off)."""
+        if self.density is None:
+            return 1.0
+        if isinstance(self.density, str) and self.density.strip().lower() in DENSITY_FACTORS:
+            return DENSITY_FACTORS[self.density.strip().lower()]
+        try:
+            factor = float(self.density)
+        except (TypeError, ValueError):
+            factor = float("nan")
+        if isinstance(self.density, bool) or not math.isfinite(factor) or factor <= 0:
+            raise UserError(f"density={self.density!r}: use low, medium, high or a positive factor (e.g. 2.0)")
+        return factor
+
+    def check(self, vocab: Vocabulary) -> None:
+        """What the checkpoint's vocabulary must offer (before sampling): Chord tokens, the metre, the tempo."""
+        cfg = vocab.config
+        if self.chords is not None and not vocab.ranges[TokenType.CHORD].size:
+            raise UserError(f"chords={self.chords!r}: this checkpoint's vocabulary has no Chord tokens "
+                            "(it was trained with tokenizer.chords=false)")
+        if self.time_signature is not None and self.metre not in [tuple(ts) for ts in vocab.time_signatures]:
+            raise UserError(f"time_signature={self.time_signature}: this checkpoint's vocabulary has no "
+                            f"TimeSig_{self.time_signature} token (grid {cfg.grid} steps per whole note: a bar must "
+                            "be a whole number of steps, at most four whole notes); use e.g. 4/4, 3/4 or 6/8")
+        if self.bpm is not None and not cfg.tempo_min <= self.bpm <= cfg.tempo_max:
+            raise UserError(f"bpm={self.bpm:g}: outside this checkpoint's tempo range "
+                            f"({cfg.tempo_min:g}-{cfg.tempo_max:g} BPM)")
+
+    def resolved(self, vocab: Vocabulary) -> dict[str, Any]:
+        """The controls as applied with this vocabulary (for the piece's .json)."""
+        bins = Bins(vocab.config)
+        chart = self.chart
+        out: dict[str, Any] = {"chords": self.chords, "chart": chart.names() if chart else None,
+                               "bpm": self.bpm, "time_signature": self.time_signature,
+                               "density": self.density, "key": self.key}
+        if self.bpm is not None:
+            b = bins.tempo_bin(self.bpm)
+            out["tempo_bin"], out["tempo_bpm"] = b, bins.tempo_of_bin[b]
+        if self.density is not None:
+            out["density_factor"] = round(self.density_factor, 6)
+        if self.key is not None:
+            name, scale = parse_key(self.key)
+            out["key_name"], out["key_pitch_classes"] = name, [PITCH_CLASS_NAMES[p] for p in sorted(scale)]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chords": self.chords, "bpm": self.bpm, "time_signature": self.time_signature,
+                "density": self.density, "key": self.key}
+
+
+@dataclass
+class _Row:
+    """Per-sequence bookkeeping of the controls (continuation tokens only)."""
+
+    config: ControlConfig
+    chart: ChordChart | None
+    metre: tuple[int, int] | None
+    tempo_id: int | None  # the forced Tempo token (bpm)
+    timesig_id: int | None  # the forced TimeSig token (time_signature)
+    scale: frozenset[int] | None  # the key's pitch classes
+    bar: int = -1  # continuation bars started, minus one (-1 before the continuation's first Bar)
+    slot: int = 0  # next chord slot of the current bar
+    positions: int = 0  # continuation Position tokens
+    tempo_placed: bool = False  # the bpm control's Tempo token is in the continuation
+    current_chord: int | None = None  # the last chart chord placed (for the key's allowed tones)
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "forced_chords": 0, "missed_chord_slots": 0, "forced_tempo": 0, "forced_time_signatures": 0,
+        "fallbacks": 0})
+
+
+class Controls:
+    """The controls of a batch: one `ControlConfig` for every row, or one per row (benchmarks)."""
+
+    def __init__(self, vocab: Vocabulary, config: ControlConfig | Sequence[ControlConfig], batch_size: int) -> None:
+        configs = [config] * batch_size if isinstance(config, ControlConfig) else list(config)
+        if len(configs) != batch_size:
+            raise ValueError(f"{len(configs)} control configs for a batch of {batch_size}")
+        for cfg in set(configs):
+            cfg.check(vocab)
+        self.vocab = vocab
+        self.configs = configs
+        self._bins = Bins(vocab.config)
+        self._types = np.asarray(vocab.types)
+        self._values = np.asarray(vocab.values)
+        size = len(vocab)
+        self._size = size
+        self._chord = vocab.ranges[TokenType.CHORD]
+        self._tempo = vocab.ranges[TokenType.TEMPO]
+        self._timesig = vocab.ranges[TokenType.TIME_SIG]
+        self._position = vocab.ranges[TokenType.POSITION]
+        self._pitch = vocab.ranges[TokenType.PITCH]
+        self._note_start = np.zeros(size, dtype=bool)
+        for kind in (TokenType.PROGRAM, TokenType.VELOCITY):
+            span = vocab.ranges[kind]
+            self._note_start[span.start:span.stop] = True
+        self._pitch_masks: dict[frozenset[int], np.ndarray] = {}
+        parsed: dict[ControlConfig, tuple[Any, ...]] = {}
+        for cfg in configs:
+            if cfg not in parsed:
+                metre = cfg.metre
+                parsed[cfg] = (cfg.chart, metre,
+                               self._tempo.start + self._bins.tempo_bin(cfg.bpm) if cfg.bpm is not None else None,
+                               vocab.time_signature_id(*metre) if metre is not None else None,
+                               parse_key(cfg.key)[1] if cfg.key is not None else None)
+        self.rows = [_Row(cfg, *parsed[cfg]) for cfg in configs]
+        self._bias = np.zeros((batch_size, size), dtype=np.float32)
+        for row, cfg in enumerate(configs):
+            if cfg.density_factor != 1.0:
+                self._bias[row, self._note_start] = math.log(cfg.density_factor)
+        self._has_bias = bool(self._bias.any())
+
+    # --- bookkeeping -------------------------------------------------------------------------------
+    def pending_slot(self, row: int, state: GrammarState) -> tuple[int, int] | None:
+        """(position, chord index) of the current bar's next chart chord, or None (no chart, done, no bar)."""
+        r = self.rows[row]
+        if r.chart is None or r.bar < 0:
+            return None
+        slots = chord_slots(r.chart.bar(r.bar), state.bar_length, state.metre)
+        return slots[r.slot] if r.slot < len(slots) else None
+
+    def observe(self, row: int, state: GrammarState, token: int) -> None:
+        """Record a continuation token (already accepted; ``state`` is the grammar state after it)."""
+        r = self.rows[row]
+        kind = int(self._types[token])
+        value = int(self._values[token])
+        if kind == TokenType.BAR:
+            r.bar += 1
+            r.slot = 0
+        elif kind == TokenType.POSITION:
+            r.positions += 1
+        elif kind == TokenType.TEMPO:
+            if r.tempo_id is not None and not r.tempo_placed and token == r.tempo_id:
+                r.counts["forced_tempo"] += 1
+                r.tempo_placed = True
+        elif kind == TokenType.TIME_SIG:
+            if r.timesig_id is not None and token == r.timesig_id:
+                r.counts["forced_time_signatures"] += 1
+        elif kind == TokenType.CHORD:
+            slot = self.pending_slot(row, state)
+            if slot is not None and slot == (state.position, value):
+                r.counts["forced_chords"] += 1
+                r.slot += 1
+                r.current_chord = value
+        # a slot can only be passed by when a control had to fall back: count it and move on
+        while True:
+            slot = self.pending_slot(row, state)
+            if slot is None or state.phase in (Phase.BAR, Phase.TIME_SIG) or slot[0] > state.position or (
+                    slot[0] == state.position and state.phase in (Phase.POSITION, Phase.TEMPO)):
+                break
+            r.counts["missed_chord_slots"] += 1
+            r.slot += 1
+
+    # --- masks -------------------------------------------------------------------------------------
+    def _only(self, *ids: int) -> np.ndarray:
+        mask = np.zeros(self._size, dtype=bool)
+        mask[list(ids)] = True
+        return mask
+
+    def _span(self, span: Any, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        mask = np.zeros(self._size, dtype=bool)
+        mask[span.start + lo:span.stop if hi is None else span.start + hi] = True
+        return mask
+
+    def _pitch_mask(self, classes: frozenset[int]) -> np.ndarray:
+        mask = self._pitch_masks.get(classes)
+        if mask is None:
+            mask = np.ones(self._size, dtype=bool)
+            for pitch in range(self._pitch.size):
+                if pitch % 12 not in classes:
+                    mask[self._pitch.start + pitch] = False
+            self._pitch_masks[classes] = mask
+        return mask
+
+    def wanted(self, row: int, state: GrammarState) -> list[tuple[str, np.ndarray]]:
+        """For one sequence: each active control's mask of the tokens it allows now (order of application)."""
+        r = self.rows[row]
+        out: list[tuple[str, np.ndarray]] = []
+        phase = state.phase
+        if r.timesig_id is not None and phase == Phase.BAR:
+            if tuple(state.metre) != r.metre:
+                out.append(("time_signature", self._only(r.timesig_id)))
+            else:
+                out.append(("time_signature", ~self._span(self._timesig)))
+        if r.tempo_id is not None:
+            if r.tempo_placed:
+                out.append(("bpm", ~self._span(self._tempo)))
+            elif phase == Phase.POSITION and r.positions >= 1:
+                out.append(("bpm", self._only(r.tempo_id)))
+            elif phase in (Phase.BAR, Phase.TIME_SIG) and r.bar >= 0:  # the bar start must come, then the tempo
+                mask = ~self._span(self._tempo) & ~self._span(self._position, 1)
+                mask[[self.vocab.bar_id, self.vocab.eos_id]] = False
+                out.append(("bpm", mask))
+            else:
+                out.append(("bpm", ~self._span(self._tempo)))
+        if r.chart is not None:
+            slot = self.pending_slot(row, state)
+            if slot is None:
+                out.append(("chords", ~self._span(self._chord)))
+            else:
+                pos, chord = slot
+                if phase in (Phase.POSITION, Phase.TEMPO) and state.position == pos:
+                    mask = self._only(self._chord.start + chord)
+                    if phase == Phase.POSITION:
+                        mask |= self._span(self._tempo)
+                    out.append(("chords", mask))
+                else:
+                    mask = ~self._span(self._chord)
+                    mask &= ~self._span(self._position, pos + 1)
+                    mask[[self.vocab.bar_id, self.vocab.eos_id]] = False
+                    out.append(("chords", mask))
+        if r.scale is not None and phase == Phase.VELOCITY and state.program != DRUM_PROGRAM:
+            classes = r.scale
+            if r.chart is not None and r.current_chord is not None and r.bar >= 0:
+                classes = classes | chord_pitch_classes(r.current_chord)
+            out.append(("key", self._pitch_mask(frozenset(classes))))
+        return out
+
+    def restrict(self, row: int, state: GrammarState, allowed: np.ndarray) -> np.ndarray:
+        """Apply every control to one row of the mask (in place); one that would empty it is skipped."""
+        for _name, mask in self.wanted(row, state):
+            narrowed = allowed & mask
+            if narrowed.any():
+                allowed &= mask
+            else:
+                self.rows[row].counts["fallbacks"] += 1
+        return allowed
+
+    # --- logits ------------------------------------------------------------------------------------
+    def logit_bias(self, states: Sequence[GrammarState], temperature: float) -> torch.Tensor | None:
+        """(B, V) additive logit bias of the density control (None when no row has one). It acts only where
+        a note may start or the piece may move on (after Tempo, Chord or Duration), and is scaled by the
+        temperature so that the odds change by exactly the factor."""
+        if not self._has_bias:
+            return None
+        active = np.asarray([s.phase in (Phase.TEMPO, Phase.CHORD, Phase.DURATION) for s in states])
+        if not active.any():
+            return None
+        scale = float(temperature) if temperature > 0 else 1.0
+        return torch.from_numpy(self._bias * (active[:, None] * scale).astype(np.float32))
+
+    # --- report ------------------------------------------------------------------------------------
+    def report(self, row: int) -> dict[str, Any]:
+        """The row's resolved controls and what they did (for the piece's .json)."""
+        r = self.rows[row]
+        return {**r.config.resolved(self.vocab), "bars_with_chart": max(r.bar + 1, 0) if r.chart else 0,
+                **r.counts}
