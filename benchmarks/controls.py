@@ -1,15 +1,19 @@
 """Do the controls work on a trained model? Chord charts, density and tempo, measured on generated music.
 
     python benchmarks/controls.py [--checkpoint checkpoints/musicgen-small.pt] [--pieces 20] [--bars 16]
+                                  [--metres 4/4 model] [--chord-tones only prefer free]
                                   [--density-pieces 8] [--bpm-pieces 4] [--seed 1] [--name controls] [--out X.json]
 
 1. **Chord chart**: ``--pieces`` pieces of ``--bars`` bars (one batch, each row its own random 4-bar chart:
-   random roots, mostly major/minor triads, a quarter of the bars split in two chords) generated with the chart
-   imposed (``chords=``). For every chord slot of every bar (the tokenizer's half bars; see
-   musicgen/generation/controls.py) the chord is recognised *from the generated notes* with the tokenizer's
-   own rule (``musicgen.tokenizer.chords.detect_chords`` over that segment) and compared with the chart:
-   the share of exact matches (root and quality) and of root matches. The same pieces generated *without* a
-   chart (same seed), scored against the same charts, give the share by chance.
+   random roots, mostly major/minor triads, a quarter of the bars split in two chords), generated with the
+   chart imposed (``chords=``) under each ``chord_tones`` setting. For every chord slot of every bar (the
+   tokenizer's half bars; see musicgen/generation/controls.py) the chord is recognised *from the generated
+   notes* with the tokenizer's own rule (``musicgen.tokenizer.chords.detect_chords`` over that segment, sustained
+   notes included) and compared with the chart: the share of exact matches (root and quality), of root
+   matches, and of half bars where any chord is recognised. The same pieces generated *without* a chart (same
+   seed), scored against the same charts, give the share by chance. Each is run in 4/4 (``time_signature=4/4``:
+   a half bar is two beats, a chart bar a 4/4 bar) and in the model's own metre (POP909's index.tsv makes
+   most songs 2/4, so there a half bar is a single beat).
 2. **Density**: ``--density-pieces`` unconditioned pieces per level (low / medium / high, same seed): notes per
    bar and per onset of the continuation.
 3. **Tempo**: ``--bpm-pieces`` pieces with ``bpm=80`` and with ``bpm=140``: the BPM their notes are played at
@@ -60,11 +64,11 @@ def random_chart(rng: np.random.Generator, bars: int = 4, split: float = 0.25) -
 
 
 def run_batch(model, tokenizer, controls: list[ControlConfig] | None, n: int, bars: int, seed: int,
-              sampling: SamplingConfig, device: str) -> tuple[list, float]:
+              sampling: SamplingConfig, device: str, progress: bool = True) -> tuple[list, float]:
     stop = StopConfig(bars=bars, allow_eos=False, max_tokens=max(4096, 400 * bars))
     session = GenerationSession(model, tokenizer, sampling, stop, seed, device, controls=controls)
     began = time.perf_counter()
-    results = session.run(unconditional_prompt(tokenizer), n, progress=True)
+    results = session.run(unconditional_prompt(tokenizer), n, progress=progress)
     return results, time.perf_counter() - began
 
 
@@ -121,6 +125,9 @@ def main() -> None:
     p.add_argument("--checkpoint", default="checkpoints/musicgen-small.pt")
     p.add_argument("--pieces", type=int, default=20, help="pieces with a random chart (and as many without)")
     p.add_argument("--bars", type=int, default=16)
+    p.add_argument("--metres", nargs="+", default=["4/4", "model"],
+                   help="time_signature of the chart runs; model = the model's own choice (2/4 for POP909 models)")
+    p.add_argument("--chord-tones", nargs="+", default=["only", "prefer", "free"], choices=["only", "prefer", "free"])
     p.add_argument("--density-pieces", type=int, default=8, help="pieces per density level (0 = skip)")
     p.add_argument("--bpm-pieces", type=int, default=4, help="pieces per tempo (0 = skip)")
     p.add_argument("--bpm-bars", type=int, default=8)
@@ -151,36 +158,44 @@ def main() -> None:
     }
 
     # 1. chord charts vs chance -------------------------------------------------------------------------------
-    with_chart, wall_chart = run_batch(model, tokenizer, [ControlConfig(chords=c) for c in charts], args.pieces,
-                                       args.bars, args.seed, sampling, device)
-    without, wall_free = run_batch(model, tokenizer, None, args.pieces, args.bars, args.seed, sampling, device)
-    rows_chart = [chart_agreement(tokenizer, r.ids, c) | {"forced_chords": r.controls["forced_chords"],
-                                                           "fallbacks": r.controls["fallbacks"], "bars": r.n_bars}
-                  for r, c in zip(with_chart, charts)]
-    rows_free = [chart_agreement(tokenizer, r.ids, c) | {"bars": r.n_bars} for r, c in zip(without, charts)]
-    chart_summary = {
-        "pieces": args.pieces, "bars": args.bars, "charts": charts,
-        "with_chart": {"exact_share": share(rows_chart, "exact"), "root_share": share(rows_chart, "root"),
-                       "recognised_share": share(rows_chart, "recognised"), "slots": sum(r["slots"] for r in rows_chart),
-                       "forced_chords": sum(r["forced_chords"] for r in rows_chart),
-                       "fallbacks": sum(r["fallbacks"] for r in rows_chart),
-                       "skipped": sum(r["skipped"] for r in rows_chart), "wall_s": round(wall_chart, 1),
-                       "per_piece_exact": [round(r["exact"] / max(r["slots"], 1), 3) for r in rows_chart],
-                       "metres": sorted({m for r in rows_chart for m in r["metres"]})},
-        "unconditioned_chance": {"exact_share": share(rows_free, "exact"), "root_share": share(rows_free, "root"),
-                                 "recognised_share": share(rows_free, "recognised"),
-                                 "slots": sum(r["slots"] for r in rows_free), "wall_s": round(wall_free, 1),
-                                 "metres": sorted({m for r in rows_free for m in r["metres"]})},
-        "target_exact_share": 0.8,
-    }
-    result["chart"] = chart_summary
-    w, u = chart_summary["with_chart"], chart_summary["unconditioned_chance"]
-    print_table(["chords vs chart", "slots", "exact match", "root match", "a chord recognised", "forced", "skipped"],
-                [[f"chart imposed ({args.pieces} x {args.bars} bars)", w["slots"], w["exact_share"], w["root_share"],
-                  w["recognised_share"], w["forced_chords"], w["skipped"]],
-                 ["no chart (chance)", u["slots"], u["exact_share"], u["root_share"], u["recognised_share"], 0, 0]])
+    chart_result: dict = {"pieces": args.pieces, "bars": args.bars, "charts": charts, "target_exact_share": 0.8}
+    table = []
+    without = None
+    for metre in args.metres:
+        ts = None if metre == "model" else metre
+        runs: dict = {}
+        for mode in args.chord_tones + ["none"]:
+            configs = ([ControlConfig(time_signature=ts)] * args.pieces if mode == "none" else
+                       [ControlConfig(chords=c, chord_tones=mode, time_signature=ts) for c in charts])
+            results, wall = run_batch(model, tokenizer, configs if configs[0].active else None, args.pieces,
+                                      args.bars, args.seed, sampling, device)
+            if mode == "none" and metre == "model":
+                without = results
+            rows = [chart_agreement(tokenizer, r.ids, c) | {"forced_chords": r.controls.get("forced_chords", 0),
+                                                             "fallbacks": r.controls.get("fallbacks", 0),
+                                                             "notes_per_bar": notes_per_bar(tokenizer, r)[0]}
+                    for r, c in zip(results, charts)]
+            runs[mode] = {"exact_share": share(rows, "exact"), "root_share": share(rows, "root"),
+                          "recognised_share": share(rows, "recognised"), "slots": sum(r["slots"] for r in rows),
+                          "forced_chords": sum(r["forced_chords"] for r in rows),
+                          "fallbacks": sum(r["fallbacks"] for r in rows), "skipped": sum(r["skipped"] for r in rows),
+                          "notes_per_bar": round(float(np.mean([r["notes_per_bar"] for r in rows])), 2),
+                          "tokens_per_piece": round(float(np.mean([len(r.ids) for r in results])), 1),
+                          "per_piece_exact": [round(r["exact"] / max(r["slots"], 1), 3) for r in rows],
+                          "metres": sorted({m for r in rows for m in r["metres"]}), "wall_s": round(wall, 1)}
+            label = "no chart (chance)" if mode == "none" else f"chart, chord_tones={mode}"
+            v = runs[mode]
+            table.append([metre if metre != "model" else "model's own", label, v["slots"], v["exact_share"],
+                          v["root_share"], v["recognised_share"], v["notes_per_bar"], v["forced_chords"],
+                          v["fallbacks"], v["skipped"]])
+        chart_result[metre] = runs
+    result["chart"] = chart_result
+    print_table(["metre", "run", "half bars", "exact match", "root match", "a chord recognised", "notes/bar",
+                 "forced chords", "fallbacks", "skipped"], table)
 
     # 2. density -----------------------------------------------------------------------------------------------
+    if without is None:
+        without, _ = run_batch(model, tokenizer, None, args.pieces, args.bars, args.seed, sampling, device)
     free_bpm = [played_bpm(tokenizer, r.ids) for r in without]
     if args.density_pieces:
         density = {}

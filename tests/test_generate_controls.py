@@ -173,7 +173,7 @@ def test_other_options() -> None:
     cfg = ControlConfig(density="high", bpm="96", time_signature="3/4")
     assert cfg.density_factor == 3.0 and cfg.bpm == 96.0 and cfg.metre == (3, 4)
     assert ControlConfig(density=2).density_factor == 2.0 and ControlConfig(density="low").density_factor == 1 / 3
-    for bad, message in [({"key": "H"}, "key="), ({"density": "loud"}, "density="), ({"density": 0}, "density="),
+    for bad, message in [({"key": "H"}, "key="), ({"chord_tones": "loose"}, "chord_tones="), ({"density": "loud"}, "density="), ({"density": 0}, "density="),
                          ({"bpm": -3}, "bpm="), ({"bpm": "fast"}, "bpm="), ({"time_signature": "3-4"}, "time_sig")]:
         with pytest.raises(UserError, match=message):
             GenerateOptions.from_mapping(bad)
@@ -187,8 +187,9 @@ def test_other_options() -> None:
 
 
 # --- the chart in the token stream ------------------------------------------------------------------------------
-def test_chart_imposed_unconditional_batch(model, tokenizer: REMITokenizer) -> None:
-    controls = ControlConfig(chords="Am F | C G7 | Dm")
+@pytest.mark.parametrize("mode", ["only", "free"])
+def test_chart_imposed_unconditional_batch(model, tokenizer: REMITokenizer, mode: str) -> None:
+    controls = ControlConfig(chords="Am F | C G7 | Dm", chord_tones=mode)
     results = run(model, tokenizer, controls, num_samples=3, seed=1)
     assert len({tuple(r.ids) for r in results}) == 3
     for result in results:
@@ -212,8 +213,60 @@ def test_chart_imposed_after_prompt(model, tokenizer: REMITokenizer, pop909_dir:
 def test_chart_repeats_over_a_long_piece(model, tokenizer: REMITokenizer) -> None:
     controls = ControlConfig(chords="C G Am F", time_signature="2/4", density="low")
     for result in run(model, tokenizer, controls, num_samples=2, seed=3, bars=None, tokens=2500):
-        assert result.stop_reason == "tokens" and result.n_bars >= 12  # the 4-bar chart went round 3 times
+        assert result.stop_reason == "tokens" and result.n_bars >= 9  # the 4-bar chart came round a third time
         assert_chart_imposed(tokenizer, result, controls.chart, None)
+
+
+def chord_segments(tokenizer: REMITokenizer, ids: list[int], prompt_length: int) -> list[dict]:
+    """The continuation's chord segments: from each Chord token to the next (the last to the piece's end), with
+    the pitched notes that start in it as (onset, duration, pitch) in absolute grid steps."""
+    grammar, vocab = tokenizer.grammar, tokenizer.vocab
+    state, segments, end = grammar.initial_state(), [], 0
+    for i, token in enumerate(ids):
+        state = grammar.advance(state, token)
+        if state.phase == Phase.BAR:
+            end = state.bar_start + state.bar_length
+        if i < prompt_length:
+            continue
+        if state.phase == Phase.TIME_SIG:
+            end = state.bar_start + state.bar_length
+        elif state.phase == Phase.CHORD:
+            if segments:
+                segments[-1]["end"] = state.step
+            segments.append({"start": state.step, "chord": int(vocab.values[token]), "notes": []})
+        elif state.phase == Phase.DURATION and segments and state.program != DRUM_PROGRAM:
+            segments[-1]["notes"].append((state.step, int(vocab.values[token]), state.pitch))
+    if segments:
+        segments[-1]["end"] = end
+    return segments
+
+
+@pytest.mark.parametrize("mode", ["only", "prefer"])
+def test_chord_tones(model, tokenizer: REMITokenizer, mode: str) -> None:
+    """only: root first, then the rest of the chord, then chord tones; every segment spells its whole chord;
+    prefer: root first; both: no note sounds past the next chord change."""
+    controls = ControlConfig(chords="Am F | C G7 | Bdim Esus4", chord_tones=mode)
+    results = run(model, tokenizer, controls, num_samples=3, seed=9, bars=6)
+    spelled = 0
+    for result in results:
+        assert_chart_imposed(tokenizer, result, controls.chart, 6)
+        segments = chord_segments(tokenizer, result.ids, result.prompt_length)
+        for seg, following in zip(segments, segments[1:] + [None]):
+            tones = chord_pitch_classes(seg["chord"])
+            if not seg["notes"]:
+                assert mode == "prefer"
+                continue
+            pcs = [p % 12 for _, _, p in seg["notes"]]
+            assert pcs[0] == seg["chord"] // 8  # the root first
+            if mode == "only":
+                assert set(pcs) == tones  # all of the chord, nothing else
+                first_complete = next(i for i in range(len(pcs)) if set(pcs[:i + 1]) == tones)
+                assert first_complete == len(tones) - 1  # the root, then each missing tone once
+                spelled += 1
+            if following is not None and following["chord"] != seg["chord"]:
+                assert all(onset + duration <= following["start"] for onset, duration, _ in seg["notes"])
+    if mode == "only":
+        assert spelled == sum(len(chord_segments(tokenizer, r.ids, r.prompt_length)) for r in results)
 
 
 # --- tempo, metre, density, key ------------------------------------------------------------------------------------
@@ -307,10 +360,10 @@ def test_controls_recorded_in_json(checkpoint: Path, tmp_path: Path, pop909_dir:
         assert meta["bpm"] == 140 and meta["tempo_bpm"] == pytest.approx(Bins(REMITokenizer().config).tempo_of_bin[
             meta["tempo_bin"]]) and meta["density_factor"] == pytest.approx(1 / 3) and meta["key_name"] == "C major"
         assert meta["forced_chords"] == 6 and meta["bars_with_chart"] == 3  # 3 bars of 2/4 x 2 halves
-        assert meta["time_signature"] is None and meta["forced_tempo"] == 1
+        assert meta["time_signature"] is None and meta["forced_tempo"] == 1 and meta["chord_tones"] == "only"
     plain = generate(checkpoint, bars=1, seed=1, output_dir=tmp_path / "plain", progress=False, log=None)
     assert json.loads(plain[0].files["json"].read_text())["controls"] == {
-        "chords": None, "bpm": None, "time_signature": None, "density": None, "key": None}
+        "chords": None, "bpm": None, "time_signature": None, "density": None, "key": None, "chord_tones": "only"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

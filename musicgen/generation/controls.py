@@ -17,8 +17,21 @@ row keeps the mask it had; counted as ``fallbacks`` in the piece's .json).
   chords always puts the second at bar_length // 2. Mechanically: while a slot's chord is pending, no
   Position after the slot, no Bar and no EOS may be chosen (so the slot's Position must come), right after
   it (and an optional Tempo) only the chart's Chord token is allowed, and no other Chord token is allowed
-  anywhere in the continuation. The model fills in the notes. A prompt that ends inside a bar gets the
-  chart from the continuation's first Bar on.
+  anywhere in the continuation. A Tempo token may come between the slot's Position and its Chord only at the
+  continuation's first Position (where a piece states its tempo): elsewhere a model that does not expect the
+  chart's chord would otherwise escape into random tempo changes. The model fills in the notes. A prompt
+  that ends inside a bar gets the chart from the continuation's first Bar on.
+* **Chord tones** (``chord_tones=only|prefer|free``, with a chart): how strictly the notes follow the chart,
+  within each chord segment (from a chart slot to the next). Pitched (non-drum) notes only:
+  ``only`` (the default): the segment's first note is the chord's root (its bass: REMI lists the notes of an
+  onset from low to high), the next ones complete the chord (each a chord tone not yet played in the
+  segment), and the segment may not end (no Position past it, no Bar, no EOS) before the whole chord has
+  sounded; after that any chord tone; no note sounds past the next chart slot whose chord differs (longer
+  Duration tokens are masked: notes are released at the chord change). ``prefer``: the root first and the
+  release at chord changes, then a note outside the chord has its probability multiplied by 0.1 (a logit
+  bias, scaled by the temperature). ``free``: only the Chord tokens are imposed; the model chooses every
+  pitch and duration. Why ``only`` is the default: the shipped small model barely follows Chord tokens by
+  itself (benchmarks/controls.py measures the three side by side against chance).
 * **Tempo** (``bpm=90``): the Tempo token of the nearest tempo bin is forced right after the continuation's
   first Position, which is the bar start (Position 0) when the continuation starts with a Bar (Bar and EOS
   wait until the tempo is placed, so even a bar without notes carries it); every other Tempo token is
@@ -77,6 +90,8 @@ _ROOTS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _SYMBOL = re.compile(r"^([A-G])([#♯b♭]?)(.*)$")
 _HELP = ("a root A-G with an optional # or b, then nothing (major), m, dim, aug, sus4, 7, maj7 or m7 "
          "(e.g. Am, F#m7, Bb, Gsus4)")
+#: chord_tones name -> factor on the probability of a pitch outside the chart's current chord (0 = never)
+CHORD_TONE_FACTORS: dict[str, float] = {"free": 1.0, "prefer": 0.1, "only": 0.0}
 #: density name -> factor on the odds of starting another note at an onset vs moving on
 DENSITY_FACTORS: dict[str, float] = {"low": 1.0 / 3.0, "medium": 1.0, "high": 3.0}
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
@@ -199,6 +214,7 @@ class ControlConfig:
     time_signature: str | None = None
     density: str | float | None = None
     key: str | None = None
+    chord_tones: str = "only"
 
     def __post_init__(self) -> None:
         if self.chords is not None:
@@ -223,6 +239,10 @@ class ControlConfig:
             self.density_factor  # noqa: B018
         if self.key is not None:
             parse_key(self.key)
+        tones = "only" if self.chord_tones is None else str(self.chord_tones).strip().lower()
+        if tones not in CHORD_TONE_FACTORS:
+            raise UserError(f"chord_tones={self.chord_tones!r}: use {', '.join(CHORD_TONE_FACTORS)}")
+        object.__setattr__(self, "chord_tones", tones)
 
     @property
     def active(self) -> bool:
@@ -271,7 +291,8 @@ class ControlConfig:
         chart = self.chart
         out: dict[str, Any] = {"chords": self.chords, "chart": chart.names() if chart else None,
                                "bpm": self.bpm, "time_signature": self.time_signature,
-                               "density": self.density, "key": self.key}
+                               "density": self.density, "key": self.key,
+                               "chord_tones": self.chord_tones if chart else None}
         if self.bpm is not None:
             b = bins.tempo_bin(self.bpm)
             out["tempo_bin"], out["tempo_bpm"] = b, bins.tempo_of_bin[b]
@@ -284,7 +305,7 @@ class ControlConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"chords": self.chords, "bpm": self.bpm, "time_signature": self.time_signature,
-                "density": self.density, "key": self.key}
+                "density": self.density, "key": self.key, "chord_tones": self.chord_tones}
 
 
 @dataclass
@@ -302,6 +323,8 @@ class _Row:
     positions: int = 0  # continuation Position tokens
     tempo_placed: bool = False  # the bpm control's Tempo token is in the continuation
     current_chord: int | None = None  # the last chart chord placed (for the key's allowed tones)
+    segment_notes: int = 0  # pitched notes since the last chart chord was placed
+    segment_pcs: set[int] = field(default_factory=set)  # their pitch classes
     counts: dict[str, int] = field(default_factory=lambda: {
         "forced_chords": 0, "missed_chord_slots": 0, "forced_tempo": 0, "forced_time_signatures": 0,
         "fallbacks": 0})
@@ -328,6 +351,8 @@ class Controls:
         self._timesig = vocab.ranges[TokenType.TIME_SIG]
         self._position = vocab.ranges[TokenType.POSITION]
         self._pitch = vocab.ranges[TokenType.PITCH]
+        self._duration = vocab.ranges[TokenType.DURATION]
+        self._duration_values = np.asarray(vocab.values[self._duration.start:self._duration.stop])
         self._note_start = np.zeros(size, dtype=bool)
         for kind in (TokenType.PROGRAM, TokenType.VELOCITY):
             span = vocab.ranges[kind]
@@ -346,7 +371,9 @@ class Controls:
         for row, cfg in enumerate(configs):
             if cfg.density_factor != 1.0:
                 self._bias[row, self._note_start] = math.log(cfg.density_factor)
-        self._has_bias = bool(self._bias.any())
+        self._prefer = np.asarray([r.chart is not None and r.config.chord_tones == "prefer" for r in self.rows])
+        self._has_bias = bool(self._bias.any()) or bool(self._prefer.any())
+        self._tone_bias = math.log(CHORD_TONE_FACTORS["prefer"])
 
     # --- bookkeeping -------------------------------------------------------------------------------
     def pending_slot(self, row: int, state: GrammarState) -> tuple[int, int] | None:
@@ -380,6 +407,11 @@ class Controls:
                 r.counts["forced_chords"] += 1
                 r.slot += 1
                 r.current_chord = value
+                r.segment_notes = 0
+                r.segment_pcs = set()
+        elif kind == TokenType.PITCH and state.program != DRUM_PROGRAM:
+            r.segment_notes += 1
+            r.segment_pcs.add(value % 12)
         # a slot can only be passed by when a control had to fall back: count it and move on
         while True:
             slot = self.pending_slot(row, state)
@@ -439,7 +471,7 @@ class Controls:
                 pos, chord = slot
                 if phase in (Phase.POSITION, Phase.TEMPO) and state.position == pos:
                     mask = self._only(self._chord.start + chord)
-                    if phase == Phase.POSITION:
+                    if phase == Phase.POSITION and r.positions == 1:  # the piece's (or continuation's) tempo
                         mask |= self._span(self._tempo)
                     out.append(("chords", mask))
                 else:
@@ -452,7 +484,51 @@ class Controls:
             if r.chart is not None and r.current_chord is not None and r.bar >= 0:
                 classes = classes | chord_pitch_classes(r.current_chord)
             out.append(("key", self._pitch_mask(frozenset(classes))))
+        if r.chart is not None and r.config.chord_tones != "free" and r.current_chord is not None and r.bar >= 0:
+            out += self._chord_tone_masks(row, state)
         return out
+
+    def _chord_tone_masks(self, row: int, state: GrammarState) -> list[tuple[str, np.ndarray]]:
+        """``chord_tones=prefer|only`` (see the module docstring) in the chord segment now sounding."""
+        r, phase = self.rows[row], state.phase
+        strict = r.config.chord_tones == "only"
+        tones = chord_pitch_classes(r.current_chord)
+        missing = tones - r.segment_pcs
+        pitched = state.program != DRUM_PROGRAM
+        out: list[tuple[str, np.ndarray]] = []
+        if phase == Phase.VELOCITY and pitched:  # the pitch comes next
+            if not r.segment_notes:  # the segment's first note: the root (its bass: REMI lists an onset low to high)
+                out.append(("chord_tones", self._pitch_mask(frozenset({r.current_chord // N_QUALITIES}))))
+            elif strict:  # the rest of the chord first, then any chord tone
+                out.append(("chord_tones", self._pitch_mask(frozenset(missing or tones))))
+        elif phase == Phase.PITCH and pitched:  # the duration comes next: release at the chord change
+            room = self.steps_to_chord_change(row, state)
+            if room is not None:
+                mask = np.ones(self._size, dtype=bool)
+                mask[self._duration.start:self._duration.stop] = self._duration_values <= room
+                out.append(("chord_tones", mask))
+        elif strict and missing and phase in (Phase.TEMPO, Phase.CHORD, Phase.DURATION):
+            # the segment may not end before it has spelled the whole chord
+            slot = self.pending_slot(row, state)
+            end = slot[0] if slot is not None else state.bar_length
+            mask = ~self._span(self._position, end)
+            mask[[self.vocab.bar_id, self.vocab.eos_id]] = False
+            out.append(("chord_tones", mask))
+        return out
+
+    def steps_to_chord_change(self, row: int, state: GrammarState) -> int | None:
+        """Grid steps from the current onset to the next chart slot (this bar or the next, same metre assumed)
+        whose chord differs from the current one; None when there is none that close."""
+        r = self.rows[row]
+        current = r.current_chord
+        here = max(state.position, 0)
+        ahead = [(pos, c) for pos, c in chord_slots(r.chart.bar(r.bar), state.bar_length, state.metre) if pos > here]
+        ahead += [(state.bar_length + pos, c)
+                  for pos, c in chord_slots(r.chart.bar(r.bar + 1), state.bar_length, state.metre)]
+        for pos, chord in ahead:
+            if chord != current:
+                return pos - here
+        return None
 
     def restrict(self, row: int, state: GrammarState, allowed: np.ndarray) -> np.ndarray:
         """Apply every control to one row of the mask (in place); one that would empty it is skipped."""
@@ -466,16 +542,24 @@ class Controls:
 
     # --- logits ------------------------------------------------------------------------------------
     def logit_bias(self, states: Sequence[GrammarState], temperature: float) -> torch.Tensor | None:
-        """(B, V) additive logit bias of the density control (None when no row has one). It acts only where
-        a note may start or the piece may move on (after Tempo, Chord or Duration), and is scaled by the
-        temperature so that the odds change by exactly the factor."""
+        """(B, V) additive logit bias (None when nothing is biased at this step), scaled by the temperature so
+        that probabilities change by exactly the documented factors: density where a note may start or the
+        piece may move on (after Tempo, Chord or Duration); ``chord_tones=prefer`` on the pitches outside the
+        chart's current chord where a pitch comes next (non-drum notes)."""
         if not self._has_bias:
             return None
         active = np.asarray([s.phase in (Phase.TEMPO, Phase.CHORD, Phase.DURATION) for s in states])
-        if not active.any():
+        pitch_rows = [row for row, s in enumerate(states) if self._prefer[row] and s.phase == Phase.VELOCITY
+                      and s.program != DRUM_PROGRAM and self.rows[row].current_chord is not None
+                      and self.rows[row].bar >= 0]
+        if not active.any() and not pitch_rows:
             return None
         scale = float(temperature) if temperature > 0 else 1.0
-        return torch.from_numpy(self._bias * (active[:, None] * scale).astype(np.float32))
+        bias = self._bias * active[:, None].astype(np.float32)
+        for row in pitch_rows:
+            outside = ~self._pitch_mask(frozenset(chord_pitch_classes(self.rows[row].current_chord)))
+            bias[row, outside] += self._tone_bias
+        return torch.from_numpy(bias * scale)
 
     # --- report ------------------------------------------------------------------------------------
     def report(self, row: int) -> dict[str, Any]:

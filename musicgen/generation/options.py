@@ -54,6 +54,7 @@ class GenerateOptions:
     time_signature: str | None = None
     density: str | float | None = None
     key: str | None = None
+    chord_tones: str = "only"
     seed: int | None = None
     device: str = "auto"
     output_dir: str | None = None
@@ -125,7 +126,7 @@ class GenerateOptions:
     @property
     def controls(self) -> ControlConfig:
         """Chord chart, bpm, time_signature, density and key (musicgen/generation/controls.py)."""
-        return ControlConfig(self.chords, self.bpm, self.time_signature, self.density, self.key)
+        return ControlConfig(self.chords, self.bpm, self.time_signature, self.density, self.key, self.chord_tones)
 
     @property
     def stop(self) -> StopConfig:
