@@ -11,7 +11,7 @@ row keeps the mask it had; counted as ``fallbacks`` in the piece's .json).
   the chart repeats to fill the piece. Symbols: root ``A``-``G`` with an optional ``#`` or ``b``, then a
   quality: none or ``maj`` (major), ``m``/``min`` (minor), ``dim``, ``aug``, ``sus4``/``sus``, ``7``/``dom7``,
   ``maj7``/``M7``, ``m7``/``min7`` (the tokenizer's eight qualities; ``A:min`` token spelling works too).
-  In every bar the continuation starts with a Bar token, a Chord token is *forced* at each of the
+  In every bar the continuation opens with a Bar token, a Chord token is *forced* at each of the
   tokenizer's chord slots: the half-bar starts (positions 0 and bar_length/2) in metres the tokenizer splits
   in halves (even numerator, e.g. 4/4, 2/4, 6/8), position 0 only otherwise (3/4); a chart bar with two
   chords always puts the second at bar_length // 2. Mechanically: while a slot's chord is pending, no
@@ -69,8 +69,8 @@ from ..tokenizer import GrammarState, Phase, TokenType, Vocabulary, parse_time_s
 from ..tokenizer.bins import Bins
 from ..tokenizer.vocab import CHORD_QUALITIES, DRUM_PROGRAM, PITCH_CLASS_NAMES
 
-__all__ = ["ChordChart", "ControlConfig", "Controls", "DENSITY_FACTORS", "chord_name", "chord_slots",
-           "parse_chart", "parse_chord", "parse_key"]
+__all__ = ["CHORD_TONES", "ChordChart", "ControlConfig", "Controls", "DENSITY_FACTORS", "PREFER_FACTOR", "chord_name",
+           "chord_pitch_classes", "chord_slots", "parse_chart", "parse_chord", "parse_key"]
 
 QUALITY_NAMES = tuple(CHORD_QUALITIES)
 N_QUALITIES = len(QUALITY_NAMES)
@@ -90,8 +90,10 @@ _ROOTS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _SYMBOL = re.compile(r"^([A-G])([#♯b♭]?)(.*)$")
 _HELP = ("a root A-G with an optional # or b, then nothing (major), m, dim, aug, sus4, 7, maj7 or m7 "
          "(e.g. Am, F#m7, Bb, Gsus4)")
-#: chord_tones name -> factor on the probability of a pitch outside the chart's current chord (0 = never)
-CHORD_TONE_FACTORS: dict[str, float] = {"free": 1.0, "prefer": 0.1, "only": 0.0}
+#: how strictly the notes follow the chart (see the module docstring), strictest first
+CHORD_TONES = ("only", "prefer", "free")
+#: chord_tones=prefer: factor on the probability of a pitch outside the chart's current chord
+PREFER_FACTOR = 0.1
 #: density name -> factor on the odds of starting another note at an onset vs moving on
 DENSITY_FACTORS: dict[str, float] = {"low": 1.0 / 3.0, "medium": 1.0, "high": 3.0}
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
@@ -240,8 +242,8 @@ class ControlConfig:
         if self.key is not None:
             parse_key(self.key)
         tones = "only" if self.chord_tones is None else str(self.chord_tones).strip().lower()
-        if tones not in CHORD_TONE_FACTORS:
-            raise UserError(f"chord_tones={self.chord_tones!r}: use {', '.join(CHORD_TONE_FACTORS)}")
+        if tones not in CHORD_TONES:
+            raise UserError(f"chord_tones={self.chord_tones!r}: use {', '.join(CHORD_TONES)}")
         object.__setattr__(self, "chord_tones", tones)
 
     @property
@@ -322,7 +324,7 @@ class _Row:
     slot: int = 0  # next chord slot of the current bar
     positions: int = 0  # continuation Position tokens
     tempo_placed: bool = False  # the bpm control's Tempo token is in the continuation
-    current_chord: int | None = None  # the last chart chord placed (for the key's allowed tones)
+    current_chord: int | None = None  # the last chart chord placed (the key's extra tones, chord_tones)
     segment_notes: int = 0  # pitched notes since the last chart chord was placed
     segment_pcs: set[int] = field(default_factory=set)  # their pitch classes
     counts: dict[str, int] = field(default_factory=lambda: {
@@ -373,7 +375,7 @@ class Controls:
                 self._bias[row, self._note_start] = math.log(cfg.density_factor)
         self._prefer = np.asarray([r.chart is not None and r.config.chord_tones == "prefer" for r in self.rows])
         self._has_bias = bool(self._bias.any()) or bool(self._prefer.any())
-        self._tone_bias = math.log(CHORD_TONE_FACTORS["prefer"])
+        self._tone_bias = math.log(PREFER_FACTOR)
 
     # --- bookkeeping -------------------------------------------------------------------------------
     def pending_slot(self, row: int, state: GrammarState) -> tuple[int, int] | None:
