@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, print_table, shared_data, write_results  # noqa: E402
+from musicgen.config import UserError  # noqa: E402
 from musicgen.evaluation.bar_windows import bar_window_statistics, within_range  # noqa: E402
 from musicgen.evaluation.continuation import FIDELITY_KEYS, fidelity, note_arrays  # noqa: E402
 from musicgen.generation import generate  # noqa: E402
@@ -34,6 +35,7 @@ from musicgen.generation.pianoroll import plot_pianoroll  # noqa: E402
 from musicgen.generation.prompt import load_prompt  # noqa: E402
 from musicgen.tokenizer import REMITokenizer  # noqa: E402
 
+REPO_OUTPUTS = Path(__file__).resolve().parents[1] / "outputs" / "long_pieces"
 WINDOW_KEYS = ("notes_per_bar", "h4", "groove", "scale_share", "max_same_onset_pitch", "max_notes_per_onset")
 
 
@@ -57,6 +59,9 @@ def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str) -
                              "seconds": round(piece.seconds, 1), "wall_s": round(elapsed, 1),
                              "guards": piece.guards, "windows": [s.to_dict() for s in stats],
                              "summary": _window_summary(stats)}
+        folder = REPO_OUTPUTS / name
+        folder.mkdir(parents=True, exist_ok=True)
+        piece.midi.dump(str(folder / f"seed{seed}.mid"))  # to listen to (outputs/ is not committed)
         if i == 0:
             png = RESULTS / f"{name}_piece.png"
             plot_pianoroll(piece.midi, png, 0, title=f"seed {seed}: {len(piece.ids)} tokens, "
@@ -66,12 +71,19 @@ def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str) -
 
 
 def _test_songs(count: int, tokenizer: REMITokenizer) -> list[Path]:
+    """The first ``count`` POP909 test songs with >= 24 bars whose first 8 bars have notes (a prompt of
+    silence says nothing about a song's world: song 200 opens with 8 empty bars)."""
     root = shared_data() / "pop909"
     songs = []
     for song_id in range(20, 910, 20):
         path = root / f"{song_id:03d}.mid"
-        if path.is_file() and load_prompt(path, tokenizer, time_signature="index").n_bars >= 24:
-            songs.append(path)
+        if not path.is_file() or load_prompt(path, tokenizer, time_signature="index").n_bars < 24:
+            continue
+        try:
+            load_prompt(path, tokenizer, prompt_bars=8, time_signature="index")
+        except UserError:
+            continue
+        songs.append(path)
         if len(songs) >= count:
             break
     return songs
@@ -123,6 +135,7 @@ def main() -> None:
                      s["h4"][2], s["groove"][0], s["scale_share"][0], s["max_same_onset_pitch"][2],
                      s["max_notes_per_onset"][2], "yes" if check["all_inside"] else "no",
                      sum(r["guards"]["acted"].values())])
+    write_results(args.name, result)  # the free pieces are kept even if the continuations fail
     print_table(["seed", "bars", "notes/bar (min-max)", "H4 max", "groove min", "scale min", "same (onset,pitch) max",
                  "notes/onset max", "all windows in range", "guard actions"], rows)
     if args.prompts and (shared_data() / "pop909").is_dir():
