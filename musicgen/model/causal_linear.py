@@ -4,6 +4,9 @@ Given positive features q, k of shape (B, H, L, F) and values v (B, H, L, D), co
 
     out_i = q_i · S_i / (q_i · z_i + eps),   S_i = sum_{j<=i} k_j v_j^T,   z_i = sum_{j<=i} k_j
 
+or, with a per-head decay gamma = exp(log_gamma) (``attention.decay``), S_i = sum_{j<=i} gamma^(i-j) k_j v_j^T
+(and z likewise), optionally continuing an initial state S_{-1} (prefill of a continued sequence).
+
 Three implementations with the same maths:
 
 * :func:`chunked_causal_attention` — the training kernel, plain PyTorch, any device: a

@@ -13,7 +13,8 @@ functional calls only (no ``nn.Module.__call__``), updating the attention states
   is then one multiply + one bmm per layer for queries and keys together, against the layer's
   (2H, 2d, R) matrix [[Qbar ; eps], [Kbar ; eps]] (eps rows filled once per sequence).
 * Performer projections (features x dim^-1/4), LayerNorm / Linear weights are read once.
-* The (F x (D+1)) attention state is updated in place (``addcmul_``), with a persistent
+* The (F x (D+1)) attention state is decayed (``attention.decay``: multiplied by gamma per head) and
+  updated in place (``addcmul_``), with a persistent
   (B, H, D+1) buffer whose last column is 1 for the normaliser.
 
 Same maths as the reference path (``CausalSelfAttention.step``), different float rounding
