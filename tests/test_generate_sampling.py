@@ -120,3 +120,24 @@ def test_state_memory_constant_over_length(model, tokenizer: REMITokenizer) -> N
             sizes[step] = state_nbytes(session.state)
     assert session.state.position == 1001
     assert sizes[10] == sizes[1000] > 0
+
+
+def test_prompt_prefill_once_matches_stepping_every_sequence(model, tokenizer: REMITokenizer, pop909_dir) -> None:
+    """feed_prompt runs the prompt once in parallel and copies the state to the batch: the next logits and the
+    state after more steps equal stepping the whole batch through the prompt token by token."""
+    from musicgen.generation.prompt import load_prompt
+    from musicgen.generation.session import split_seed
+
+    prompt = load_prompt(pop909_dir / "003.mid", tokenizer, prompt_bars=2, time_signature="index")
+    session = _session(model, tokenizer, seed=4, tokens=50)
+    logits, tracks, _ = session.feed_prompt(prompt, 3)
+    noise = torch.Generator().manual_seed(split_seed(4)[0])
+    with torch.inference_mode():
+        state = model.init_state(3, generator=noise)
+        for token in prompt.ids:
+            ref, state = model.step(torch.full((3,), token, dtype=torch.long), state)
+        assert (logits - ref).abs().max().item() < 1e-4
+        nxt = torch.full((3,), tokenizer.vocab.bar_id, dtype=torch.long)
+        a, _ = model.step(nxt, session.state)
+        b, _ = model.step(nxt, state)
+    assert (a - b).abs().max().item() < 1e-4

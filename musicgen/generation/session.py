@@ -117,6 +117,12 @@ def state_nbytes(state: Any) -> int:
     return 0
 
 
+def _repeat_rows(cache: dict, batch_size: int) -> dict:
+    """A layer's recurrent cache for one sequence -> the same for ``batch_size`` sequences (own copies)."""
+    return {k: v.expand(batch_size, *v.shape[1:]).contiguous() if isinstance(v, torch.Tensor) else v
+            for k, v in cache.items()}
+
+
 def split_seed(seed: int) -> tuple[int, int]:
     """Two independent seeds (model noise, sampling) from one user seed."""
     noise, sampling = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64)
@@ -202,10 +208,14 @@ class GenerationSession:
                 self.guards.rows[row] = copy.deepcopy(self.guards.rows[0])
             for token in prompt.ids:
                 self.history.push(row, token)
-        # the prompt in one parallel pass (same noise draws as init_state + one step per token)
-        ids = torch.tensor(prompt.ids, dtype=torch.long, device=self.device).unsqueeze(0).expand(batch_size, -1)
+        # The prompt in one parallel pass (same noise draws as init_state + one step per token), once: every
+        # sequence of the batch continues the same prompt with the same noise, so its state is copied B times
+        # (a long prompt does not cost B x its length in logits).
+        ids = torch.tensor(prompt.ids, dtype=torch.long, device=self.device).unsqueeze(0)
         logits, self.state = self.model.prefill(ids, generator=self._noise_gen)
-        return logits[:, -1], tracks, start_step
+        if getattr(self.state, "caches", None) is not None:
+            self.state.caches = [_repeat_rows(cache, batch_size) for cache in self.state.caches]
+        return logits[:, -1].expand(batch_size, -1), tracks, start_step
 
     # --- sampling ------------------------------------------------------------------------------------
     def allowed(self, tracks: list[_Track], logits: torch.Tensor | None = None) -> torch.Tensor:
