@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from ..tokenizer import Vocabulary
 
 TOKEN_DTYPE = np.uint16
@@ -50,30 +51,6 @@ class SongEntry:
     offset: int
     length: int
     key: str = ""  # hash of every input of its tokenization (file, tokenizer settings, metre)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to `.<name>.tmp-<pid>` beside `path`, fsync, rename: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def bytes_sha1(data: bytes | memoryview | np.ndarray) -> str:

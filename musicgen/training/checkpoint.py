@@ -16,7 +16,6 @@ loaded by generate, evaluate, resume or init_from, it is refused with a one-line
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write
 from ..tokenizer import Vocabulary
 
 CHECKPOINT_FORMAT = "musicgen-checkpoint"
@@ -59,19 +59,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Save to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``torch.save`` through :func:`musicgen.atomic.atomic_write`: a crash never leaves half a file."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_checkpoint(path: str | Path, *, model_config: dict[str, Any], model_state: dict[str, torch.Tensor],
