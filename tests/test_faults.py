@@ -172,17 +172,23 @@ class _Crash(BaseException):
     """Stands for the process dying: nothing after the failing call runs (but `finally` blocks do)."""
 
 
-@pytest.mark.parametrize("crash_at", [1, 2, 3])
-def test_fault_prepare_crash_before_each_file_replacement_leaves_old_or_new_cache(
-        tmp_path: Path, pop909_dir: Path, monkeypatch, crash_at: int) -> None:
+def _prepared_then_changed(tmp_path: Path, pop909_dir: Path):
+    """A corpus prepared once, then song 002 given other bytes (and another length, so every later song's
+    offset moves): (root, cache_dir, data cfg, reference ids of both versions)."""
     root = make_corpus(tmp_path / "pop", pop909_dir)
     cache_dir = tmp_path / "cache"
     cfg = data_cfg(root, cache_dir)
     refs = reference_ids(root)
     prepare_corpus(cfg, {}, progress=False)
-    # Song 002 gets other bytes (and another length): every later song's offset moves.
     (root / "002.mid").write_bytes((pop909_dir / "004.mid").read_bytes())
     refs.update(reference_ids(root))
+    return root, cache_dir, cfg, refs
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3])
+def test_fault_prepare_crash_before_each_file_replacement_leaves_old_or_new_cache(
+        tmp_path: Path, pop909_dir: Path, monkeypatch, crash_at: int) -> None:
+    root, cache_dir, cfg, refs = _prepared_then_changed(tmp_path, pop909_dir)
     real_replace, calls = os.replace, []
 
     def replace(src, dst):
@@ -218,13 +224,7 @@ prepare_corpus(json.loads(sys.argv[1]), {}, progress=False)
 def test_fault_prepare_killed_by_sigkill_before_the_manifest_is_rebuilt(tmp_path: Path, pop909_dir: Path) -> None:
     """The bug: tokens.bin replaced, killed before manifest.json; the next run said "unchanged" and trained on
     shifted tokens. Now the old manifest still describes the old token file, and the next run rebuilds."""
-    root = make_corpus(tmp_path / "pop", pop909_dir)
-    cache_dir = tmp_path / "cache"
-    cfg = data_cfg(root, cache_dir)
-    refs = reference_ids(root)
-    prepare_corpus(cfg, {}, progress=False)
-    (root / "002.mid").write_bytes((pop909_dir / "004.mid").read_bytes())
-    refs.update(reference_ids(root))
+    root, cache_dir, cfg, refs = _prepared_then_changed(tmp_path, pop909_dir)
     proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, json.dumps(cfg)], env=env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

@@ -29,20 +29,9 @@ from musicgen.tokenizer.bins import Bins
 from musicgen.tokenizer.vocab import DRUM_PROGRAM
 from musicgen.training.checkpoint import save_checkpoint
 
+from test_generate_sampling import TINY, model, tokenizer  # noqa: F401 - the tiny model and its fixtures
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
-        "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> REMITokenizer:
-    return REMITokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer: REMITokenizer):
-    torch.manual_seed(0)
-    return build_model(TINY, len(tokenizer.vocab)).eval()
 
 
 @pytest.fixture(scope="module")
