@@ -238,8 +238,10 @@ def generate(checkpoint: str | Path | None = None, prompt: str | Path | None = N
     return generate_with(GenerateOptions.from_mapping(values), log=log)
 
 
-def generate_with(options: GenerateOptions, log: Log | None = print) -> list[GeneratedPiece]:
-    """`generate` for an already validated `GenerateOptions`."""
+def generate_with(options: GenerateOptions, log: Log | None = print,
+                  on_progress: Callable[[int, int], None] | None = None) -> list[GeneratedPiece]:
+    """`generate` for an already validated `GenerateOptions`; `on_progress(tokens done, token limit)` is called
+    every 64 sampling steps and at the end (the web studio's progress bar)."""
     log = log or (lambda _msg: None)
     ckpt_path = resolve_checkpoint(options.checkpoint)
     device = resolve_device(options.device)
@@ -261,7 +263,7 @@ def generate_with(options: GenerateOptions, log: Log | None = print) -> list[Gen
         log(f"no bars/tokens/seconds limit set: stopping at EOS or after max_tokens={stop.max_tokens} tokens")
     check_batch_fits(model, len(vocab), int(options.num_samples), device, len(prompt.ids) + stop.token_limit + 1)
     session = GenerationSession(model, tokenizer, options.sampling, stop, seed, device, options.guards, controls)
-    results = session.run(prompt, int(options.num_samples), progress=options.progress)
+    results = session.run(prompt, int(options.num_samples), progress=options.progress, on_progress=on_progress)
 
     width = max(2, len(str(options.num_samples - 1)))
     folder = Path(options.output_dir) if options.output_dir else None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -312,8 +312,13 @@ class GenerationSession:
         return next_logits
 
     # --- the loop ------------------------------------------------------------------------------------
-    def run(self, prompt: Prompt, num_samples: int, progress: bool = True) -> list[SampleResult]:
-        """Generate `num_samples` continuations of `prompt` as one batch."""
+    def run(self, prompt: Prompt, num_samples: int, progress: bool = True,
+            on_progress: Callable[[int, int], None] | None = None) -> list[SampleResult]:
+        """Generate `num_samples` continuations of `prompt` as one batch.
+
+        `on_progress(tokens done, token limit)`, when given, is called every 64 steps and once at the end, so a
+        caller without a terminal (the web studio) can show how far a long piece has got.
+        """
         if int(num_samples) != num_samples or num_samples < 1:
             raise UserError(f"num_samples must be an integer >= 1, got {num_samples}")
         logits, tracks, start_step = self.feed_prompt(prompt, int(num_samples))
@@ -327,10 +332,14 @@ class GenerationSession:
                 steps += 1
                 bar.update(1)
                 if steps % 64 == 0:
+                    if on_progress is not None:
+                        on_progress(steps, limit)
                     rate = steps * len(tracks) / max(time.perf_counter() - began, 1e-9)
                     bar.set_postfix_str(f"{rate:.0f} tok/s (batch), bars {max(t.bars for t in tracks)}")
         finally:
             bar.close()
+        if on_progress is not None:
+            on_progress(steps, limit)
         elapsed = max(time.perf_counter() - began, 1e-9)
         self.tokens_per_second = steps * len(tracks) / elapsed
         return [SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
