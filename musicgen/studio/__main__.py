@@ -1,0 +1,80 @@
+"""``python -m musicgen.studio [--port N] [--host 127.0.0.1] [--checkpoint PATH]``: start the local web studio.
+
+It listens on 127.0.0.1 (this machine only) unless told otherwise, and prints the URL to open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+from ..config import UserError
+from .params import Limits
+
+
+def free_port(host: str) -> int:
+    """A port the OS says is free now (for --port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m musicgen.studio", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port; default 8000)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: only "
+                        "this machine; anything else exposes the studio to your network)")
+    parser.add_argument("--checkpoint", default="checkpoints/musicgen-small.pt", help="model checkpoint")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--workers", type=int, default=2, help="generations that run at once (default 2)")
+    parser.add_argument("--max-upload-mb", type=float, default=2.0, help="largest prompt MIDI accepted (MiB)")
+    parser.add_argument("--max-bars", type=int, default=Limits.max_bars, help="longest piece one Generate may ask")
+    parser.add_argument("--max-variations", type=int, default=Limits.max_variations,
+                        help="most variations per Generate")
+    parser.add_argument("--soundfont", default=None, help="General MIDI .sf2 for fluidsynth (default: "
+                        "$MUSICGEN_SOUNDFONT or a system soundfont)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvicorn
+
+        from ..generation.options import resolve_checkpoint, resolve_device
+        from .app import StudioConfig, create_app
+    except ImportError as exc:
+        print(f"error: the studio needs its extra packages ({exc.name} is missing): pip install -e '.[studio]'",
+              file=sys.stderr)
+        return 2
+    try:
+        checkpoint = str(resolve_checkpoint(args.checkpoint))  # a clear error now, not at the first Generate
+        device = resolve_device(args.device)
+        if args.max_upload_mb <= 0 or args.workers < 1 or args.max_bars < 1 or args.max_variations < 1:
+            raise UserError("--max-upload-mb, --workers, --max-bars and --max-variations must be positive")
+        config = StudioConfig(checkpoint=checkpoint, device=device, workers=args.workers,
+                              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), soundfont=args.soundfont,
+                              limits=Limits(args.max_bars, args.max_variations))
+        app = create_app(config)
+    except (UserError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    port = free_port(args.host) if args.port == 0 else args.port
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"musicgen studio: http://{shown}:{port}/  (checkpoint {os.path.basename(checkpoint)}, device {device}; "
+          f"audio: {app.state.synth.describe()}; Ctrl-C stops it)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: other machines on your network can reach the studio",
+              file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=port, log_level="warning")
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

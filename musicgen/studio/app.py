@@ -1,0 +1,171 @@
+"""The studio's HTTP side: a small Starlette (ASGI) app, served by uvicorn.
+
+Why Starlette and not Gradio: the page needs a form, a progress bar, piano rolls and <audio> players, which plain
+HTML and a page of vanilla JS do; Starlette + uvicorn + python-multipart are three small, well-kept pure-Python
+packages, while Gradio brings a large dependency tree and a front end that loads assets (fonts, JS) from CDNs,
+and the studio must work offline. Every byte the page needs is served from ``static/`` by this app.
+
+Routes: ``GET /`` the page, ``GET /static/<file>`` its JS/CSS, ``GET /api/info`` the checkpoint, synthesis and
+limits, ``POST /api/jobs`` a Generate press (multipart form, optional ``prompt`` file) -> 202 ``{"id": ...}``,
+``GET /api/jobs/<id>`` its progress and results, ``GET /api/jobs/<id>/files/<n>.<mid|wav|json>`` downloads.
+Every refusal is a 4xx JSON ``{"error": "one line"}`` that the page shows as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..config import UserError
+from . import audio
+from .jobs import KINDS, Busy, JobManager
+from .params import FIELDS, Limits, build_options
+from .upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, check_midi, check_size
+
+STATIC = Path(__file__).resolve().parent / "static"
+ASSETS = {"studio.js": "text/javascript", "studio.css": "text/css", "favicon.svg": "image/svg+xml"}
+FORM_OVERHEAD = 64 * 1024  # the form's text fields and multipart boundaries, on top of the file itself
+LOG = logging.getLogger("musicgen.studio")
+
+
+@dataclass
+class StudioConfig:
+    """How the studio runs (the command-line options of ``python -m musicgen.studio``)."""
+
+    checkpoint: str = "checkpoints/musicgen-small.pt"
+    device: str = "auto"
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    workers: int = 2
+    keep_jobs: int = 24
+    soundfont: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+def error(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is larger than `limit`: a huge upload is never buffered or
+    spooled to disk whole, whatever its Content-Length says."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit():
+        check_size(max(0, int(declared) - FORM_OVERHEAD), limit - FORM_OVERHEAD, "the upload")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        check_size(max(0, size - FORM_OVERHEAD), limit - FORM_OVERHEAD, "the upload")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(config: StudioConfig | None = None) -> Starlette:
+    """The studio app; its job pool is started with the app and stopped (temporary folders deleted) with it."""
+    config = config or StudioConfig()
+    synth = audio.find_synth(config.soundfont)
+    manager = JobManager(synth, workers=config.workers, keep=config.keep_jobs)
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in ASSETS:
+            return error(f"no such asset: {name}", 404)
+        return FileResponse(STATIC / name, media_type=ASSETS[name])
+
+    async def info(request: Request) -> Response:
+        return JSONResponse({
+            "version": __version__, "checkpoint": Path(config.checkpoint).name, "synthesis": synth.describe(),
+            "uses_fluidsynth": synth.uses_fluidsynth, "max_upload_bytes": config.max_upload_bytes,
+            "limits": asdict(config.limits), "workers": config.workers, "fields": list(FIELDS),
+        })
+
+    async def create_job(request: Request) -> Response:
+        try:
+            body = await read_body(request, config.max_upload_bytes + FORM_OVERHEAD)
+        except UploadError as exc:
+            return error(str(exc), exc.status)
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            return error("send the form as multipart/form-data (the page does this)", 415)
+        try:
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=len(FIELDS) + 4)
+        except Exception as exc:  # malformed multipart, too many parts
+            return error(f"could not read the form: {exc}")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        prompt, prompt_name = None, None
+        upload = form.get("prompt")
+        if isinstance(upload, UploadFile) and (upload.filename or upload.size):
+            prompt_name = Path(upload.filename or "prompt.mid").name
+            data = await upload.read()
+            await upload.close()
+            try:
+                check_midi(data, prompt_name, config.max_upload_bytes)
+            except UploadError as exc:
+                return error(str(exc), exc.status)
+            prompt = data
+        try:
+            job = manager.submit(lambda path: build_options(fields, path, config.checkpoint, config.device,
+                                                            config.limits), prompt, prompt_name)
+        except UserError as exc:
+            return error(str(exc))
+        except Busy as exc:
+            return error(str(exc), 503)
+        return JSONResponse({"id": job.id, "url": f"api/jobs/{job.id}"}, status_code=202)
+
+    async def job_status(request: Request) -> Response:
+        job = manager.get(request.path_params["job"])
+        if job is None:
+            return error("no such job (the server may have restarted, or it was evicted; press Generate again)",
+                         404)
+        return JSONResponse(job.snapshot())
+
+    async def job_file(request: Request) -> Response:
+        index, kind = request.path_params["index"], request.path_params["kind"]
+        found = manager.file(request.path_params["job"], index, kind) if kind in KINDS else None
+        if found is None:
+            return error("no such file", 404)
+        path, name = found
+        return FileResponse(path, media_type=KINDS[kind], filename=name,
+                            content_disposition_type="inline" if kind == "wav" else "attachment")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error(exc.detail or "error", exc.status_code)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        LOG.exception("request %s failed", request.url.path)
+        return error(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            manager.shutdown()
+
+    app = Starlette(routes=[
+        Route("/", page), Route("/static/{name}", asset), Route("/api/info", info),
+        Route("/api/jobs", create_job, methods=["POST"]), Route("/api/jobs/{job}", job_status),
+        Route("/api/jobs/{job}/files/{index:int}.{kind}", job_file),
+    ], exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
+    app.state.manager = manager
+    app.state.config = config
+    app.state.synth = synth
+    return app

@@ -1,0 +1,89 @@
+"""The page's form fields -> a validated `GenerateOptions`.
+
+Why the studio does not check values itself: `GenerateOptions` (and the `ControlConfig` inside it) already gives a
+one-line `UserError` for every bad value (`seed=abc`, an unknown chord symbol, `top_p=2`), the same words as the
+command line, so the page shows exactly what `generate.py` would say. This module only maps strings from the
+form to option values (blank = unset) and adds the studio's own limits (bars, variations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..config import UserError
+from ..generation.options import GenerateOptions
+
+#: fields the page may send (the prompt file comes separately)
+FIELDS = ("prompt_bars", "prompt_time_signature", "include_prompt", "bars", "temperature", "top_p", "seed",
+          "num_samples", "chords", "chord_tones", "bpm", "time_signature", "density", "key")
+#: a rough count of tokens per bar of the shipped model (4/4, no density control), only for the progress bar
+TOKENS_PER_BAR = 45
+DENSITY_TOKENS = {"low": 0.5, "medium": 1.0, "high": 2.2}
+#: with `bars` set, the token cap must not cut a long piece short: room for dense bars
+CAP_TOKENS_PER_BAR = 160
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (a shared local server should not be tied up by one tab)."""
+
+    max_bars: int = 512
+    max_variations: int = 8
+
+
+def _blank(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def _flag(name: str, value: str | None, default: bool) -> bool:
+    text = (_blank(value) or "").lower()
+    if not text:
+        return default
+    if text in ("1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise UserError(f"{name}={value!r}: use true or false")
+
+
+def build_options(form: Mapping[str, str], prompt_path: str | None, checkpoint: str, device: str,
+                  limits: Limits = Limits()) -> GenerateOptions:
+    """GenerateOptions for one Generate press; raises UserError (one line) on any bad value."""
+    unknown = sorted(set(form) - set(FIELDS) - {"prompt"})
+    if unknown:
+        raise UserError(f"unknown form field(s): {', '.join(unknown)}")
+    get = {name: _blank(form.get(name)) for name in FIELDS}
+    bars = get["bars"] or "8"
+    values: dict[str, object] = {
+        "checkpoint": checkpoint, "device": device, "bars": bars, "progress": False, "pianoroll": False,
+        "render": "none", "name": "variation",
+        "temperature": get["temperature"] or "1.0", "top_p": get["top_p"] or "0.9",
+        "num_samples": get["num_samples"] or "1", "seed": get["seed"],
+        "chords": get["chords"], "chord_tones": get["chord_tones"] or "only", "bpm": get["bpm"],
+        "time_signature": get["time_signature"], "density": get["density"], "key": get["key"],
+        "include_prompt": _flag("include_prompt", form.get("include_prompt"), True),
+    }
+    if prompt_path is not None:
+        values["prompt"] = prompt_path
+        values["prompt_bars"] = get["prompt_bars"]
+        values["prompt_time_signature"] = get["prompt_time_signature"] or "file"
+    options = GenerateOptions.from_mapping(values)
+    if int(options.bars) > limits.max_bars:
+        raise UserError(f"bars={options.bars}: the studio writes at most {limits.max_bars} bars per piece "
+                        "(start it with --max-bars to change that)")
+    if options.num_samples > limits.max_variations:
+        raise UserError(f"variations={options.num_samples}: at most {limits.max_variations} per Generate "
+                        "(start the studio with --max-variations to change that)")
+    options.max_tokens = max(options.max_tokens, CAP_TOKENS_PER_BAR * int(options.bars))
+    return options
+
+
+def expected_tokens(options: GenerateOptions) -> int:
+    """About how many tokens each variation will take (for the progress bar; the real count is shown beside it)."""
+    density = str(options.density).lower() if options.density is not None else "medium"
+    per_bar = TOKENS_PER_BAR * DENSITY_TOKENS.get(density, 1.0)
+    return max(64, min(int(options.max_tokens), int(per_bar * int(options.bars or 16))))
