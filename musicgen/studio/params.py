@@ -15,8 +15,8 @@ from ..config import UserError
 from ..generation.options import GenerateOptions
 
 #: fields the page may send (the prompt file comes separately)
-FIELDS = ("prompt_bars", "prompt_time_signature", "include_prompt", "bars", "temperature", "top_p", "seed",
-          "num_samples", "chords", "chord_tones", "bpm", "time_signature", "density", "key")
+FIELDS = ("prompt_bars", "prompt_time_signature", "include_prompt", "bars", "allow_eos", "temperature", "top_p",
+          "seed", "num_samples", "chords", "chord_tones", "bpm", "time_signature", "density", "key")
 #: a rough count of tokens per bar of the shipped model (4/4, no density control), only for the progress bar
 TOKENS_PER_BAR = 45
 DENSITY_TOKENS = {"low": 0.5, "medium": 1.0, "high": 2.2}
@@ -66,6 +66,7 @@ def build_options(form: Mapping[str, str], prompt_path: str | None, checkpoint: 
         "chords": get["chords"], "chord_tones": get["chord_tones"] or "only", "bpm": get["bpm"],
         "time_signature": get["time_signature"], "density": get["density"], "key": get["key"],
         "include_prompt": _flag("include_prompt", form.get("include_prompt"), True),
+        "allow_eos": _flag("allow_eos", form.get("allow_eos"), True),
     }
     if prompt_path is not None:
         values["prompt"] = prompt_path

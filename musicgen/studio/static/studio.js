@@ -55,7 +55,7 @@ function drawRoll(canvas, roll, playhead) {
   for (const b of roll.bars) { ctx.beginPath(); ctx.moveTo(Math.round(x(b)) + 0.5, 0); ctx.lineTo(Math.round(x(b)) + 0.5, height); ctx.stroke(); }
   for (const n of notes) {
     const v = n[3] / 127;
-    ctx.fillStyle = `hsl(${230 - 190 * v}, 70%, ${55 - 15 * v}%)`;
+    ctx.fillStyle = `hsl(${225 - 40 * v}, 75%, ${68 - 38 * v}%)`;  // louder: darker
     ctx.fillRect(x(n[0]), y(n[2]), Math.max(1.5, x(n[1]) - x(n[0])), Math.max(1.5, rowH * 0.85));
   }
   if (playhead > 0) { ctx.strokeStyle = "#d22"; ctx.beginPath(); ctx.moveTo(x(playhead), 0); ctx.lineTo(x(playhead), height); ctx.stroke(); }
@@ -144,6 +144,7 @@ async function generate(event) {
   const data = new FormData(form);
   if (!file) data.delete("prompt");
   data.set("include_prompt", $("include_prompt").checked ? "true" : "false");
+  data.set("allow_eos", $("allow_eos").checked ? "true" : "false");
   $("generate").disabled = true;
   setStatus("sending…");
   try {

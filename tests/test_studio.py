@@ -1,0 +1,415 @@
+"""The local web studio (musicgen/studio): its HTTP API with a tiny model, and the page in headless Chromium.
+
+The HTTP tests run the real server (uvicorn, in a thread, on a free port on 127.0.0.1) and talk to it with the
+standard library, as a browser would: bad uploads and bad option values get a one-line 4xx JSON message, a
+too-large upload is refused before it is read, two jobs at once both finish, and an upload is written only
+inside a temporary folder. The browser test drives the page with Debian's chromium + chromium-driver through
+Selenium (`make test` installs them where it can; the test skips, saying why, where they cannot be had):
+upload a POP909 song, generate 4 bars with the shipped model, wait for the piano roll and the player, download
+the MIDI and parse it. MUSICGEN_STUDIO_SCREENSHOT=path.png also saves a screenshot (docs/studio.png).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import miditoolkit
+import pytest
+import torch
+
+pytest.importorskip("starlette", reason="the studio extra is not installed: pip install -e '.[studio]'")
+pytest.importorskip("uvicorn", reason="the studio extra is not installed: pip install -e '.[studio]'")
+pytest.importorskip("multipart", reason="the studio extra is not installed: pip install -e '.[studio]'")
+
+from musicgen.generation.api import generate_with  # noqa: E402
+from musicgen.generation.options import GenerateOptions  # noqa: E402
+from musicgen.model import build_model  # noqa: E402
+from musicgen.studio import StudioConfig, create_app  # noqa: E402
+from musicgen.tokenizer import REMITokenizer  # noqa: E402
+from musicgen.training.checkpoint import save_checkpoint  # noqa: E402
+
+REPO = Path(__file__).absolute().parents[1]
+SHIPPED = REPO / "checkpoints" / "musicgen-small.pt"
+TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
+        "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny model: the machinery is under test here, not the music (fast on a busy CPU)."""
+    tokenizer = REMITokenizer()
+    torch.manual_seed(0)
+    model = build_model(TINY, len(tokenizer.vocab))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model_config=model.config, model_state=model.state_dict(), vocab=tokenizer.vocab,
+                    config={"model": TINY}, step=0, best_val_nll=None, train_seq_len=None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pop909_song(pop909_dir: Path) -> Path:
+    return pop909_dir / "020.mid"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(config: StudioConfig) -> Iterator[str]:
+    """The studio served by uvicorn in a thread on a free local port; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "the studio server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def multipart(fields: dict[str, str], file: tuple[str, bytes] | None = None) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    if file is not None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"; filename="{file[0]}"\r\n'
+                     f"Content-Type: audio/midi\r\n\r\n".encode() + file[1] + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def request(url: str, body: bytes | None = None, content_type: str | None = None,
+            timeout: float = 60) -> tuple[int, Any]:
+    """(status, parsed JSON) of one request; 4xx/5xx answers are returned, not raised."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=timeout) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def submit(base: str, fields: dict[str, str], file: tuple[str, bytes] | None = None) -> tuple[int, Any]:
+    return request(base + "api/jobs", *multipart(fields, file))
+
+
+def wait_done(base: str, job_id: str, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, job = request(f"{base}api/jobs/{job_id}")
+        assert status == 200, job
+        if job["status"] in ("done", "error"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not finished after {timeout} s")
+
+
+def fetch_bytes(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read()
+
+
+def tiny_config(checkpoint: Path, **kwargs: Any) -> StudioConfig:
+    return StudioConfig(checkpoint=str(checkpoint), device="cpu", **kwargs)
+
+
+# --- the progress hook of the public API ---------------------------------------------------------------------
+def test_generate_with_reports_progress(tiny_checkpoint: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    options = GenerateOptions(checkpoint=str(tiny_checkpoint), device="cpu", bars=None, tokens=150,
+                              allow_eos=False, seed=1, progress=False, pianoroll=False)
+    generate_with(options, log=None, on_progress=lambda done, limit: calls.append((done, limit)))
+    assert calls == [(64, 150), (128, 150), (150, 150)]
+
+
+# --- HTTP: the page, bad input ---------------------------------------------------------------------------
+def test_page_and_assets_are_served_by_the_app_no_cdn(tiny_checkpoint: Path) -> None:
+    with running(tiny_config(tiny_checkpoint)) as base:
+        html = fetch_bytes(base).decode()
+        assert "<form" in html and 'id="generate"' in html
+        for asset in ("static/studio.js", "static/studio.css", "static/favicon.svg"):
+            assert asset in html
+            text = fetch_bytes(base + asset).decode().replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name
+            assert "http://" not in text and "https://" not in text, f"{asset} refers to the network"
+        assert "https://" not in html and "http://" not in html
+        status, info = request(base + "api/info")
+        assert status == 200 and info["checkpoint"] == "tiny.pt" and info["synthesis"]
+        status, answer = request(base + "static/../app.py")
+        assert status == 404 and answer["error"]
+
+
+def test_bad_uploads_get_a_message(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    empty_midi = miditoolkit.MidiFile()
+    empty_midi.dump(str(tmp_path / "empty.mid"))
+    cases = {
+        "not MIDI": (("song.mid", b"%PDF-1.4 not a midi file"), "is not a MIDI file"),
+        "corrupt": (("song.mid", b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\xff\xff"), "cannot be read"),
+        "empty": (("song.mid", b""), "is empty"),
+        "no notes": (("empty.mid", (tmp_path / "empty.mid").read_bytes()), "holds no notes"),
+    }
+    with running(tiny_config(tiny_checkpoint)) as base:
+        for case, (file, words) in cases.items():
+            status, answer = submit(base, {"bars": "2"}, file)
+            assert status == 400, (case, answer)
+            assert words in answer["error"] and "\n" not in answer["error"], (case, answer)
+        status, info = request(base + "api/info")  # the server is still up
+        assert status == 200
+
+
+def test_oversize_upload_refused_before_it_is_read(tiny_checkpoint: Path) -> None:
+    big = b"MThd" + bytes(300 * 1024)
+    with running(tiny_config(tiny_checkpoint, max_upload_bytes=100 * 1024)) as base:
+        status, answer = submit(base, {"bars": "2"}, ("big.mid", big))
+        assert status == 413 and "up to 100 KiB" in answer["error"], answer
+        # The same without a Content-Length (chunked): refused while streaming, never buffered whole.
+        body, content_type = multipart({"bars": "2"}, ("big.mid", big))
+        port = int(base.rsplit(":", 1)[1].strip("/"))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request("POST", "/api/jobs", body=(body[i:i + 8192] for i in range(0, len(body), 8192)),
+                         headers={"Content-Type": content_type}, encode_chunked=True)
+            response = conn.getresponse()
+            assert response.status == 413 and "accepts MIDI files up to" in json.load(response)["error"]
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close the connection before the client has sent everything: also a refusal
+        finally:
+            conn.close()
+
+
+def test_bad_option_values_give_the_library_message(tiny_checkpoint: Path) -> None:
+    with running(tiny_config(tiny_checkpoint)) as base:
+        status, answer = submit(base, {"bars": "2", "chords": "Am Hx | C"})
+        assert status == 400 and "unknown chord symbol 'Hx'" in answer["error"], answer
+        status, answer = submit(base, {"bars": "2", "seed": "abc"})
+        assert status == 400 and "seed" in answer["error"], answer
+        status, answer = submit(base, {"bars": "100000"})
+        assert status == 400 and "at most 512 bars" in answer["error"], answer
+        status, answer = submit(base, {"bars": "2", "colour": "blue"})
+        assert status == 400 and "colour" in answer["error"], answer
+        status, answer = request(base + "api/jobs/nope")
+        assert status == 404 and answer["error"]
+
+
+def test_prompt_the_tokenizer_refuses_ends_the_job_with_a_message(tiny_checkpoint: Path, pop909_song: Path) -> None:
+    with running(tiny_config(tiny_checkpoint)) as base:
+        status, answer = submit(base, {"bars": "2", "prompt_time_signature": "7/1"},
+                                ("song.mid", pop909_song.read_bytes()))
+        if status == 202:  # refused while the job starts (the checkpoint's grid), or at once: either has a message
+            job = wait_done(base, answer["id"])
+            assert job["status"] == "error" and "7/1" in job["error"], job
+        else:
+            assert status == 400 and "7/1" in answer["error"], answer
+
+
+# --- HTTP: jobs ------------------------------------------------------------------------------------------
+def test_two_concurrent_jobs_both_complete(tiny_checkpoint: Path, pop909_song: Path) -> None:
+    with running(tiny_config(tiny_checkpoint, workers=2)) as base:
+        answers: list[tuple[int, Any]] = []
+
+        def press(seed: int) -> None:  # two tabs pressing Generate at once
+            answers.append(submit(base, {"bars": "3", "seed": str(seed), "num_samples": "2", "prompt_bars": "2",
+                                         "prompt_time_signature": "4/4"}, ("020.mid", pop909_song.read_bytes())))
+
+        tabs = [threading.Thread(target=press, args=(seed,)) for seed in (1, 2)]
+        for tab in tabs:
+            tab.start()
+        for tab in tabs:
+            tab.join(60)
+        assert [status for status, _ in answers] == [202, 202], answers
+        jobs = [wait_done(base, answer["id"]) for _, answer in answers]
+        for job in jobs:
+            assert job["status"] == "done", job["error"]
+            assert len(job["pieces"]) == 2 and job["tokens"] > 0 and job["seed"] in (1, 2)
+            for piece in job["pieces"]:
+                midi = miditoolkit.MidiFile(file=io.BytesIO(fetch_bytes(base + piece["urls"]["mid"])))
+                assert sum(len(i.notes) for i in midi.instruments) == piece["notes"] > 0
+                assert fetch_bytes(base + piece["urls"]["wav"])[:4] == b"RIFF"
+                assert json.loads(fetch_bytes(base + piece["urls"]["json"]))["seed"] == job["seed"]
+                assert piece["roll"]["notes"] and piece["roll"]["prompt_end"] > 0
+        assert {job["seed"] for job in jobs} == {1, 2}
+
+
+def test_progress_is_reported_while_a_piece_is_written(tiny_checkpoint: Path) -> None:
+    with running(tiny_config(tiny_checkpoint)) as base:
+        status, answer = submit(base, {"bars": "24", "seed": "1", "allow_eos": "false"})
+        assert status == 202, answer
+        seen: list[tuple[str, int]] = []
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            job = request(f"{base}api/jobs/{answer['id']}")[1]
+            seen.append((job["status"], job["tokens"]))
+            if job["status"] in ("done", "error"):
+                break
+            time.sleep(0.02)
+        assert job["status"] == "done", job["error"]
+        written = [tokens for status, tokens in seen if status == "running"]
+        assert any(0 < tokens < job["tokens"] for tokens in written), (sorted(set(seen)), job["tokens"])  # mid-way
+        assert written == sorted(written) and job["limit"] >= 160 * 24 and job["expected"] > 0
+        assert job["pieces"][0]["stop_reason"] == "bars" and job["pieces"][0]["bars"] == 24
+
+
+def test_upload_is_written_only_inside_a_temporary_folder(tiny_checkpoint: Path, pop909_song: Path,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    temp_root, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    temp_root.mkdir()
+    cwd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+    monkeypatch.chdir(cwd)
+    data = pop909_song.read_bytes()
+    with running(tiny_config(tiny_checkpoint)) as base:
+        status, answer = submit(base, {"bars": "2", "prompt_bars": "2"}, ("../../escape.mid", data))
+        assert status == 202, answer
+        job = wait_done(base, answer["id"])
+        assert job["status"] == "done", job["error"]
+        copies = [p for p in tmp_path.rglob("*") if p.is_file() and p.read_bytes() == data]
+        assert copies, "the prompt should be in the job's temporary folder while the job is kept"
+        for copy in copies:
+            folder = copy.relative_to(temp_root).parts[0]
+            assert folder.startswith("musicgen-studio-") and copy.name == "prompt.mid", copy
+        assert not any(cwd.iterdir()) and not (tmp_path / "escape.mid").exists()
+    assert not list(temp_root.glob("musicgen-studio-*")), "stopping the server removes every job folder"
+
+
+def test_command_line_prints_its_url_and_serves(tiny_checkpoint: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    bad = subprocess.run([sys.executable, "-m", "musicgen.studio", "--checkpoint", "no/such.pt"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: checkpoint") and "Traceback" not in bad.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "musicgen.studio", "--port", "0", "--checkpoint",
+                             str(tiny_checkpoint)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("musicgen studio: http://127.0.0.1:"), line
+        url = line.split()[2]
+        deadline = time.time() + 60
+        while True:
+            try:
+                assert b"musicgen studio" in fetch_bytes(url)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.time() < deadline and proc.poll() is None, "the studio did not start serving"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# --- the page in a real browser --------------------------------------------------------------------------
+def chromium_or_skip() -> tuple[Any, str]:
+    """(selenium webdriver module, chromium binary), or skip saying what is missing."""
+    try:
+        from selenium import webdriver
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not binary or not Path(CHROMEDRIVER).is_file():
+        pytest.skip("headless Chromium is not available: `apt-get install chromium chromium-driver` (Debian; "
+                    "`make test` does this when run as root) provides /usr/bin/chromium and /usr/bin/chromedriver")
+    return webdriver, binary
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    webdriver, binary = chromium_or_skip()
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1200,1500", "--mute-audio", "--no-first-run", "--disable-extensions"):
+        options.add_argument(arg)
+    # An explicit chromedriver: Selenium Manager never looks for (or downloads) a driver.
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_browser_upload_generate_play_download(browser: Any, pop909_song: Path, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    assert SHIPPED.is_file(), "the shipped model checkpoints/musicgen-small.pt is part of the repository"
+    not_midi = tmp_path / "notes.mid"
+    not_midi.write_text("these are my notes, not MIDI")
+    with running(StudioConfig(checkpoint=str(SHIPPED), device="cpu")) as base:
+        browser.get(base)
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: d.find_element(By.ID, "synth").text not in ("", "…"))
+        assert "synthesis" in browser.find_element(By.ID, "synth").text or \
+            "fluidsynth" in browser.find_element(By.ID, "synth").text
+
+        # A bad upload: the page shows the server's message, and nothing breaks.
+        browser.find_element(By.ID, "prompt").send_keys(str(not_midi))
+        browser.find_element(By.ID, "generate").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "error")))
+        assert "is not a MIDI file" in browser.find_element(By.ID, "error").text
+
+        # A POP909 song as the prompt, 4 bars of continuation over a chord chart.
+        browser.execute_script("document.getElementById('prompt').value = ''")
+        browser.find_element(By.ID, "prompt").send_keys(str(pop909_song))
+        for field, value in (("prompt_bars", "4"), ("bars", "4"), ("num_samples", "2"), ("seed", "7"),
+                             ("chords", "C G | Am F")):
+            element = browser.find_element(By.ID, field)
+            element.clear()
+            element.send_keys(value)
+        Select(browser.find_element(By.ID, "prompt_time_signature")).select_by_visible_text("4/4")
+        browser.find_element(By.ID, "generate").click()
+        WebDriverWait(browser, 400).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#piece-1 canvas.roll[data-notes]")
+            or d.find_element(By.ID, "error").is_displayed())
+        assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
+        assert "done: 2 variation(s)" in browser.find_element(By.ID, "status-text").text
+        pieces = browser.find_elements(By.CSS_SELECTOR, "article.piece")
+        assert len(pieces) == 2
+        for piece in pieces:
+            assert int(piece.find_element(By.CSS_SELECTOR, "canvas.roll").get_attribute("data-notes")) > 0
+        # The players: each <audio> loads its WAV (rendered by the server).
+        WebDriverWait(browser, 60).until(lambda d: all(
+            a.get_attribute("data-loaded") for a in d.find_elements(By.CSS_SELECTOR, "article.piece audio")))
+        for player in browser.find_elements(By.CSS_SELECTOR, "article.piece audio"):
+            assert player.get_attribute("data-loaded") == "1"
+            assert browser.execute_script("return arguments[0].duration", player) > 1.0
+        # Download the MIDI of the first variation (its link's URL) and parse it.
+        href = pieces[0].find_element(By.CSS_SELECTOR, "a.download-mid").get_attribute("href")
+        midi = miditoolkit.MidiFile(file=io.BytesIO(fetch_bytes(href)))
+        assert sum(len(inst.notes) for inst in midi.instruments) > 0
+        assert fetch_bytes(pieces[0].find_element(By.CSS_SELECTOR, "a.download-wav").get_attribute("href"))[:4] \
+            == b"RIFF"
+        shot = os.environ.get("MUSICGEN_STUDIO_SCREENSHOT")
+        if shot:
+            browser.execute_script("window.scrollTo(0, 0)")
+            height = browser.execute_script("return document.body.scrollHeight")
+            browser.set_window_size(1200, min(int(height) + 200, 2400))
+            time.sleep(0.5)
+            browser.save_screenshot(shot)
