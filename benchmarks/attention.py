@@ -59,7 +59,7 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from musicgen.model.causal_linear import causal_linear_attention, require_fast_transformers
+    from musicgen.model.ops.linear_attention import causal_linear_attention, require_fast_transformers
     from musicgen.model.feature_maps import EluFeatureMap, PerformerFeatureMap
     from musicgen.model.spe import SineSPE, SPEFilter
 
@@ -140,13 +140,11 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def _model_worker(args: argparse.Namespace, torch, dev, backward: bool) -> dict:
-    from omegaconf import OmegaConf
-
-    from musicgen.model import build_model
+    from musicgen.model import build_model, load_preset
 
     name = args.row[len("model_"):]
     vocab = 400
-    model = build_model(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), vocab).to(dev).train(backward)
+    model = build_model(load_preset(name), vocab).to(dev).train(backward)
     x = torch.randint(1, vocab, (args.batch, args.length), device=dev)
 
     def run():

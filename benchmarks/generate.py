@@ -43,7 +43,7 @@ def _load_models(spec: dict[str, Any]):
     import torch
     from omegaconf import OmegaConf
 
-    from musicgen.model import build_model
+    from musicgen.model import build_model, load_preset
     from musicgen.tokenizer import REMITokenizer
     from musicgen.training.checkpoint import load_model
 
@@ -52,7 +52,7 @@ def _load_models(spec: dict[str, Any]):
         return model, REMITokenizer(vocab.config)
     tokenizer = REMITokenizer(dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf/tokenizer/remi.yaml"))))
     torch.manual_seed(0)
-    cfg = OmegaConf.to_container(OmegaConf.load(spec["config"]), resolve=True)
+    cfg = load_preset(spec["config"])  # a conf/model preset file, composed with _base.yaml
     return build_model(cfg, len(tokenizer.vocab)).eval(), tokenizer
 
 

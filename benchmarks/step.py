@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from musicgen.model import build_model  # noqa: E402
+from musicgen.model import build_model, load_preset  # noqa: E402
 
 
 def reach_position(model, state, position: int) -> None:
@@ -84,7 +83,7 @@ def main() -> None:
     models = {}
     for name in args.models:
         torch.manual_seed(0)
-        models[name] = build_model(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), args.vocab).to(args.device).eval()
+        models[name] = build_model(load_preset(name), args.vocab).to(args.device).eval()
 
     results = []
     print(f"{'model':18s} {'position':>9s} {'ms/token (median)':>18s} {'p10':>8s} {'p90':>8s} {'state MB':>9s}")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, median, print_table, write_results  # noqa: E402
+from benchmarks.common import median, print_table, write_results  # noqa: E402
 
 VOCAB = 637  # the default REMI vocabulary
 
@@ -36,9 +36,9 @@ def worker(model_name: str, length: int, tokens: int, repeats: int, device: str,
     import torch
     import yaml
 
-    from musicgen.model import build_model
+    from musicgen.model import build_model, load_preset
 
-    cfg = yaml.safe_load((REPO / "conf" / "model" / f"{model_name}.yaml").read_text())
+    cfg = load_preset(model_name)
     for item in overrides:
         key, value = item.split("=", 1)
         node = cfg

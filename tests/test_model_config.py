@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -10,36 +11,135 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from musicgen.model import FastTransformersMissing, build_model, model_config_from
-from musicgen.model.causal_linear import causal_linear_attention
+from musicgen.model import FastTransformersMissing, ModelConfig, build_model, load_preset, model_config_from
+from musicgen.model.ops.linear_attention import causal_linear_attention
 from test_model_parity import VOCAB, small_cfg
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
-NAMES = ["spe_sine_gated_decay", "spe_sine_gated", "spe_conv_gated", "spe_sine", "spe_conv", "ape", "softmax", "none", "paper_pop_piano"]
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf" / "model"
+NAMES = ["spe_sine_gated_decay", "spe_sine_gated", "spe_conv_gated", "spe_sine", "spe_conv", "ape", "ape_learned", "softmax", "none", "paper_pop_piano"]
 SMALL = [n for n in NAMES if n != "paper_pop_piano"]
 HAS_FAST = importlib.util.find_spec("fast_transformers") is not None
 
 
+RECORDED = json.loads((ROOT / "tests" / "model_presets_resolved.json").read_text())
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_conf_files_resolve(name: str) -> None:
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = load_preset(name)
     resolved = model_config_from(cfg, 100)
     assert resolved["name"] == name and resolved["vocab_size"] == 100
     json.dumps(resolved)
-    # every key of the file is a known key, and every known key is written in the file
-    assert set(OmegaConf.to_container(cfg)) == set(resolved) - {"vocab_size"}
+    # the composed preset writes every known key out (checkpoints and config.yaml record them all)
+    assert json.dumps(cfg) == json.dumps({k: v for k, v in resolved.items() if k != "vocab_size"})
+
+
+def test_presets_compose_to_the_recorded_values() -> None:
+    """`python train.py model=<preset>` (Hydra, through conf/config.yaml) gives, for every preset, exactly the
+    values (and key order) of the full copies the presets were before they became differences from _base.yaml;
+    load_preset composes them the same way."""
+    from hydra import compose, initialize_config_dir
+
+    from musicgen.config import CONF_DIR
+
+    presets = RECORDED["presets"]
+    assert sorted(presets) == sorted(p.stem for p in CONF.glob("*.yaml") if not p.stem.startswith("_"))
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        default = OmegaConf.to_container(compose("config").model, resolve=True)
+        assert json.dumps(default) == json.dumps(presets[RECORDED["default"]])
+        for name, want in presets.items():
+            got = OmegaConf.to_container(compose("config", overrides=[f"model={name}"]).model, resolve=True)
+            assert json.dumps(got) == json.dumps(want), name
+            assert json.dumps(load_preset(name)) == json.dumps(want), name
+            assert model_config_from(got, 637) == {**want, "vocab_size": 637}
+        over = compose("config", overrides=["model=ape", "model.attention.decay=learned", "model.d_model=64"]).model
+        assert (over.name, over.d_model, over.attention.decay, over.pe.kind) == ("ape", 64, "learned", "ape")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_presets_are_differences_from_base(name: str) -> None:
+    """Each preset file starts from _base.yaml and lists only keys whose value differs from it."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    assert raw.pop("defaults") == ["_base", "_self_"]
+    base = OmegaConf.to_container(OmegaConf.load(CONF / "_base.yaml"))
+
+    def same(over: dict, ref: dict, path: str = "") -> list[str]:
+        out = []
+        for key, val in over.items():
+            if isinstance(val, dict):
+                out += same(val, ref[key], f"{path}{key}.")
+            elif key != "name" and ref[key] == val:
+                out.append(path + key)
+        return out
+
+    assert same(raw, base) == []
+
+
+def test_base_preset_agrees_with_the_code_defaults() -> None:
+    """conf/model/_base.yaml and ModelConfig's defaults hold the same values, except the two documented
+    differences: presets untie the output layer (a config written in code ties it), and each preset names itself."""
+    base = OmegaConf.to_container(OmegaConf.load(CONF / "_base.yaml"))
+    defaults = ModelConfig().to_dict()
+    assert base.pop("name") == "???" and defaults.pop("name") == "custom"
+    assert base.pop("tie_embeddings") is False and defaults.pop("tie_embeddings") is True
+    assert defaults.pop("vocab_size") is None
+    assert json.dumps(base) == json.dumps(defaults)
+
+
+def test_typed_config_is_validated_once_at_the_edge() -> None:
+    cfg = ModelConfig.from_mapping(OmegaConf.create({"model": {"n_layers": 2.0, "dropout": 0, "attention": {"decay_tau_min": 4}}}), 10)
+    assert (cfg.n_layers, cfg.dropout, cfg.attention.decay_tau_min, cfg.vocab_size) == (2, 0.0, 4.0, 10)
+    assert type(cfg.n_layers) is int and type(cfg.dropout) is float and cfg.head_dim == 64
+    assert ModelConfig.from_mapping(cfg.to_dict()) == cfg  # the stored dict round-trips
+    model = build_model(cfg, 10)
+    assert model.cfg == cfg and model.config == cfg.to_dict()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_layers = 3  # type: ignore[misc]
+    with pytest.raises(ValueError, match="expected an integer"):
+        ModelConfig.from_mapping({"n_layers": 2.5})
+    with pytest.raises(ValueError, match="true or false"):
+        ModelConfig.from_mapping({"pe": {"gated": "yes"}})
+    with pytest.raises(TypeError, match="must be a mapping"):
+        ModelConfig.from_mapping({"pe": 3})
+
+
+def test_shipped_checkpoint_loads_with_the_same_names_config_and_logits() -> None:
+    """checkpoints/musicgen-small.pt (its stored config dict, its parameter names) builds and gives the logits
+    recorded before the model's config and step were restructured (tests/model_shipped_logits.json)."""
+    ref = json.loads((ROOT / "tests" / "model_shipped_logits.json").read_text())
+    path = ROOT / "checkpoints" / "musicgen-small.pt"
+    if not path.is_file():
+        pytest.skip("no shipped checkpoint")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    assert data["model_config"] == ref["model_config"]
+    model = build_model(data["model_config"], data["model_config"]["vocab_size"])
+    assert model.config == ref["model_config"] and list(model.state_dict()) == ref["state_keys"]
+    model.load_state_dict({k: v.float() for k, v in data["model_state"].items()})
+    model.eval()
+    vocab = ref["model_config"]["vocab_size"]
+    x = torch.randint(1, vocab, (1, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(x, generator=torch.Generator().manual_seed(1))
+        state = model.init_state(1, generator=torch.Generator().manual_seed(1))
+        steps = [model.step(x[:, i], state)[0] for i in range(64)]
+    torch.testing.assert_close(logits[0, ::8, :6], torch.tensor(ref["forward"]), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(torch.stack([steps[i][0, :6] for i in (0, 31, 63)]), torch.tensor(ref["step"]),
+                               atol=1e-4, rtol=1e-5)
+    assert abs(logits.double().sum().item() - ref["forward_sum"]) < 1e-5 * max(1.0, abs(ref["forward_sum"]))
+    assert abs(torch.stack(steps).double().sum().item() - ref["step_sum"]) < 1e-5 * max(1.0, abs(ref["step_sum"]))
 
 
 def test_small_presets_have_the_same_size() -> None:
     sizes = set()
     for name in SMALL:
-        cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+        cfg = load_preset(name)
         sizes.add((cfg["n_layers"], cfg["d_model"], cfg["n_heads"], cfg["d_ff"]))
     assert len(sizes) == 1
 
 
 def test_default_preset_builds_and_rebuilds_from_its_config() -> None:
-    model = build_model(OmegaConf.load(CONF / "spe_sine_gated.yaml"), 300)
+    model = build_model(load_preset("spe_sine_gated"), 300)
     cfg = json.loads(json.dumps(model.config))
     clone = build_model(cfg, cfg["vocab_size"])
     clone.load_state_dict(model.state_dict())
@@ -50,7 +150,7 @@ def test_default_preset_builds_and_rebuilds_from_its_config() -> None:
 
 
 def test_paper_preset_shape() -> None:
-    cfg = model_config_from(OmegaConf.load(CONF / "paper_pop_piano.yaml"), 300)
+    cfg = model_config_from(load_preset("paper_pop_piano"), 300)
     assert (cfg["n_layers"], cfg["d_model"], cfg["n_heads"], cfg["d_ff"]) == (24, 512, 8, 2048)
     assert cfg["attention"]["n_features"] == 128 and cfg["pe"]["realizations"] == 64 and cfg["pe"]["sines"] == 5
     assert cfg["pe"]["share"] and cfg["pe"]["gated"] and cfg["pe"]["kind"] == "spe_sine"
@@ -66,7 +166,7 @@ def test_bad_config_is_rejected() -> None:
 
 
 def test_chunk_size_auto_resolves_per_device() -> None:
-    from musicgen.model.causal_linear import resolve_chunk_size
+    from musicgen.model.ops.linear_attention import resolve_chunk_size
 
     assert model_config_from({}, 10)["attention"]["chunk_size"] == "auto"
     assert resolve_chunk_size("auto", torch.device("cpu")) == 64
@@ -94,7 +194,7 @@ def test_fast_transformers_backend_parity() -> None:  # pragma: no cover - needs
 
 @pytest.mark.parametrize("name", ["spe_sine_gated", "spe_conv_gated", "softmax"])
 def test_bf16_autocast_forward_cpu(name: str) -> None:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    cfg = load_preset(name)
     cfg.update(n_layers=2, d_model=64, n_heads=2, d_ff=128)
     model = build_model(cfg, VOCAB).eval()
     x = torch.randint(1, VOCAB, (2, 80))

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from musicgen.model import build_model
-from musicgen.model.causal_linear import causal_linear_attention, causal_linear_attention_naive
-from musicgen.model.sine_filter import sine_filter
+from musicgen.model.ops.linear_attention import causal_linear_attention
+from musicgen.model.ops.sine_filter import sine_filter
 
+from reference_kernels import causal_linear_attention_naive
 from test_model_parity import CASES, VOCAB, _step_all, small_cfg
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from musicgen.model.causal_linear import (
-    causal_linear_attention,
-    causal_linear_attention_naive,
-    linear_attention_step,
-)
+from musicgen.model.ops.linear_attention import causal_linear_attention, linear_attention_step
+
+from reference_kernels import causal_linear_attention_naive
 
 
 def _inputs(b=2, h=3, length=37, f=5, d=4, dtype=torch.float64, seed=0):
@@ -76,7 +74,8 @@ def test_kernel_bf16_autocast_accumulates_in_float32() -> None:
 def test_chunked_function_gradcheck_and_loop_parity(length: int, chunk: int) -> None:
     """Hand-written backward: gradcheck (output and final-state gradients) and equality with
     autograd through the reference loop followed by the division."""
-    from musicgen.model.causal_linear import EPS, chunked_causal_attention, chunked_causal_product_loop
+    from musicgen.model.ops.linear_attention import EPS, chunked_causal_attention
+    from reference_kernels import chunked_causal_product_loop
 
     q, k, v = _inputs(b=1, h=2, length=length, f=3, d=2)
     assert torch.autograd.gradcheck(lambda *a: chunked_causal_attention(*a, chunk), (q, k, v))
@@ -101,7 +100,8 @@ def test_chunked_function_gradcheck_and_loop_parity(length: int, chunk: int) -> 
 def test_kernel_rows_split_across_threads(mode: str) -> None:
     """With several CPU threads the kernel shares the (batch x heads) rows out across threads: same
     values, state and gradients as one range, also under inference mode (thread-local in PyTorch)."""
-    from musicgen.model.causal_linear import _split_rows, chunked_causal_attention
+    from musicgen.model.ops.linear_attention import chunked_causal_attention
+    from musicgen.model.ops.linear_attention.chunk import _split_rows
 
     q, k, v = _inputs(b=3, h=2, length=45, f=4, d=3)
     old = torch.get_num_threads()

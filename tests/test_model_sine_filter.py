@@ -1,4 +1,4 @@
-"""The chunked, factorised SineSPE filter (musicgen.model.sine_filter) against the plain maths.
+"""The chunked, factorised SineSPE filter (musicgen.model.ops.sine_filter) against the plain maths.
 
 Sequences are cut into chunks of a few positions (the model uses 512) so that several chunks,
 a short last chunk and the per-chunk rotations are all exercised.
@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from musicgen.model.sine_filter import sine_filter
+from musicgen.model.ops.sine_filter import sine_filter
 from musicgen.model.spe import SineSPE, SPEFilter
+
+from reference_kernels import materialise_sine_codes
 
 H, D, R, K = 2, 6, 5, 3
 
@@ -34,7 +36,7 @@ def test_sine_codes_parity_with_direct_basis() -> None:
     """Chunk-local basis + rotated weights give the codes of the direct float64 basis at every n."""
     gen, _, noise, _, _, _ = _setup(False, 37)
     length = 37
-    qbar, kbar = gen.codes(noise, length, chunk=8).materialise(length)
+    qbar, kbar = materialise_sine_codes(gen.codes(noise, length, chunk=8), length)
     qref, kref = gen.codes_at(noise, torch.arange(length))
     assert torch.allclose(qbar, qref, atol=1e-10) and torch.allclose(kbar, kref, atol=1e-10)
 
@@ -68,7 +70,7 @@ def test_sine_filter_parity_values_and_gradients(gated: bool) -> None:
 def test_sine_filter_parity_gradcheck(group: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hand-written backward against finite differences, every input, gating term included.
     group=2 runs the GPU layout (several batch rows per product, here with a short last group)."""
-    monkeypatch.setattr("musicgen.model.sine_filter._batch_group", lambda device, chunk, batch: min(batch, group))
+    monkeypatch.setattr("musicgen.model.ops.sine_filter._batch_group", lambda device, chunk, batch: min(batch, group))
     torch.manual_seed(0)
     h, b, length, j, d, r, chunk = 2, 3, 7, 4, 3, 2, 3
     dt = torch.float64

@@ -8,22 +8,30 @@ Cores (``attention.kind``):
 
 SPE replaces q, k (dim d per head) by qhat, khat (dim R); the core is unchanged, so SPE also
 works with softmax attention.
+
+Linear attention also has a lean one-token step for generation (:meth:`CausalSelfAttention.step_plan`):
+the per-sequence constants (transposed weights, feature projection, SPE filter matrices, decay factors)
+are gathered once and the step updates the (F x (D+1)) state in place.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .causal_linear import causal_linear_attention, linear_attention_step, require_fast_transformers
+from .config import AttentionConfig, PEConfig
 from .decay import AttentionDecay
 from .feature_maps import build_feature_map
+from .lean import TransposedWeights, linear_t
+from .ops.linear_attention import (causal_linear_attention, linear_attention_step, linear_attention_step_,
+                                   require_fast_transformers)
 from .spe import SPEFilter
 
-__all__ = ["LayerNoise", "CausalSelfAttention"]
+__all__ = ["LayerNoise", "CausalSelfAttention", "AttentionStepPlan"]
 
 
 @dataclass
@@ -35,29 +43,27 @@ class LayerNoise:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, attn_cfg: dict, pe_cfg: dict) -> None:
+    def __init__(self, d_model: int, n_heads: int, attn: AttentionConfig, pe: PEConfig) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.d_model, self.n_heads = d_model, n_heads
         self.head_dim = d_model // n_heads
-        self.kind = attn_cfg["kind"]
+        self.kind = attn.kind
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
         self.spe: SPEFilter | None = None
         key_dim = self.head_dim
-        if pe_cfg["kind"] in ("spe_sine", "spe_conv"):
-            self.spe = SPEFilter(n_heads, self.head_dim, pe_cfg["realizations"], pe_cfg["gated"])
-            key_dim = pe_cfg["realizations"]
+        if pe.is_spe:
+            self.spe = SPEFilter(n_heads, self.head_dim, pe.realizations, pe.gated)
+            key_dim = pe.realizations
         self.key_dim = key_dim
 
         if self.kind == "linear":
-            self.feature_map = build_feature_map(
-                attn_cfg["feature_map"], n_heads, key_dim, attn_cfg["n_features"], attn_cfg["redraw_prob"]
-            )
-            self.chunk_size = attn_cfg["chunk_size"]  # int or "auto" (see resolve_chunk_size)
-            self.backend = attn_cfg["backend"]
+            self.feature_map = build_feature_map(attn.feature_map, n_heads, key_dim, attn.n_features, attn.redraw_prob)
+            self.chunk_size = attn.chunk_size  # int or "auto" (see resolve_chunk_size)
+            self.backend = attn.backend
             if self.backend == "fast_transformers":
                 require_fast_transformers()  # fail at build time with an actionable message
         elif self.kind != "softmax":
@@ -66,9 +72,8 @@ class CausalSelfAttention(nn.Module):
         #: detached, so tools can look at the attention the model really computes (evaluation/positional.py)
         self.probe: list | None = None
         self.decay: AttentionDecay | None = None
-        if attn_cfg.get("decay", "none") != "none":
-            self.decay = AttentionDecay(n_heads, attn_cfg["decay"], float(attn_cfg["decay_tau_min"]),
-                                        float(attn_cfg["decay_tau_max"]))
+        if attn.decay != "none":
+            self.decay = AttentionDecay(n_heads, attn.decay, attn.decay_tau_min, attn.decay_tau_max)
 
     # randomness --------------------------------------------------------------------------
     def draw(self, generator: torch.Generator | None, device: torch.device, training: bool) -> LayerNoise:
@@ -176,3 +181,67 @@ class CausalSelfAttention(nn.Module):
             kc, vc = cache["k"][:, :, : n + 1], cache["v"][:, :, : n + 1]
             out = F.scaled_dot_product_attention(q, kc.to(q.dtype), vc.to(q.dtype))
         return self._merge(out, v)[:, 0], cache
+
+    # lean recurrent step (generation hot path) -------------------------------------------------------
+    @property
+    def has_lean_step(self) -> bool:
+        """Linear attention has a lean step (:meth:`step_plan`); softmax keeps :meth:`step`."""
+        return self.kind == "linear"
+
+    def lean_step_fits(self, cache: dict, device: torch.device) -> bool:
+        """Whether ``cache`` can be updated in place by the lean step (float32, contiguous, on ``device``)."""
+        st = cache.get("state")
+        if st is None or st.dtype != torch.float32 or not st.is_contiguous() or st.device != device:
+            return False
+        return not (st.is_inference() and not torch.is_inference_mode_enabled())  # in-place needs inference mode
+
+    @torch.no_grad()
+    def step_plan(
+        self, noise: LayerNoise, cache: dict, weights_t: TransposedWeights, spe_weights: Tensor | None = None
+    ) -> "AttentionStepPlan":
+        """This layer's constants for one generated batch: ``cache`` (updated in place by the plan),
+        the sequence's noise, and ``spe_weights``, the (2H, d or 2d, R) filter matrices [[Qbar(n) ; eps],
+        [Kbar(n) ; eps]] the code generator's plan refreshes every position (SPE layers only)."""
+        assert self.has_lean_step, "softmax attention has no lean step"
+        h, d = self.n_heads, self.head_dim
+        batch, device = cache["state"].shape[0], cache["state"].device
+        spe = None
+        if self.spe is not None:
+            assert spe_weights is not None, "SPE layer planned without its code generator's filter matrices"
+            spe = self.spe.step_plan(spe_weights)
+        log_gamma = self.log_gamma()
+        return AttentionStepPlan(
+            qkv_w=weights_t(self.qkv.weight), qkv_b=self.qkv.bias, spe=spe,
+            features=self.feature_map.step_plan(noise.features), cache=cache,
+            gamma=None if log_gamma is None else torch.exp(log_gamma).view(1, h, 1, 1).contiguous(),
+            v1=torch.ones(batch, h, d + 1, device=device),
+            proj_w=weights_t(self.proj.weight), proj_b=self.proj.bias,
+        )
+
+
+@dataclass
+class AttentionStepPlan:
+    """One linear-attention layer's lean step for one generated batch (:meth:`CausalSelfAttention.step_plan`)."""
+
+    qkv_w: Tensor  # (D, 3D) transposed weight
+    qkv_b: Tensor | None
+    spe: Callable[[Tensor], Tensor] | None  # (B, 2, H, d) [q, k] -> (2H, B, R), or None without SPE
+    features: Callable[[Tensor], tuple[Tensor, Tensor]]  # (2H, B, dim) -> phi(q), phi(k) (H, B, F)
+    cache: dict  # the layer's cache ({"state": (B, H, F, D+1)}), its state updated in place
+    gamma: Tensor | None  # (1, H, 1, 1) decay factor of the state per step, or None
+    v1: Tensor  # (B, H, D+1) buffer, last column = 1
+    proj_w: Tensor
+    proj_b: Tensor | None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """x (B, D) normalised input at the next position -> the attention output (B, D); advances the state."""
+        b, d_model = x.shape
+        h = self.v1.shape[1]
+        d = self.v1.shape[2] - 1
+        qkv = linear_t(x, self.qkv_w, self.qkv_b).view(b, 3, h, d)
+        qk = qkv[:, :2]  # (B, 2, H, d)
+        qh = self.spe(qk) if self.spe is not None else qk.reshape(b, 2 * h, d).transpose(0, 1)  # (2H, B, .)
+        fq, fk = self.features(qh)
+        self.v1[..., :d].copy_(qkv[:, 2])
+        out = linear_attention_step_(self.cache["state"], fq, fk, self.v1, self.gamma)
+        return linear_t(out.view(b, d_model), self.proj_w, self.proj_b)

@@ -1,59 +1,160 @@
-"""Model configuration: defaults, validation and conversion to a plain (JSON-serialisable) dict.
+"""Model configuration: typed, validated once at the edge, serialised as a plain dict.
 
-The resolved dict is what ``MusicTransformer.config`` returns and what a checkpoint stores, so
-``build_model(model.config, model.config["vocab_size"])`` rebuilds the same architecture even
-if the defaults below change later (every key is written out).
+:class:`ModelConfig` (with :class:`AttentionConfig` and :class:`PEConfig`) is the one typed form of a
+model's architecture. :meth:`ModelConfig.from_mapping` is the edge: a ``conf/model/*.yaml`` content, a
+DictConfig, a checkpoint's stored dict or a partial dict written in code goes in, is checked once
+(unknown keys, choices, ranges, combinations) and comes out typed; the modules then read attributes and
+never re-validate. :meth:`ModelConfig.to_dict` is what ``MusicTransformer.config`` returns and what a
+checkpoint stores: every key written out (``vocab_size`` included), so a checkpoint rebuilds the same
+architecture even if a default here changes later.
+
+Defaults: the field defaults below fill the keys a config written in code leaves out (tests, quick
+experiments). The presets never rely on them: ``conf/model/_base.yaml`` writes every key, and each preset
+lists only its differences from it (:func:`load_preset` composes them the way Hydra does). The two agree
+except ``tie_embeddings`` (``true`` here, ``false`` in ``_base.yaml`` and so in every preset: with the
+sqrt(d_model)-scaled embedding a tied model starts at a high loss) and ``name``; the test suite pins that.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULTS", "model_config_from"]
+__all__ = ["ModelConfig", "AttentionConfig", "PEConfig", "model_config_from", "load_preset", "PRESET_DIR"]
 
-DEFAULTS: dict[str, Any] = {
-    "name": "custom",
-    "n_layers": 4,
-    "d_model": 256,
-    "n_heads": 4,
-    "d_ff": 1024,
-    "dropout": 0.1,
-    "tie_embeddings": True,
-    "attention": {
-        "kind": "linear",
-        "feature_map": "performer",
-        "n_features": 64,
-        "redraw_prob": 1.0,
-        "chunk_size": "auto",
-        "backend": "torch",
-        "decay": "none",
-        "decay_tau_min": 16.0,
-        "decay_tau_max": 512.0,
-    },
-    "pe": {
-        "kind": "spe_sine",
-        "gated": True,
-        "share": True,
-        "realizations": 64,
-        "sines": 5,
-        "kernel_size": 128,
-        "ape": "sinusoidal",
-        "max_len": 8192,
-    },
-}
+#: conf/model/ of this checkout (the presets); ``load_preset`` reads from here unless given a path.
+PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
 
-_CHOICES = {
-    ("attention", "kind"): ("linear", "softmax"),
-    ("attention", "feature_map"): ("performer", "elu"),
-    ("attention", "backend"): ("torch", "fast_transformers"),
-    ("attention", "decay"): ("none", "fixed", "learned"),
-    ("pe", "kind"): ("spe_sine", "spe_conv", "ape", "none"),
-    ("pe", "ape"): ("learned", "sinusoidal"),
-}
+ATTENTION_KINDS = ("linear", "softmax")
+FEATURE_MAPS = ("performer", "elu")
+BACKENDS = ("torch", "fast_transformers")
+DECAYS = ("none", "fixed", "learned")
+PE_KINDS = ("spe_sine", "spe_conv", "ape", "none")
+APE_KINDS = ("learned", "sinusoidal")
 
 
+@dataclass(frozen=True)
+class AttentionConfig:
+    """``model.attention``: the attention core (see ``conf/model/_base.yaml`` for every option)."""
+
+    kind: str = "linear"
+    feature_map: str = "performer"
+    n_features: int = 64
+    redraw_prob: float = 1.0
+    chunk_size: int | str = "auto"  # an integer >= 1 or "auto" (kept as written: it is stored in checkpoints)
+    backend: str = "torch"
+    decay: str = "none"
+    decay_tau_min: float = 16.0
+    decay_tau_max: float = 512.0
+
+
+@dataclass(frozen=True)
+class PEConfig:
+    """``model.pe``: positional encoding (SPE code generators, absolute embeddings or none)."""
+
+    kind: str = "spe_sine"
+    gated: bool = True
+    share: bool = True
+    realizations: int = 64
+    sines: int = 5
+    kernel_size: int = 128
+    ape: str = "sinusoidal"
+    max_len: int = 8192
+
+    @property
+    def is_spe(self) -> bool:
+        return self.kind in ("spe_sine", "spe_conv")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture of a :class:`~musicgen.model.transformer.MusicTransformer`."""
+
+    name: str = "custom"
+    n_layers: int = 4
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1
+    tie_embeddings: bool = True
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    pe: PEConfig = field(default_factory=PEConfig)
+    vocab_size: int | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def n_code_generators(self) -> int:
+        """SPE code generators of the model: one shared by all layers (``pe.share``), one per layer, or none."""
+        if not self.pe.is_spe:
+            return 0
+        return 1 if self.pe.share else self.n_layers
+
+    # the edge ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, cfg: Any, vocab_size: int | None = None) -> "ModelConfig":
+        """Validate a model config (a :class:`ModelConfig`, a dict or DictConfig, partial or whole; a full
+        Hydra config with a ``model`` key also works). ``vocab_size`` overrides / adds the vocabulary size."""
+        if isinstance(cfg, ModelConfig):
+            out = cfg
+        else:
+            plain = _to_plain(cfg) or {}
+            if "model" in plain and "n_layers" not in plain:
+                plain = plain["model"]
+            out = _build(cls, dict(plain), "")
+        size = vocab_size if vocab_size is not None else out.vocab_size
+        out = dataclasses.replace(out, vocab_size=int(size) if (vocab_size or out.vocab_size) else None)
+        out.validate()
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict with every key (the form checkpoints store)."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        att, pe = self.attention, self.pe
+        for where, value, allowed in (
+            ("attention.kind", att.kind, ATTENTION_KINDS), ("attention.feature_map", att.feature_map, FEATURE_MAPS),
+            ("attention.backend", att.backend, BACKENDS), ("attention.decay", att.decay, DECAYS),
+            ("pe.kind", pe.kind, PE_KINDS), ("pe.ape", pe.ape, APE_KINDS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"model.{where}={value!r}; expected one of {allowed}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0.0 <= att.redraw_prob <= 1.0:
+            raise ValueError("attention.redraw_prob must be in [0, 1]")
+        chunk = att.chunk_size
+        if chunk != "auto" and (isinstance(chunk, bool) or not str(chunk).isdigit() or int(chunk) < 1):
+            raise ValueError(f"model.attention.chunk_size={chunk!r}: expected 'auto' or an integer >= 1")
+        for where, value in (("attention.n_features", att.n_features), ("pe.realizations", pe.realizations),
+                             ("pe.sines", pe.sines), ("pe.kernel_size", pe.kernel_size), ("pe.max_len", pe.max_len)):
+            if value < 1:
+                raise ValueError(f"model.{where} must be >= 1")
+        if att.decay != "none":
+            if att.kind != "linear":
+                raise ValueError("model.attention.decay needs attention.kind=linear (it forgets in the recurrent state)")
+            if att.backend == "fast_transformers":
+                raise ValueError("model.attention.decay is not supported by attention.backend=fast_transformers "
+                                 "(its causal product has no decay): use attention.backend=torch")
+            if not 1.0 <= att.decay_tau_min <= att.decay_tau_max:
+                raise ValueError(f"model.attention.decay_tau_min/max = {att.decay_tau_min}/{att.decay_tau_max}: "
+                                 "need 1 <= min <= max (tokens)")
+        if att.backend == "fast_transformers" and att.kind != "linear":
+            raise ValueError("attention.backend=fast_transformers only applies to attention.kind=linear")
+
+
+def model_config_from(cfg: Any, vocab_size: int | None = None) -> dict:
+    """Resolve a model config into the validated plain dict with every key set (see :class:`ModelConfig`)."""
+    return ModelConfig.from_mapping(cfg, vocab_size).to_dict()
+
+
+# conversion ------------------------------------------------------------------------------------------
 def _to_plain(cfg: Any) -> Any:
     """OmegaConf DictConfig / ListConfig -> plain containers (resolving interpolations)."""
     try:
@@ -68,57 +169,70 @@ def _to_plain(cfg: Any) -> Any:
     return cfg
 
 
-def _merge(base: dict, over: Mapping, path: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for key, val in over.items():
+def _build(cls: type, values: Mapping, path: str) -> Any:
+    """A dataclass of type ``cls`` from a (partial) mapping: unknown keys are errors, values are checked
+    against the field types (an integer-valued float is an int, an int a float; nothing else is converted)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, val in values.items():
         where = f"{path}{key}"
-        if key not in base:
+        if key not in fields:
             raise KeyError(f"unknown model config key {where!r}")
-        if isinstance(base[key], dict):
+        sub = _SECTIONS.get(key) if not path else None
+        if sub is not None:
             if not isinstance(val, Mapping):
                 raise TypeError(f"model config key {where!r} must be a mapping")
-            out[key] = _merge(base[key], val, where + ".")
+            kwargs[key] = _build(sub, val, where + ".")
         else:
-            out[key] = val
-    return out
+            kwargs[key] = _typed(fields[key].type, val, where)
+    return cls(**kwargs)
 
 
-def model_config_from(cfg: Any, vocab_size: int | None = None) -> dict:
-    """Resolve a model config (dict or DictConfig; a full Hydra config with a ``model`` key also
-    works) into a validated plain dict with every key set. ``vocab_size`` overrides/adds the
-    vocabulary size (required by ``build_model``)."""
-    plain = _to_plain(cfg) or {}
-    if "model" in plain and "n_layers" not in plain:
-        plain = plain["model"]
-    plain = dict(plain)
-    vs = plain.pop("vocab_size", None)
-    out = _merge(DEFAULTS, plain)
-    out["vocab_size"] = int(vocab_size if vocab_size is not None else vs) if (vocab_size or vs) else None
+def _typed(kind: str, val: Any, where: str) -> Any:
+    if kind == "int" or (kind == "int | None" and val is not None):
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or int(val) != val:
+            raise ValueError(f"model.{where}={val!r}: expected an integer")
+        return int(val)
+    if kind == "float":
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise ValueError(f"model.{where}={val!r}: expected a number")
+        return float(val)
+    if kind == "bool":
+        if not isinstance(val, bool):
+            raise ValueError(f"model.{where}={val!r}: expected true or false")
+        return val
+    return val  # str choices (checked by validate), chunk_size (int or "auto", kept as written), vocab_size None
 
-    for (sec, key), allowed in _CHOICES.items():
-        if out[sec][key] not in allowed:
-            raise ValueError(f"model.{sec}.{key}={out[sec][key]!r}; expected one of {allowed}")
-    if out["d_model"] % out["n_heads"]:
-        raise ValueError(f"d_model={out['d_model']} must be divisible by n_heads={out['n_heads']}")
-    if not 0.0 <= float(out["attention"]["redraw_prob"]) <= 1.0:
-        raise ValueError("attention.redraw_prob must be in [0, 1]")
-    chunk = out["attention"]["chunk_size"]
-    if chunk != "auto" and (not str(chunk).isdigit() or int(chunk) < 1):
-        raise ValueError(f"model.attention.chunk_size={chunk!r}: expected 'auto' or an integer >= 1")
-    for sec, key in (("attention", "n_features"), ("pe", "realizations"),
-                     ("pe", "sines"), ("pe", "kernel_size"), ("pe", "max_len")):
-        if int(out[sec][key]) < 1:
-            raise ValueError(f"model.{sec}.{key} must be >= 1")
-    att = out["attention"]
-    if att["decay"] != "none":
-        if att["kind"] != "linear":
-            raise ValueError("model.attention.decay needs attention.kind=linear (it forgets in the recurrent state)")
-        if att["backend"] == "fast_transformers":
-            raise ValueError("model.attention.decay is not supported by attention.backend=fast_transformers "
-                             "(its causal product has no decay): use attention.backend=torch")
-        lo, hi = float(att["decay_tau_min"]), float(att["decay_tau_max"])
-        if not 1.0 <= lo <= hi:
-            raise ValueError(f"model.attention.decay_tau_min/max = {lo}/{hi}: need 1 <= min <= max (tokens)")
-    if out["attention"]["backend"] == "fast_transformers" and out["attention"]["kind"] != "linear":
-        raise ValueError("attention.backend=fast_transformers only applies to attention.kind=linear")
-    return out
+
+_SECTIONS = {"attention": AttentionConfig, "pe": PEConfig}
+
+
+# presets ---------------------------------------------------------------------------------------------
+def load_preset(name: str | Path, preset_dir: str | Path | None = None) -> dict:
+    """A ``conf/model`` preset composed as Hydra composes ``model=<name>``: its ``defaults`` list (``_base``,
+    ``_self_``) merged in order. ``name`` is a preset name or a path to a preset file. Returns a plain dict
+    (for benchmarks and tests that build a model without a Hydra app)."""
+    from omegaconf import OmegaConf
+
+    path = Path(name)
+    if path.suffix != ".yaml":
+        path = Path(preset_dir or PRESET_DIR) / f"{name}.yaml"
+    return OmegaConf.to_container(_compose_file(path), resolve=True)
+
+
+def _compose_file(path: Path):
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.load(path)
+    defaults = list(raw.pop("defaults", None) or [])
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    merged = OmegaConf.create({})
+    for entry in defaults:
+        if entry == "_self_":
+            merged = OmegaConf.merge(merged, raw)
+        elif isinstance(entry, str):
+            merged = OmegaConf.merge(merged, _compose_file(path.parent / f"{entry}.yaml"))
+        else:
+            raise ValueError(f"{path}: only plain `- <file>` / `- _self_` defaults entries are supported here")
+    return merged

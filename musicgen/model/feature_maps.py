@@ -12,13 +12,15 @@ which overflows fp16, so they are evaluated with autocast disabled.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .noise import randn
+from .ops.feature_maps import elu_features_step, elu_plus_one, performer_features_step, positive_random_features
 
 __all__ = ["FeatureMap", "EluFeatureMap", "PerformerFeatureMap", "build_feature_map", "orthogonal_gaussian"]
 
@@ -39,27 +41,10 @@ class FeatureMap(nn.Module):
     def forward(self, x: Tensor, features: Tensor | None, is_query: bool) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-
-class _EluPlusOne(torch.autograd.Function):
-    """elu(x) + 1 into a fresh contiguous tensor, with the derivative read off the output.
-
-    d/dx = 1 for x > 0 (where y = x + 1 > 1) and exp(x) = y for x <= 0 (where y <= 1), so
-    dy/dx = min(y, 1): only y is kept, and the attention kernel keeps it anyway. The contiguous
-    output spares the kernel a copy of its (usually transposed) input; the in-place steps spare
-    a pass over a (B, H, L, F) tensor each (this map is memory-bound).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
-        F.elu(y, inplace=True).add_(1.0)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
-        return dy * y.clamp(max=1.0)
+    def step_plan(self, features: Tensor | None) -> Callable[[Tensor], tuple[Tensor, Tensor]]:  # pragma: no cover
+        """The one-step form for one sequence's draw: x (2H, B, dim) = [q ; k] -> (phi(q), phi(k)), each
+        (H, B, F), float32 (the lean generation step, :meth:`CausalSelfAttention.step_plan`)."""
+        raise NotImplementedError
 
 
 class EluFeatureMap(FeatureMap):
@@ -71,7 +56,10 @@ class EluFeatureMap(FeatureMap):
 
     def forward(self, x: Tensor, features: Tensor | None, is_query: bool) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return _EluPlusOne.apply(x.to(_compute_dtype(x)))
+            return elu_plus_one(x.to(_compute_dtype(x)))
+
+    def step_plan(self, features: Tensor | None) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        return elu_features_step
 
 
 def orthogonal_gaussian(
@@ -127,46 +115,20 @@ class PerformerFeatureMap(FeatureMap):
         return self.features
 
     def forward(self, x: Tensor, features: Tensor | None, is_query: bool) -> Tensor:
-        """x: (B, H, L, dim) -> (B, H, L, m), positive (see :class:`_PositiveRandomFeatures`)."""
+        """x: (B, H, L, dim) -> (B, H, L, m), positive (see :func:`.ops.feature_maps.positive_random_features`)."""
         assert features is not None
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = _compute_dtype(x)
             w = features.to(dtype) * self.in_dim**-0.25  # (H, m, dim): the dim^-1/4 scale folded in
-            return _PositiveRandomFeatures.apply(x.to(dtype), w, bool(is_query))
+            return positive_random_features(x.to(dtype), w, bool(is_query))
 
-
-class _PositiveRandomFeatures(torch.autograd.Function):
-    """phi(x) = exp(W x - |x|^2 / (2 sqrt(dim)) - log(m) / 2), W pre-scaled by dim^-1/4.
-
-    Queries are stabilised by their own max over features (a per-query constant that cancels
-    in the attention ratio, and is causal); keys are not (a per-key shift would change the
-    weights; their exponent is bounded by |w|^2/2, which float32 holds). The gradient treats
-    the query's stabiliser like the key's shift s(x) = |x|^2 / (2 sqrt(dim)) + log(m) / 2
-    (exact, because the difference is a per-query constant that cancels).
-    Written by hand because the map is memory-bound: forward = one matmul + two in-place passes
-    over the (B, H, L, m) output; backward, with y kept: g = dy * y, dx = g W - (sum_m g) x / sqrt(dim)
-    (one matmul, two passes), where autograd took twice as many passes.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, is_query: bool) -> Tensor:
-        dim, m = x.shape[-1], w.shape[1]
-        logits = torch.matmul(x, w.transpose(-1, -2).unsqueeze(0))  # (B, H, L, m), contiguous
-        if is_query:
-            shift = logits.amax(-1, keepdim=True)
-        else:
-            shift = x.square().sum(-1, keepdim=True).mul_(0.5 * dim**-0.5).add_(0.5 * math.log(m))
-        y = logits.sub_(shift).exp_()
-        ctx.save_for_backward(x, w, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        x, w, y = ctx.saved_tensors
-        g = dy * y
-        dx = torch.matmul(g, w.unsqueeze(0))  # (B, H, L, dim)
-        dx.addcmul_(x, g.sum(-1, keepdim=True), value=-(x.shape[-1] ** -0.5))
-        return dx, None, None
+    def step_plan(self, features: Tensor | None) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """The projection of this sequence's draw, scaled by dim^-1/4 and stacked for queries and keys."""
+        assert features is not None
+        scale = self.in_dim**-0.25
+        w = (features.to(torch.float32) * scale).transpose(-1, -2)  # (H, dim, m)
+        return functools.partial(performer_features_step, w=torch.cat([w, w]).contiguous(),
+                                 key_c1=0.5 * scale * scale, key_c2=0.5 * math.log(self.n_features))
 
 
 def build_feature_map(kind: str, n_heads: int, in_dim: int, n_features: int, redraw_prob: float) -> FeatureMap:

@@ -18,23 +18,25 @@ Codes are shared across the batch (one draw per forward) and, with ``pe.share``,
 one generator for the whole model, one :class:`SPEFilter` (gate) per layer.
 Layouts: ConvSPE codes (L, H, d, R); SineSPE codes stay factorised (:class:`SineCodes`: local
 query/key bases (H, 2, C, 2K, d) for one chunk of C positions and rotated noise (n_chunks, H, 2K, d, R)
-per chunk) and are applied by :func:`.sine_filter.sine_filter` without ever forming the (L, H, d, R)
+per chunk) and are applied by :func:`.ops.sine_filter.sine_filter` without ever forming the (L, H, d, R)
 tensors; queries/keys (B, L, H, d); filtered (B, H, L, R).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import PEConfig
 from .noise import NoiseStream, derive_seed, randn
-from .sine_filter import SINE_CHUNK, SineCodes, rotate_chunks, sine_filter
+from .ops.sine_filter import SINE_CHUNK, SineCodes, rotate_chunks, sine_filter
 
-__all__ = ["SineSPE", "ConvSPE", "SPEFilter", "ConvNoise", "build_code_generator"]
+__all__ = ["SineSPE", "ConvSPE", "SPEFilter", "ConvNoise", "SineStepPlan", "build_code_generator"]
 
 
 class SineSPE(nn.Module):
@@ -68,6 +70,9 @@ class SineSPE(nn.Module):
         """White noise z of shape (H, d, 2K, R), one per sequence (shared by the batch)."""
         shape = (self.n_heads, self.head_dim, 2 * self.sines, self.realizations)
         return randn(shape, generator, device) / math.sqrt(2 * self.sines)
+
+    #: codes at one position have a lean form (:meth:`step_plan`)
+    has_lean_step = True
 
     def _mixing(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Two (H, d, 2K, R) matrices Mq, Mk with Qbar(n) = Omega_k(n) Mq, Kbar(n) = Omega_k(n) Mk.
@@ -131,6 +136,60 @@ class SineSPE(nn.Module):
     def step(self, state: Tensor, position: int) -> tuple[tuple[Tensor, Tensor], Tensor]:
         """Codes at one position: O(H d K R) work, whatever the position."""
         return self.codes_at(state, torch.tensor([position], device=self.freqs.device)), state
+
+    @torch.no_grad()
+    def step_plan(self, noise: Tensor, gate_eps: list[Tensor | None]) -> "SineStepPlan":
+        """Lean codes for one generated batch, for the layers using this generator (their gating noise
+        ``gate_eps``, None when ungated; in layer order): the (H d, 2K, 2R) mixing [Mq | Mk] of the
+        sequence's noise, computed once, and one (layers, 2, H, d or 2d, R) buffer of per-layer filter
+        matrices: rows [:d] get the codes [Qbar(n), Kbar(n)] every position (one copy for all the layers),
+        rows [d:] hold the layer's gating noise eps (constant)."""
+        device = self.freqs.device
+        h, d, k, r = self.n_heads, self.head_dim, self.sines, self.realizations
+        hi = torch.float32 if device.type == "mps" else torch.float64
+        mq, mk = self._mixing(noise)  # (H, d, 2K, R) each
+        gated = gate_eps[0] is not None
+        buf = torch.zeros(len(gate_eps), 2, h, 2 * d if gated else d, r, device=device)
+        if gated:
+            for j, eps in enumerate(gate_eps):
+                buf[j, :, :, d:] = eps.to(buf.dtype)  # (H, d, R)
+        return SineStepPlan(
+            freqs=(torch.sigmoid(self.freqs) / 2).to(hi),
+            omega=torch.empty(h * d, 1, 2 * k, device=device),
+            mixing=torch.cat([mq, mk], dim=-1).reshape(h * d, 2 * k, 2 * r).contiguous(),
+            filters=buf,
+        )
+
+
+@dataclass
+class SineStepPlan:
+    """SineSPE codes of one generated batch, one position at a time (:meth:`SineSPE.step_plan`).
+
+    Per position the codes Qbar(n) = Omega(n) Mq, Kbar(n) = Omega(n) Mk are one bmm (float64 phase
+    reduced mod 1, exactly like :meth:`SineSPE.codes_at`), copied once into the filter matrices of every
+    layer using this generator (:meth:`layer_filter` views, read by :meth:`SPEFilter.step_plan`).
+    """
+
+    freqs: Tensor  # (H, d, K) frequencies, float64 (float32 on MPS)
+    omega: Tensor  # (H d, 1, 2K) buffer [cos, sin] of the position
+    mixing: Tensor  # (H d, 2K, 2R) [Mq | Mk]
+    filters: Tensor  # (layers, 2, H, d or 2d, R)
+
+    def layer_filter(self, j: int) -> Tensor:
+        """The (2H, d or 2d, R) filter matrices of the j-th layer using this generator (a view)."""
+        _, _, h, _, r = self.filters.shape
+        return self.filters[j].view(2 * h, -1, r)
+
+    def advance(self, position: int) -> None:
+        """Write the codes at ``position`` into every layer's filter matrices."""
+        k = self.freqs.shape[-1]
+        phase = torch.frac(self.freqs * position).to(torch.float32).mul_(2 * math.pi).view(-1, 1, k)
+        torch.cos(phase, out=self.omega[..., :k])
+        torch.sin(phase, out=self.omega[..., k:])
+        codes = torch.bmm(self.omega, self.mixing)  # (H d, 1, 2R): [Qbar(n) | Kbar(n)]
+        _, _, h, _, r = self.filters.shape
+        d = codes.shape[0] // h
+        self.filters[:, :, :, :d].copy_(codes.view(h, d, 2, r).permute(2, 0, 1, 3))
 
 
 @dataclass
@@ -230,6 +289,9 @@ class ConvSPE(nn.Module):
             ring[:, :, times % k] = z[-(k - 1) :].permute(2, 1, 0)
         return ring
 
+    #: no lean step: the generic step's ring buffer and bmm are already cheap next to the rest
+    has_lean_step = False
+
     def begin(self, noise: ConvNoise) -> ConvNoise:
         """Prepare the ring buffer for stepping (a ``codes`` call for a prompt already did)."""
         if noise.ring is None:
@@ -321,11 +383,33 @@ class SPEFilter(nn.Module):
         gate_w = torch.sigmoid(self.gate).sqrt().unsqueeze(-1) * eps  # (H, d, R)
         return sine_filter(x * keep.view(-1, 1, 1, 1, self.head_dim), codes.omega, codes.weights, x, gate_w)
 
+    @torch.no_grad()
+    def step_plan(self, filters: Tensor) -> Callable[[Tensor], Tensor]:
+        """The lean filter of one generated batch: [q, k] (B, 2, H, d) -> [qhat ; khat] (2H, B, R), one
+        multiply and one bmm for queries and keys together against ``filters`` (2H, d or 2d, R) (from the
+        code generator's plan, refreshed every position). Gated: q -> [q sqrt(1-g), q sqrt(g)] against
+        [Qbar(n) ; eps]."""
+        mul = None
+        if self.gated:
+            mul = torch.stack([torch.sigmoid(-self.gate).sqrt(), torch.sigmoid(self.gate).sqrt()], 1)  # (H, 2, d)
+        return _LeanFilter(filters, mul)
 
-def build_code_generator(pe_cfg: dict, n_heads: int, head_dim: int) -> nn.Module:
-    kind = pe_cfg["kind"]
+
+@dataclass
+class _LeanFilter:
+    filters: Tensor
+    mul: Tensor | None
+
+    def __call__(self, qk: Tensor) -> Tensor:
+        b, _, h, _ = qk.shape
+        u = qk.unsqueeze(-2) * self.mul if self.mul is not None else qk  # (B, 2, H, 2, d)
+        return torch.bmm(u.reshape(b, 2 * h, -1).transpose(0, 1), self.filters)  # (2H, B, R)
+
+
+def build_code_generator(pe: PEConfig, n_heads: int, head_dim: int) -> nn.Module:
+    kind = pe.kind
     if kind == "spe_sine":
-        return SineSPE(n_heads, head_dim, pe_cfg["realizations"], pe_cfg["sines"])
+        return SineSPE(n_heads, head_dim, pe.realizations, pe.sines)
     if kind == "spe_conv":
-        return ConvSPE(n_heads, head_dim, pe_cfg["realizations"], pe_cfg["kernel_size"])
+        return ConvSPE(n_heads, head_dim, pe.realizations, pe.kernel_size)
     raise ValueError(f"pe.kind {kind!r} has no SPE code generator")

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import CausalSelfAttention, LayerNoise
-from .config import model_config_from
+from .attention import AttentionStepPlan, CausalSelfAttention, LayerNoise
+from .config import ModelConfig
 from .embeddings import build_ape
-from .recurrent import fast_step, plan_applies
+from .lean import TransposedWeights, autocast_on, linear_t, parameter_versions
 from .spe import build_code_generator
 
 __all__ = ["MusicTransformer", "GenerationState", "build_model"]
@@ -41,7 +41,7 @@ class GenerationState:
     code_states: list[Any] = field(default_factory=list)
     layer_noise: list[LayerNoise] = field(default_factory=list)
     caches: list[dict] = field(default_factory=list)
-    #: per-sequence constants of the lean step (``recurrent.StepPlan``), built on the first step
+    #: per-sequence constants of the lean step (:class:`StepPlan`), built on the first step
     plan: Any = field(default=None, repr=False, compare=False)
 
     def nbytes(self) -> int:
@@ -74,14 +74,18 @@ class Block(nn.Module):
     """Pre-LayerNorm block: x + drop(attn(ln(x))), then x + drop(ff(ln(x))). Pre-LN keeps deep
     stacks (24 layers in the paper config) trainable without warm-up tricks."""
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        d = cfg["d_model"]
+        d = cfg.d_model
         self.ln1 = nn.LayerNorm(d)
-        self.attn = CausalSelfAttention(d, cfg["n_heads"], cfg["attention"], cfg["pe"])
+        self.attn = CausalSelfAttention(d, cfg.n_heads, cfg.attention, cfg.pe)
         self.ln2 = nn.LayerNorm(d)
-        self.ff = nn.Sequential(nn.Linear(d, cfg["d_ff"]), nn.GELU(), nn.Linear(cfg["d_ff"], d))
-        self.drop = nn.Dropout(cfg["dropout"])
+        self.ff = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def residual_projections(self) -> tuple[nn.Linear, nn.Linear]:
+        """The two Linear layers that write into the residual stream (scaled at initialisation)."""
+        return self.attn.proj, self.ff[2]
 
     def forward(self, x: Tensor, codes, noise: LayerNoise, return_state: bool = False):
         a = self.attn(self.ln1(x), codes, noise, return_state=return_state)
@@ -97,56 +101,111 @@ class Block(nn.Module):
         x = x + self.drop(a)
         return x + self.drop(self.ff(self.ln2(x))), cache
 
+    @torch.no_grad()
+    def step_plan(self, noise: LayerNoise, cache: dict, weights_t: TransposedWeights,
+                  spe_filters: Tensor | None = None) -> "BlockStepPlan":
+        """The lean step of this block for one generated batch (eval, no dropout; see :mod:`.lean`)."""
+        ff1, act, ff2 = self.ff[0], self.ff[1], self.ff[2]
+        return BlockStepPlan(
+            ln1=(self.ln1.weight, self.ln1.bias, self.ln1.eps),
+            attn=self.attn.step_plan(noise, cache, weights_t, spe_filters),
+            ln2=(self.ln2.weight, self.ln2.bias, self.ln2.eps),
+            ff1_w=weights_t(ff1.weight), ff1_b=ff1.bias, ff2_w=weights_t(ff2.weight), ff2_b=ff2.bias,
+            gelu=getattr(act, "approximate", "none"),
+        )
+
+
+@dataclass
+class BlockStepPlan:
+    """One block's lean step: x + attn(ln1(x)), then x + ff(ln2(x)), functional calls only."""
+
+    ln1: tuple[Tensor, Tensor, float]
+    attn: AttentionStepPlan
+    ln2: tuple[Tensor, Tensor, float]
+    ff1_w: Tensor  # transposed weights (in, out)
+    ff1_b: Tensor | None
+    ff2_w: Tensor
+    ff2_b: Tensor | None
+    gelu: str
+
+    def __call__(self, x: Tensor) -> Tensor:
+        width = (x.shape[1],)
+        x = x + self.attn(F.layer_norm(x, width, *self.ln1[:2], self.ln1[2]))
+        y = F.layer_norm(x, width, *self.ln2[:2], self.ln2[2])
+        y = F.gelu(linear_t(y, self.ff1_w, self.ff1_b), approximate=self.gelu)
+        return x + linear_t(y, self.ff2_w, self.ff2_b)
+
+
+@dataclass
+class StepPlan:
+    """Per-batch constants of the lean step, one plan per module (:meth:`MusicTransformer.step`).
+
+    Rebuilt when a parameter was modified in place (its version counter moved), when inference mode
+    changed, or when the state's caches were replaced (e.g. repeated across a batch after a prefill).
+    """
+
+    params: list[Tensor]  # the model's parameters, and their version counters at build time
+    versions: tuple[int, ...]
+    inference: bool
+    embed: Tensor  # (V, d_model) token embedding pre-multiplied by sqrt(d_model)
+    codes: list[Any]  # per code generator: its plan (e.g. :class:`~.spe.SineStepPlan`)
+    blocks: list[BlockStepPlan]
+    caches: list[dict]  # the caches the block plans update in place
+    lnf: tuple[Tensor, Tensor, float]
+    head: Tensor  # (d_model, V)
+
+    def is_current(self, state: "GenerationState") -> bool:
+        return (self.versions == parameter_versions(self.params)
+                and self.inference == torch.is_inference_mode_enabled()
+                and len(self.caches) == len(state.caches)
+                and all(a is b for a, b in zip(self.caches, state.caches)))
+
 
 class MusicTransformer(nn.Module):
     """Token ids (B, L) -> next-token logits (B, L, V). Token 0 is PAD.
 
-    Input/output embeddings are tied (``tie_embeddings``): the output layer is the transposed
-    token embedding, which saves V x d_model parameters and works well for small vocabularies.
-    The token embedding is scaled by sqrt(d_model) so it is on the scale of the sinusoidal
+    The output layer is a separate Linear (``tie_embeddings: false``, every preset) or the transposed
+    token embedding (``true``, the default of a config written in code), which saves V x d_model
+    parameters. The token embedding is scaled by sqrt(d_model) so it is on the scale of the sinusoidal
     absolute positions when ``pe.kind: ape``.
     """
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: ModelConfig | Any) -> None:
         super().__init__()
-        cfg = model_config_from(config)
-        if not cfg["vocab_size"]:
+        cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_mapping(config)
+        if not cfg.vocab_size:
             raise ValueError("model config needs vocab_size (use build_model(cfg, vocab_size))")
-        self._config = cfg
-        d, v = cfg["d_model"], cfg["vocab_size"]
+        self.cfg = cfg
+        d, v, pe = cfg.d_model, cfg.vocab_size, cfg.pe
         self.embed = nn.Embedding(v, d, padding_idx=0)
-        pe = cfg["pe"]
-        self.ape = build_ape(pe["ape"], d, pe["max_len"]) if pe["kind"] == "ape" else None
-        n_gen = 0
-        if pe["kind"] in ("spe_sine", "spe_conv"):
-            n_gen = 1 if pe["share"] else cfg["n_layers"]
-        head_dim = d // cfg["n_heads"]
+        self.ape = build_ape(pe.ape, d, pe.max_len) if pe.kind == "ape" else None
         self.code_generators = nn.ModuleList(
-            build_code_generator(pe, cfg["n_heads"], head_dim) for _ in range(n_gen)
+            build_code_generator(pe, cfg.n_heads, cfg.head_dim) for _ in range(cfg.n_code_generators)
         )
-        self.drop = nn.Dropout(cfg["dropout"])
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg["n_layers"]))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
-        self.head = None if cfg["tie_embeddings"] else nn.Linear(d, v, bias=False)
+        self.head = None if cfg.tie_embeddings else nn.Linear(d, v, bias=False)
+        self._weights_t = TransposedWeights()  # shared by the lean steps of every generated batch
         self._init_weights()
 
     # ------------------------------------------------------------------------------------
     @property
     def config(self) -> dict:
-        """Plain, JSON-serialisable resolved config (includes vocab_size)."""
-        return model_config_from(self._config)
+        """Plain, JSON-serialisable resolved config (includes vocab_size): what checkpoints store."""
+        return self.cfg.to_dict()
 
     def _init_weights(self) -> None:
-        n = self._config["n_layers"]
+        n = self.cfg.n_layers
         for mod in self.modules():
             if isinstance(mod, nn.Linear):
                 nn.init.normal_(mod.weight, std=0.02)
                 if mod.bias is not None:
                     nn.init.zeros_(mod.bias)
         for blk in self.blocks:  # residual branches: GPT-2 style 1/sqrt(2 n_layers) scaling
-            nn.init.normal_(blk.attn.proj.weight, std=0.02 / math.sqrt(2 * n))
-            nn.init.normal_(blk.ff[2].weight, std=0.02 / math.sqrt(2 * n))
-        nn.init.normal_(self.embed.weight, std=self._config["d_model"] ** -0.5)
+            for proj in blk.residual_projections():
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * n))
+        nn.init.normal_(self.embed.weight, std=self.cfg.d_model ** -0.5)
         with torch.no_grad():
             self.embed.weight[0].zero_()
 
@@ -162,7 +221,7 @@ class MusicTransformer(nn.Module):
         return code_noise, layer_noise
 
     def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        x = self.embed(tokens) * math.sqrt(self._config["d_model"])
+        x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
         if self.ape is not None:
             x = x + self.ape(positions).to(x.dtype)
         return self.drop(x)
@@ -207,7 +266,7 @@ class MusicTransformer(nn.Module):
         """
         device = torch.device(device) if device is not None else self._device()
         code_noise, layer_noise = self._draw(generator, device, training=False)
-        cap = int(max_len or self._config["pe"]["max_len"])
+        cap = int(max_len or self.cfg.pe.max_len)
         return GenerationState(
             position=0,
             code_states=[g.begin(n) for g, n in zip(self.code_generators, code_noise)],
@@ -228,7 +287,7 @@ class MusicTransformer(nn.Module):
         code_noise, layer_noise = self._draw(generator, device, training=False)
         logits, states = self._run(tokens, code_noise, layer_noise, return_state=True)
         b, length = tokens.shape
-        cap = max(int(max_len or self._config["pe"]["max_len"]), length)
+        cap = max(int(max_len or self.cfg.pe.max_len), length)
         return logits, GenerationState(
             position=length,
             code_states=[g.begin(n) for g, n in zip(self.code_generators, code_noise)],
@@ -240,11 +299,11 @@ class MusicTransformer(nn.Module):
         """tokens (B,) at position ``state.position`` -> logits (B, V) and the advanced state.
 
         In eval mode with gradients off (generation), linear attention with pe none / ape /
-        spe_sine runs the lean path of :mod:`.recurrent` (per-sequence constants cached in
-        ``state.plan``, attention states updated in place); same maths as the generic path below.
+        spe_sine runs the lean path (:mod:`.lean`: each module's plan, cached in ``state.plan``,
+        attention states updated in place); same maths as the generic path below.
         """
-        if plan_applies(self, state):  # eval + no grad + linear attention: lean path, same maths
-            return fast_step(self, tokens, state), state
+        if self.lean_step_applies(state):  # eval + no grad + linear attention: lean path, same maths
+            return self._lean_step(tokens, state), state
         n = state.position
         x = self._embed(tokens.unsqueeze(1), torch.tensor([n], device=tokens.device))[:, 0]
         codes, code_states = [], []
@@ -260,7 +319,63 @@ class MusicTransformer(nn.Module):
         new = GenerationState(n + 1, code_states, state.layer_noise, caches)
         return self._logits(x), new
 
+    # lean step ----------------------------------------------------------------------------
+    def lean_step_applies(self, state: GenerationState) -> bool:
+        """Whether the lean step reproduces :meth:`step` for this call (else the generic path): eval,
+        gradients off, float32 without autocast, and every module with a lean step of its own."""
+        if self.training or torch.is_grad_enabled():
+            return False
+        w = self.embed.weight
+        if w.dtype != torch.float32 or autocast_on(w.device.type):
+            return False
+        if not all(g.has_lean_step for g in self.code_generators):
+            return False
+        return all(blk.attn.has_lean_step and blk.attn.lean_step_fits(cache, w.device)
+                   for blk, cache in zip(self.blocks, state.caches))
+
+    @torch.no_grad()
+    def step_plan(self, state: GenerationState) -> StepPlan:
+        """Every module's lean-step plan for the batch of ``state`` (cached in ``state.plan``)."""
+        plan = state.plan
+        if plan is not None and plan.is_current(state):
+            return plan
+        params = list(self.parameters())
+        versions = parameter_versions(params)
+        weights_t = self._weights_t.refresh(self, self.embed.weight, params, versions)
+        users = [[i for i in range(len(self.blocks)) if self._gen_index(i) == g] for g in range(len(self.code_generators))]
+        codes, filters = [], {}
+        for g, (gen, noise) in enumerate(zip(self.code_generators, state.code_states)):
+            cp = gen.step_plan(noise, [state.layer_noise[i].gate_eps for i in users[g]])
+            codes.append(cp)
+            filters.update({i: cp.layer_filter(j) for j, i in enumerate(users[g])})
+        blocks = [blk.step_plan(state.layer_noise[i], state.caches[i], weights_t, filters.get(i))
+                  for i, blk in enumerate(self.blocks)]
+        plan = StepPlan(
+            params=params, versions=versions, inference=torch.is_inference_mode_enabled(),
+            embed=self.embed.weight * math.sqrt(self.cfg.d_model), codes=codes, blocks=blocks,
+            caches=list(state.caches), lnf=(self.ln_f.weight, self.ln_f.bias, self.ln_f.eps),
+            head=weights_t(self.embed.weight if self.head is None else self.head.weight),
+        )
+        state.plan = plan
+        return plan
+
+    def _lean_step(self, tokens: Tensor, state: GenerationState) -> Tensor:
+        """One token for every sequence: tokens (B,) -> logits (B, V); advances ``state`` in place."""
+        plan = self.step_plan(state)
+        n = state.position
+        x = F.embedding(tokens, plan.embed)
+        if self.ape is not None:
+            x = x + self.ape(torch.tensor([n], device=tokens.device)).to(x.dtype)
+        for codes in plan.codes:  # SPE codes at n, once per code generator for all the layers using it
+            codes.advance(n)
+        for blk in plan.blocks:
+            x = blk(x)
+        y = F.layer_norm(x, (x.shape[1],), *plan.lnf[:2], plan.lnf[2])
+        state.position = n + 1
+        return torch.mm(y, plan.head)
+
 
 def build_model(model_cfg: Any, vocab_size: int) -> MusicTransformer:
-    """Build a model from a ``conf/model/*.yaml`` content (dict or DictConfig) and a vocab size."""
-    return MusicTransformer(model_config_from(model_cfg, vocab_size))
+    """Build a model from a model config (a composed ``conf/model`` preset as dict or DictConfig, a
+    checkpoint's stored dict, or a :class:`ModelConfig`) and a vocab size: validated here, once."""
+    return MusicTransformer(ModelConfig.from_mapping(model_cfg, vocab_size))

@@ -55,17 +55,6 @@ class SineCodes:
     def chunk(self) -> int:
         return self.omega.shape[2]
 
-    def materialise(self, length: int) -> tuple[Tensor, Tensor]:
-        """Codes (L, H, d, R) for queries and keys: a reference for tests and analysis."""
-        c = self.chunk
-        n = torch.arange(length, device=self.omega.device)
-        om = self.omega[:, :, n % c]  # (H, 2, L, J, d)
-        w = self.weights[n // c]  # (L, H, J, d, R)
-        return (
-            torch.einsum("hljd,lhjdr->lhdr", om[:, 0], w),
-            torch.einsum("hljd,lhjdr->lhdr", om[:, 1], w),
-        )
-
 
 def rotate_chunks(weight: Tensor, cos_b: Tensor, sin_b: Tensor) -> Tensor:
     """Per-chunk weights Rot(beta_c) W: weight (H, 2K, d, R), cos_b/sin_b (n_chunks, H, K, d).

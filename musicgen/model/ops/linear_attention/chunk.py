@@ -1,25 +1,23 @@
-"""Causal linear attention kernels.
+"""Parallel (chunked) form of causal linear attention: training and prompt prefill.
 
 Given positive features q, k of shape (B, H, L, F) and values v (B, H, L, D), compute
 
     out_i = q_i · S_i / (q_i · z_i + eps),   S_i = sum_{j<=i} k_j v_j^T,   z_i = sum_{j<=i} k_j
 
 or, with a per-head decay gamma = exp(log_gamma) (``attention.decay``), S_i = sum_{j<=i} gamma^(i-j) k_j v_j^T
-(and z likewise), optionally continuing an initial state S_{-1} (prefill of a continued sequence).
+(and z likewise), optionally continuing an initial state S_{-1}, and return the final state S_{L-1}: the
+state :mod:`.recurrent` steps from, so prefill, step and chunked continuation share one state.
 
-Three implementations with the same maths:
-
-* :func:`chunked_causal_attention` — the training kernel, plain PyTorch, any device: a
-  ``torch.autograd.Function`` with a hand-written backward. The sequence is cut into chunks of
-  C tokens; within a chunk the exact masked (C x C) product is used, across chunks a carried
-  (F x (D+1)) state: O(L C (F + D) + L F D) time. Normalisation is fused in, outputs are
-  written chunk by chunk into preallocated tensors, the backward saves only q, k, v, the
-  output, the denominators and the L/C chunk states, and runs the chunks in reverse with a
-  carried state for the key/value gradients.
-  :func:`chunked_causal_product_loop` (autograd through a loop over ``Tensor.split`` chunks;
-  slicing there made autograd's backward quadratic) is kept as a reference for tests.
-* :func:`naive_causal_product` — quadratic masked reference for tests.
-* ``fast_transformers`` — pytorch-fast-transformers' CUDA/C++ ``causal_dot_product``.
+* :func:`chunked_causal_attention` — the kernel, plain PyTorch, any device: a ``torch.autograd.Function``
+  with a hand-written backward. The sequence is cut into chunks of C tokens; within a chunk the exact
+  masked (C x C) product is used, across chunks a carried (F x (D+1)) state: O(L C (F + D) + L F D) time.
+  Normalisation is fused in, outputs are written chunk by chunk into preallocated tensors, the backward
+  saves only q, k, v, the output, the denominators and the L/C chunk states, and runs the chunks in
+  reverse with a carried state for the key/value gradients. (Autograd through a loop over
+  ``Tensor.split`` chunks, the first version, made the backward quadratic; it is kept with the quadratic
+  masked reference in ``tests/reference_kernels.py``.)
+* :func:`causal_linear_attention` — the entry point: dtype/autocast handling and the backend choice
+  (``torch`` = the kernel above, ``fast_transformers`` = pytorch-fast-transformers' ``causal_dot_product``).
 
 The normaliser is computed together with the numerator by appending a column of ones to v,
 so the carried state is (F x (D+1)) and doubles as the recurrent generation state.
@@ -37,52 +35,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = [
-    "FastTransformersMissing",
-    "require_fast_transformers",
-    "causal_linear_attention",
-    "causal_linear_attention_naive",
-    "chunked_causal_attention",
-    "resolve_chunk_size",
-    "chunked_causal_product_loop",
-    "naive_causal_product",
-    "linear_attention_step",
-]
+from .fast_transformers import fast_causal_product
+from .utils import EPS, compute_dtype, resolve_chunk_size, with_ones
 
-EPS = 1e-6
-_FAST_HINT = (
-    "attention.backend=fast_transformers needs the optional package pytorch-fast-transformers: "
-    "install it with `pip install .[fast]` (the `fast` extra of musicgen), or use attention.backend=torch."
-)
-
-
-class FastTransformersMissing(ImportError):
-    """Raised when ``backend: fast_transformers`` is requested but the package is not installed."""
-
-
-def require_fast_transformers():
-    """Return fast_transformers' ``causal_dot_product`` or raise a clear, actionable error."""
-    try:
-        from fast_transformers.causal_product import causal_dot_product  # type: ignore
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise FastTransformersMissing(_FAST_HINT) from exc
-    return causal_dot_product
-
-
-def resolve_chunk_size(chunk_size: int | str, device: torch.device) -> int:
-    """``attention.chunk_size``: an integer, or ``auto`` = 64 on a CPU (chunk-sized products stay
-    in cache) and 256 on a GPU (the loop is launch-bound there: fewer, larger products)."""
-    if chunk_size == "auto":
-        return 64 if device.type == "cpu" else 256
-    return int(chunk_size)
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _with_ones(v: Tensor) -> Tensor:
-    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+__all__ = ["causal_linear_attention", "chunked_causal_attention"]
 
 
 def _split_rows(rows: int, device: torch.device) -> list[slice]:
@@ -324,30 +280,6 @@ def chunked_causal_attention(
     return _ChunkedCausalAttention.apply(q, k, v, int(chunk_size), float(eps), log_gamma, initial)
 
 
-def chunked_causal_product_loop(q: Tensor, k: Tensor, v: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
-    """Reference chunked kernel: Python loop over chunks, autograd through it (tests only)."""
-    b, h, _, f = q.shape
-    state = q.new_zeros(b, h, f, v.shape[-1])
-    outs: list[Tensor] = []
-    for qc, kc, vc in zip(q.split(chunk_size, 2), k.split(chunk_size, 2), v.split(chunk_size, 2)):
-        intra = (qc @ kc.transpose(-1, -2)).tril() @ vc
-        outs.append(torch.baddbmm(intra.flatten(0, 1), qc.flatten(0, 1), state.flatten(0, 1)).view_as(intra))
-        state = state + kc.transpose(-1, -2) @ vc
-    return torch.cat(outs, dim=2), state
-
-
-def naive_causal_product(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Quadratic reference: (tril(q k^T)) v."""
-    return (q @ k.transpose(-1, -2)).tril() @ v
-
-
-def _fast_causal_product(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    causal_dot_product = require_fast_transformers()
-    num = causal_dot_product(q.contiguous(), k.contiguous(), v.contiguous())
-    state = torch.einsum("bhlf,bhld->bhfd", k, v)
-    return num, state
-
-
 def causal_linear_attention(
     q: Tensor,
     k: Tensor,
@@ -367,7 +299,7 @@ def causal_linear_attention(
     with ``return_state``, the recurrent state (B, H, F, D+1) after the last token (used to
     continue generation from a prompt).
     """
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if log_gamma is not None:
@@ -381,7 +313,7 @@ def causal_linear_attention(
             if log_gamma is not None or initial is not None:
                 raise ValueError("attention.backend=fast_transformers supports neither attention.decay nor an "
                                  "initial state (its causal product has no decay); use attention.backend=torch")
-            num, state = _fast_causal_product(q, k, _with_ones(v))
+            num, state = fast_causal_product(q, k, with_ones(v))
             numer, denom = num.split([num.shape[-1] - 1, 1], dim=-1)  # split: no zero-filled slice grads
             out = numer / (denom + eps)
         else:
@@ -389,41 +321,3 @@ def causal_linear_attention(
     return (out, state) if return_state else out
 
 
-def causal_linear_attention_naive(q: Tensor, k: Tensor, v: Tensor, eps: float = EPS,
-                                  log_gamma: Tensor | None = None, initial: Tensor | None = None) -> Tensor:
-    """Quadratic masked reference of :func:`causal_linear_attention` (tests only): the (L x L)
-    weights gamma^(i-j) (q_i·k_j) for j <= i, plus gamma^(i+1) q_i·S_initial."""
-    length = q.shape[2]
-    scores = q @ k.transpose(-1, -2)
-    if log_gamma is not None:
-        t = torch.arange(length, dtype=q.dtype, device=q.device)
-        lag = (t.view(-1, 1) - t.view(1, -1)).clamp(min=0)
-        scores = scores * torch.exp(log_gamma.to(q.dtype).view(-1, 1, 1) * lag)
-    num = scores.tril() @ _with_ones(v)
-    if initial is not None:
-        carry = q @ initial.to(q.dtype)
-        if log_gamma is not None:
-            t = torch.arange(1, length + 1, dtype=q.dtype, device=q.device)
-            carry = carry * torch.exp(log_gamma.to(q.dtype).view(-1, 1, 1) * t.view(-1, 1))
-        num = num + carry
-    return num[..., :-1] / (num[..., -1:] + eps)
-
-
-def linear_attention_step(
-    q: Tensor, k: Tensor, v: Tensor, state: Tensor, eps: float = EPS, log_gamma: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """One recurrent step. q, k: (B, H, F); v: (B, H, D); state: (B, H, F, D+1); log_gamma: (H,) or None.
-
-    The current token attends to itself (j <= i), so the state is updated (decayed by gamma, then
-    the new key added) before it is read. Cost and memory are independent of the position.
-    """
-    dtype = state.dtype
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k = q.to(dtype), k.to(dtype)
-        v1 = _with_ones(v.to(dtype))
-        if log_gamma is not None:
-            state = state * torch.exp(log_gamma.to(dtype)).view(1, -1, 1, 1)
-        state = state + k.unsqueeze(-1) * v1.unsqueeze(-2)
-        num = (q.unsqueeze(-2) @ state).squeeze(-2)
-        out = num[..., :-1] / (num[..., -1:] + eps)
-    return out, state
