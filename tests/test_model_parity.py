@@ -116,7 +116,7 @@ def test_parity_is_not_trivial_seed_changes_output(kind: str) -> None:
                                         ("spe_sine_gated-performer-decay", torch.float32)])
 def test_step_forward_parity_beyond_20000_positions(name: str, dtype: torch.dtype) -> None:
     """Parallel and recurrent forms agree at any length: 20,500 tokens, compared on the last 300.
-    float64 runs the generic step, float32 the lean generation path (``recurrent.fast_step``)."""
+    float64 runs the generic step, float32 the lean generation path (the modules' step plans, ``model/lean.py``)."""
     torch.manual_seed(0)
     model = build_model(small_cfg(**CASES[name]), VOCAB).to(dtype).eval()
     x = torch.randint(1, VOCAB, (1, 20_500))

@@ -21,9 +21,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DECAY_CHOICES", "AttentionDecay", "initial_time_constants"]
+from .config import DECAYS
 
-DECAY_CHOICES = ("none", "fixed", "learned")
+__all__ = ["AttentionDecay", "initial_time_constants"]
 
 
 def initial_time_constants(n_heads: int, tau_min: float, tau_max: float) -> Tensor:
@@ -39,7 +39,7 @@ class AttentionDecay(nn.Module):
     def __init__(self, n_heads: int, mode: str, tau_min: float, tau_max: float) -> None:
         super().__init__()
         if mode not in ("fixed", "learned"):
-            raise ValueError(f"attention.decay={mode!r}: expected one of {DECAY_CHOICES}")
+            raise ValueError(f"attention.decay={mode!r}: expected one of {DECAYS}")
         self.mode = mode
         log_tau = initial_time_constants(n_heads, tau_min, tau_max).log()
         if mode == "learned":
@@ -50,7 +50,3 @@ class AttentionDecay(nn.Module):
     def log_gamma(self) -> Tensor:
         """(H,) log(gamma) = -1/tau, in float32 (the kernels run in float32 or float64)."""
         return -torch.exp(-self.log_tau.float())
-
-    def time_constants(self) -> Tensor:
-        """(H,) tau in tokens (how far back each head looks, 1/e weight)."""
-        return torch.exp(self.log_tau.detach().float())
