@@ -31,7 +31,7 @@ from ..config import UserError
 from . import audio
 from .jobs import KINDS, Busy, JobManager
 from .params import FIELDS, Limits, build_options
-from .upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, check_midi, check_size
+from .upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, check_midi, size_text, too_large
 
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {"studio.js": "text/javascript", "studio.css": "text/css", "favicon.svg": "image/svg+xml"}
@@ -57,15 +57,16 @@ def error(message: str, status: int = 400) -> JSONResponse:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it is larger than `limit`: a huge upload is never buffered or
-    spooled to disk whole, whatever its Content-Length says."""
+    """The request body, refused (413) as soon as it is larger than a `limit`-byte file plus the form around it:
+    a huge upload is never buffered or spooled to disk whole, whatever its Content-Length says (or without one)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit():
-        check_size(max(0, int(declared) - FORM_OVERHEAD), limit - FORM_OVERHEAD, "the upload")
+    if declared and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
+        raise too_large(f"the upload is {size_text(int(declared))}", limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        check_size(max(0, size - FORM_OVERHEAD), limit - FORM_OVERHEAD, "the upload")
+        if size > limit + FORM_OVERHEAD:
+            raise too_large(f"the upload is more than {size_text(size)}", limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -94,7 +95,7 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
 
     async def create_job(request: Request) -> Response:
         try:
-            body = await read_body(request, config.max_upload_bytes + FORM_OVERHEAD)
+            body = await read_body(request, config.max_upload_bytes)
         except UploadError as exc:
             return error(str(exc), exc.status)
 

@@ -29,11 +29,16 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
+def too_large(what: str, limit: int) -> UploadError:
+    """The 413 refusal: `what` says how large it is ("'a.mid' is 3.1 MiB")."""
+    return UploadError(f"{what}; the studio accepts MIDI files up to {size_text(limit)} (start it with "
+                       "--max-upload-mb to change that)", status=413)
+
+
 def check_size(n_bytes: int, limit: int, name: str = "the prompt") -> None:
     """Refuse a file over the limit (413) before reading it further."""
     if n_bytes > limit:
-        raise UploadError(f"{name} is {size_text(n_bytes)}; the studio accepts MIDI files up to {size_text(limit)} "
-                          "(start it with --max-upload-mb to change that)", status=413)
+        raise too_large(f"{name} is {size_text(n_bytes)}", limit)
 
 
 def check_midi(data: bytes, filename: str, limit: int = DEFAULT_MAX_UPLOAD_BYTES) -> int:
