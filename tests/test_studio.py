@@ -321,6 +321,10 @@ def test_command_line_prints_its_url_and_serves(tiny_checkpoint: Path) -> None:
             except (urllib.error.URLError, ConnectionError):
                 assert time.time() < deadline and proc.poll() is None, "the studio did not start serving"
                 time.sleep(0.2)
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        taken = subprocess.run([sys.executable, "-m", "musicgen.studio", "--port", port, "--checkpoint",
+                                str(tiny_checkpoint)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 2 and "cannot listen on 127.0.0.1:" in taken.stderr and not taken.stdout
     finally:
         proc.terminate()
         proc.wait(30)

@@ -14,10 +14,13 @@ from ..config import UserError
 from .params import Limits
 
 
-def free_port(host: str) -> int:
-    """A port the OS says is free now (for --port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+def claim_port(host: str, port: int) -> int:
+    """`port` (0: any free one) if it can be listened on now, so the printed URL is one that will answer; an
+    OSError (address in use, unknown host) otherwise."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind((host, port))
         return int(sock.getsockname()[1])
 
 
@@ -61,18 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    port = free_port(args.host) if args.port == 0 else args.port
+    try:
+        port = claim_port(args.host, args.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (another studio running? "
+              "pick another --port)", file=sys.stderr)
+        return 2
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"musicgen studio: http://{shown}:{port}/  (checkpoint {os.path.basename(checkpoint)}, device {device}; "
           f"audio: {app.state.synth.describe()}; Ctrl-C stops it)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: other machines on your network can reach the studio",
               file=sys.stderr)
-    try:
-        uvicorn.run(app, host=args.host, port=port, log_level="warning")
-    except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+    uvicorn.run(app, host=args.host, port=port, log_level="warning")
     return 0
 
 

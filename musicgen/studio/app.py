@@ -9,6 +9,10 @@ Routes: ``GET /`` the page, ``GET /static/<file>`` its JS/CSS, ``GET /api/info``
 limits, ``POST /api/jobs`` a Generate press (multipart form, optional ``prompt`` file) -> 202 ``{"id": ...}``,
 ``GET /api/jobs/<id>`` its progress and results, ``GET /api/jobs/<id>/files/<n>.<mid|wav|json>`` downloads.
 Every refusal is a 4xx JSON ``{"error": "one line"}`` that the page shows as it is.
+
+Uploads: the body is read into memory (refused past the size limit), parsed by python-multipart (which may spool
+a part over 1 MiB to an anonymous `tempfile.TemporaryFile` in the system temp folder), checked by
+:mod:`.upload`, and only then written, as ``prompt.mid``, into the job's own temporary directory (:mod:`.jobs`).
 """
 
 from __future__ import annotations
