@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import print_table, write_results  # noqa: E402
 from musicgen.data import SequentialCrops  # noqa: E402
-from musicgen.evaluation.report import open_eval_cache  # noqa: E402
-from musicgen.training.checkpoint import load_model  # noqa: E402
+from musicgen.evaluation.eval_cache import open_eval_cache  # noqa: E402
+from musicgen.inference import load_model  # noqa: E402
 
 
 @torch.no_grad()
@@ -53,7 +53,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args()
 
-    model, vocab, ckpt = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint)
+    model, vocab, ckpt = loaded.model, loaded.vocab, loaded.checkpoint
     train_len = int(ckpt.train_seq_len or ckpt.config["train"]["seq_len"])
     window = args.window or train_len
     cache = open_eval_cache(ckpt.config, vocab)

@@ -39,12 +39,8 @@ from benchmarks.common import print_table, write_results  # noqa: E402
 from musicgen.generation import (ControlConfig, GenerationSession, SamplingConfig, StopConfig,  # noqa: E402
                                  unconditional_prompt)
 from musicgen.generation.controls import N_QUALITIES, chord_slots, parse_chart  # noqa: E402
-from musicgen.generation.options import resolve_checkpoint, resolve_device  # noqa: E402
-from musicgen.tokenizer import REMITokenizer, TokenType  # noqa: E402
-from musicgen.tokenizer.bins import Bins  # noqa: E402
-from musicgen.tokenizer.chords import detect_chords  # noqa: E402
-from musicgen.tokenizer.vocab import DRUM_PROGRAM, PITCH_CLASS_NAMES  # noqa: E402
-from musicgen.training.checkpoint import file_sha256, load_model  # noqa: E402
+from musicgen.inference import file_sha256, load_model, resolve_checkpoint, resolve_device  # noqa: E402
+from musicgen.tokenizer import DRUM_PROGRAM, PITCH_CLASS_NAMES, Bins, REMITokenizer, TokenType, detect_chords  # noqa: E402
 
 SUFFIX = {"maj": "", "min": "m", "dim": "dim", "aug": "aug", "sus4": "sus4", "dom7": "7", "maj7": "maj7", "min7": "m7"}
 QUALITY_WEIGHTS = {"maj": 0.45, "min": 0.35, "dom7": 0.08, "min7": 0.06, "maj7": 0.03, "sus4": 0.03}
@@ -141,11 +137,11 @@ def main() -> None:
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     ckpt_path = resolve_checkpoint(args.checkpoint)
     sha = file_sha256(ckpt_path)  # the checkpoint may be replaced while this runs: record what was loaded
-    model, vocab, ckpt = load_model(ckpt_path, device)
-    tokenizer = REMITokenizer(vocab.config)
+    loaded = load_model(ckpt_path, device)
+    model, ckpt, tokenizer = loaded.model, loaded.checkpoint, loaded.tokenizer
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p)
     rng = np.random.default_rng(args.seed)
     charts = [random_chart(rng) for _ in range(args.pieces)]

@@ -156,7 +156,7 @@ def variant_overrides(name: str) -> list[str]:
 
 
 def _checkpoint_step(path: Path) -> int:
-    from musicgen.training.checkpoint import load_checkpoint
+    from musicgen.inference import load_checkpoint
 
     try:
         return load_checkpoint(path).step
@@ -387,13 +387,15 @@ def evaluate_variant(variant: str, args: argparse.Namespace, runs: Path) -> dict
     import torch
 
     from musicgen.evaluation.positional import parameter_movement, recent_attention_share
-    from musicgen.evaluation.report import drift_report, likelihood_report, open_eval_cache
-    from musicgen.generation.options import resolve_device
-    from musicgen.training.checkpoint import load_model
+    from musicgen.evaluation.drift_report import drift_report
+    from musicgen.evaluation.eval_cache import open_eval_cache
+    from musicgen.evaluation.likelihood_report import likelihood_report
+    from musicgen.inference import load_model, resolve_device
 
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     path = runs / variant / "last.pt"
-    model, vocab, ckpt = load_model(path, device)
+    loaded = load_model(path, device)
+    model, vocab, ckpt = loaded.model, loaded.vocab, loaded.checkpoint
     L = int(ckpt.train_seq_len or args.seq_len)
     store = Measurements(runs / variant, path, ckpt.step, args.recompute)
     cache = open_eval_cache(ckpt.config, vocab, progress=False)
@@ -418,7 +420,7 @@ def evaluate_variant(variant: str, args: argparse.Namespace, runs: Path) -> dict
         print(f"[{variant}] streams ({out['streams']['streams']} x {out['streams']['length']} tokens): "
               + "  ".join(f"{k}: {v:.3f}" for k, v in out["streams"]["buckets"].items())
               + f"  ratio {out['streams']['ratio_name']}: {out['streams']['ratio_last_over_ref']:.3f}", flush=True)
-    cpu_model = model if str(device) == "cpu" else load_model(path, "cpu")[0]  # the share builds CPU tensors
+    cpu_model = model if str(device) == "cpu" else load_model(path, "cpu").model  # the share builds CPU tensors
     if args.share_songs:
         def share() -> dict[str, Any]:
             songs = share_songs(cache, 4 * L, args.share_songs)
@@ -676,7 +678,8 @@ def _terminated(signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)
-    from musicgen.evaluation.report import plot_nll_by_position, write_json
+    from musicgen.evaluation.plots import plot_nll_by_position
+    from musicgen.evaluation.report import write_json
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
@@ -704,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     streams_png = plot_streams(results, L, docs / "extrapolation_streams.png")
     files = [png] + ([streams_png] if streams_png else [])
     if any("drift" in r for r in results.values()):
-        from musicgen.evaluation.report import DriftReport, plot_drift
+        from musicgen.evaluation.drift_report import DriftReport
+        from musicgen.evaluation.plots import plot_drift
 
         try:
             drifts = {v: DriftReport(r["drift"]["tokens"], r["drift"]["window"], r["drift"]["samples"],

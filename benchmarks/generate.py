@@ -45,11 +45,11 @@ def _load_models(spec: dict[str, Any]):
 
     from musicgen.model import build_model, load_preset
     from musicgen.tokenizer import REMITokenizer
-    from musicgen.training.checkpoint import load_model
+    from musicgen.inference import load_model
 
     if spec.get("checkpoint"):
-        model, vocab, _ = load_model(spec["checkpoint"], "cpu")
-        return model, REMITokenizer(vocab.config)
+        loaded = load_model(spec["checkpoint"], "cpu")
+        return loaded.model, loaded.tokenizer
     tokenizer = REMITokenizer(dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf/tokenizer/remi.yaml"))))
     torch.manual_seed(0)
     cfg = load_preset(spec["config"])  # a conf/model preset file, composed with _base.yaml

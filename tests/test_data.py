@@ -104,7 +104,7 @@ def test_transposition_moves_pitched_notes_and_chords_but_not_drums() -> None:
                     v.bar_id, P(TokenType.POSITION, 0), P(TokenType.VELOCITY, 5), P(TokenType.PITCH, 64),
                     v.duration_id(2), v.eos_id])
     out = Augmenter(v, transpose=6).transpose_ids(ids, 2)
-    names = v.decode_string(out)
+    names = [v.tokens[i] for i in out]
     assert names[3] == "Chord_D:maj" and names[5] == "Pitch_62" and names[9] == "Pitch_36" and names[14] == "Pitch_66"
     assert Augmenter(v).pitched_mask(ids).sum() == 2
 

@@ -15,8 +15,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from musicgen.config import CONF_DIR, UserError
-from musicgen.evaluation.report import (EvaluateOptions, WindowDecoder, evaluate, nll_by_position_line,
-                                        unigram_log_probs)
+from musicgen.evaluation.report import EvaluateOptions, evaluate
+from musicgen.evaluation.tables import nll_by_position_line
+from musicgen.evaluation.unigram import unigram_log_probs
+from musicgen.evaluation.windows import WindowDecoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +73,7 @@ def test_evaluate_likelihood_music_and_drift(tiny_ckpt: Path, tmp_path: Path) ->
 
 def test_unigram_is_a_distribution_without_pad(tiny_ckpt: Path) -> None:
     from musicgen.data import TokenCache
-    from musicgen.training import load_checkpoint
+    from musicgen.inference import load_checkpoint
 
     cache = TokenCache(load_checkpoint(tiny_ckpt).config["data"]["cache_dir"])
     logp = unigram_log_probs(cache)
@@ -86,7 +88,7 @@ def test_window_decoder_keeps_metre_and_counts_no_false_skips(tiny_ckpt: Path) -
     from musicgen.data import TokenCache
     from musicgen.evaluation.drift import windowed_statistics
     from musicgen.tokenizer import REMITokenizer, TokenType
-    from musicgen.training import load_checkpoint
+    from musicgen.inference import load_checkpoint
 
     cache = TokenCache(load_checkpoint(tiny_ckpt).config["data"]["cache_dir"])
     tok, vocab = REMITokenizer(cache.vocab.config), cache.vocab
@@ -140,3 +142,12 @@ def test_cli_bad_input_gives_one_line_errors(tiny_ckpt: Path, tmp_path: Path) ->
                      f"data.cache_dir={tmp_path / 'c'}"], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")], proc.stderr
+
+
+def test_evaluate_yaml_states_the_options_defaults() -> None:
+    """conf/evaluate.yaml (what Hydra needs) and EvaluateOptions (the source) never drift apart."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "evaluate.yaml"))
+    conf.pop("defaults")
+    assert EvaluateOptions.from_mapping(conf) == EvaluateOptions()

@@ -29,15 +29,17 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from musicgen.config import CONF_DIR, UserError, resolve_device
+from musicgen.config import CONF_DIR, UserError
 from musicgen.data import TokenCache, prepare_corpus
 from musicgen.data.cache import CacheError
 from musicgen.data.sources import list_sources
-from musicgen.evaluation.report import EvaluateOptions, evaluate, generated_statistics
+from musicgen.evaluation.music_report import generated_statistics
+from musicgen.evaluation.report import EvaluateOptions, evaluate
 from musicgen.generation import generate
+from musicgen.inference import CHECKPOINT_FORMAT, file_sha256, load_checkpoint, resolve_device
 from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenizerConfig, TokenType
-from musicgen.training.checkpoint import CHECKPOINT_FORMAT, file_sha256, load_checkpoint, save_checkpoint
+from musicgen.training.checkpoint import save_checkpoint
 from musicgen.training.trainer import (CheckpointDirLock, _set_rng_state, run_training,
                                        validate_train_config)
 
@@ -525,9 +527,9 @@ def test_fault_a_piece_without_notes_is_warned_about_and_marked(tmp_path: Path) 
 
 def test_fault_evaluate_reads_generated_first_and_skips_unreadable_files(tiny_ckpt: Path, tmp_path: Path,
                                                                          pop909_dir: Path, monkeypatch) -> None:
-    import musicgen.training.checkpoint as checkpoint
+    import musicgen.evaluation.report as report
 
-    monkeypatch.setattr(checkpoint, "load_model", _fail)  # evaluate imports it when it runs
+    monkeypatch.setattr(report, "load_model", _fail)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no .mid/.midi files"):
         evaluate(EvaluateOptions(checkpoint=str(tiny_ckpt), generated=str(tmp_path / "empty"), device="cpu",

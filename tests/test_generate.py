@@ -23,7 +23,8 @@ from musicgen.config import UserError
 from musicgen.generation import GenerateOptions, generate, load_prompt
 from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenType
-from musicgen.training.checkpoint import file_sha256, save_checkpoint
+from musicgen.inference import file_sha256
+from musicgen.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,

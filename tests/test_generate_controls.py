@@ -21,12 +21,12 @@ import torch
 from musicgen.config import UserError
 from musicgen.generation import (ControlConfig, GenerateOptions, GenerationSession, SamplingConfig, StopConfig,
                                  generate, load_prompt, parse_chart, parse_chord, parse_key, unconditional_prompt)
-from musicgen.generation.controls import chord_name, chord_pitch_classes, chord_slots
+from musicgen.generation.controls import chord_slots
+from musicgen.tokenizer import chord_name, chord_pitch_classes
 from musicgen.generation.guards import GuardConfig
 from musicgen.model import build_model
 from musicgen.tokenizer import Phase, REMITokenizer, TokenType
-from musicgen.tokenizer.bins import Bins
-from musicgen.tokenizer.vocab import DRUM_PROGRAM
+from musicgen.tokenizer import DRUM_PROGRAM, Bins
 from musicgen.training.checkpoint import save_checkpoint
 
 from test_generate_sampling import TINY, model, tokenizer  # noqa: F401 - the tiny model and its fixtures

@@ -27,3 +27,15 @@ def test_explicit_bars_kept_and_null_means_no_bar_limit() -> None:
 def test_bad_bars_string() -> None:
     with pytest.raises(UserError, match="bars"):
         GenerateOptions(bars="many")
+
+
+def test_generate_yaml_states_the_options_defaults() -> None:
+    """conf/generate.yaml (what Hydra needs) and GenerateOptions / its groups (the source) never drift apart."""
+    from omegaconf import OmegaConf
+
+    from musicgen.config import CONF_DIR
+
+    conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "generate.yaml"))
+    conf = {k: v for k, v in conf.items() if k not in ("defaults", "hydra")}
+    defaults = GenerateOptions().to_dict()
+    assert conf == defaults

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from musicgen.evaluation.positional import parameter_movement, positional_kernels, recent_attention_share
 from musicgen.model import build_model
-from musicgen.training.optim import is_positional, make_optimizer, positional_parameters
+from musicgen.inference.parameters import is_positional, positional_parameters
+from musicgen.training.optim import make_optimizer
 
 VOCAB = 40
 CFG = {"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 48, "dropout": 0.0,

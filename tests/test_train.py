@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from musicgen.config import CONF_DIR
-from musicgen.training import load_checkpoint, load_model
+from musicgen.inference import load_checkpoint, load_model
 from musicgen.training.trainer import run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,8 @@ def test_tiny_training_loss_falls_and_checkpoint_loads(pop909_dir: Path, cache_d
     assert last < first - 0.5, result.losses
     for name in ("last.pt", "best.pt", "config.yaml", "vocab.json"):
         assert (tmp_path / "ckpt" / name).exists()
-    model, vocab, ckpt = load_model(tmp_path / "ckpt" / "last.pt")
+    loaded = load_model(tmp_path / "ckpt" / "last.pt")
+    model, vocab, ckpt = loaded.model, loaded.vocab, loaded.checkpoint
     assert ckpt.step == 20 and ckpt.train_seq_len == 128 and len(vocab) == model.config["vocab_size"]
     assert ckpt.best_val_nll is not None and ckpt.best_val_nll < 7.0
     assert ckpt.config["model"]["d_model"] == 64

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from musicgen.training import load_checkpoint
+from musicgen.inference import load_checkpoint
 from musicgen.training.trainer import run_training
 
 from test_train import compose_cfg, tiny_overrides

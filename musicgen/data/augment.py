@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tokenizer.chords import transpose_chord
-from ..tokenizer.vocab import DRUM_PROGRAM, TokenType, Vocabulary
+from ..tokenizer import DRUM_PROGRAM, TokenType, Vocabulary, transpose_chord
 
 
 class Augmenter:

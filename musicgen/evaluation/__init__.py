@@ -5,6 +5,9 @@ Submodules (import them directly; this package import stays light):
 * :mod:`musicgen.evaluation.metrics` -- ``music_statistics``, ``aggregate``,
   ``format_comparison_table`` and the individual metrics (H1/H4, GS, CPI, ...).
 * :mod:`musicgen.evaluation.drift` -- ``windowed_statistics`` over token windows.
+* :mod:`musicgen.evaluation.report` -- the evaluate job (``EvaluateOptions``, ``evaluate``), built from one
+  module per part: ``options``, ``eval_cache``, ``unigram``, ``likelihood_report``, ``music_report``,
+  ``drift_report`` (with ``windows``), ``tables`` and ``plots``.
 
 The names below are re-exported lazily (PEP 562) so ``import musicgen.evaluation``
 does not pull in NumPy until a metric is actually used.

@@ -24,7 +24,7 @@ from .metrics import music_statistics, skipped_token_share
 if TYPE_CHECKING:
     from miditoolkit import MidiFile
 
-__all__ = ["windowed_statistics", "to_columns"]
+__all__ = ["windowed_statistics"]
 
 DecodeFn = Callable[[list[int]], "tuple[MidiFile, int]"]
 
@@ -74,12 +74,3 @@ def windowed_statistics(
         row["n_tokens"] = float(len(chunk))
         out.append(row)
     return out
-
-
-def to_columns(rows: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
-    """Turn ``windowed_statistics`` output into ``{key: [value per window]}`` for plotting.
-
-    Keys are the union over rows (first-seen order); a row lacking a key gets NaN.
-    """
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    return {k: [float(r.get(k, float("nan"))) for r in rows] for k in keys}

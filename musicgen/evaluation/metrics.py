@@ -51,13 +51,14 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
+from ..tokenizer import CHORD_QUALITIES, PITCH_CLASS_NAMES, midi_bar_lines, midi_ticks_per_beat
+
 if TYPE_CHECKING:  # miditoolkit is only needed for type hints; we duck-type the object.
     from miditoolkit import MidiFile
 
 __all__ = [
     "STAT_KEYS",
-    "PITCH_CLASS_NAMES",
-    "CHORD_QUALITIES",
+    "TEMPLATE_ORDER",
     "bar_edges",
     "pitch_class_entropy",
     "grooving_pattern_similarity",
@@ -93,20 +94,9 @@ STAT_KEYS: tuple[str, ...] = (
     "n_bars",
 )
 
-PITCH_CLASS_NAMES: tuple[str, ...] = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-
-#: Chord templates as semitone offsets above the root.  The order matters only
-#: for breaking exact score ties (earlier wins), so simpler chords come first.
-CHORD_QUALITIES: dict[str, tuple[int, ...]] = {
-    "maj": (0, 4, 7),
-    "min": (0, 3, 7),
-    "dom7": (0, 4, 7, 10),
-    "maj7": (0, 4, 7, 11),
-    "min7": (0, 3, 7, 10),
-    "dim": (0, 3, 6),
-    "aug": (0, 4, 8),
-    "sus4": (0, 5, 7),
-}
+#: Chord templates (intervals: the tokenizer's ``CHORD_QUALITIES``) in the order that breaks exact score ties
+#: (earlier wins): simpler chords first. Not the tokenizer's order, which defines Chord token ids.
+TEMPLATE_ORDER: tuple[str, ...] = ("maj", "min", "dom7", "maj7", "min7", "dim", "aug", "sus4")
 
 
 # --------------------------------------------------------------------------- #
@@ -151,11 +141,6 @@ def _collect_notes(midi: "MidiFile") -> _Notes:
     return _Notes(start, end, np.asarray(pitches, dtype=np.int64), np.asarray(drums, dtype=bool))
 
 
-def _ticks_per_beat(midi: "MidiFile") -> int:
-    tpb = int(getattr(midi, "ticks_per_beat", 480) or 480)
-    return tpb if tpb > 0 else 480
-
-
 def bar_edges(midi: "MidiFile", end_tick: int) -> np.ndarray:
     """Bar boundaries (in ticks, as floats) covering ``[0, end_tick]``.
 
@@ -167,26 +152,7 @@ def bar_edges(midi: "MidiFile", end_tick: int) -> np.ndarray:
     as pretty_midi's downbeat tracking, and the only one that keeps every bar
     inside a single meter.  Several changes at the same tick: the last wins.
     """
-    tpb = _ticks_per_beat(midi)
-    by_time: dict[int, tuple[int, int]] = {}
-    for ts in sorted(getattr(midi, "time_signature_changes", None) or [], key=lambda t: t.time):
-        by_time[max(0, int(ts.time))] = (int(ts.numerator), int(ts.denominator))
-    if 0 not in by_time:
-        by_time[0] = (4, 4)
-    seg_starts = sorted(by_time)
-
-    edges = [0.0]
-    cur = 0.0
-    for k, seg_start in enumerate(seg_starts):
-        seg_end = float(seg_starts[k + 1]) if k + 1 < len(seg_starts) else math.inf
-        num, den = by_time[seg_start]
-        bar_len = num * tpb * 4.0 / den if num > 0 and den > 0 else 4.0 * tpb
-        while cur < seg_end and cur <= end_tick:
-            cur = min(cur + bar_len, seg_end)
-            edges.append(cur)
-        if cur > end_tick:
-            break
-    return np.asarray(edges, dtype=np.float64)
+    return midi_bar_lines(midi, end_tick, split_at_changes=True)
 
 
 @dataclass(frozen=True)
@@ -202,7 +168,7 @@ class _Piece:
 
 def _analyse(midi: "MidiFile") -> _Piece:
     notes = _collect_notes(midi)
-    tpb = _ticks_per_beat(midi)
+    tpb = midi_ticks_per_beat(midi)
     if len(notes) == 0:
         return _Piece(notes, np.zeros(1), np.zeros(0, dtype=np.int64), 0, tpb)
     last_onset = int(notes.start.max())
@@ -332,7 +298,8 @@ def grooving_pattern_similarity(
 def _build_templates() -> tuple[np.ndarray, list[tuple[int, str]]]:
     rows: list[np.ndarray] = []
     labels: list[tuple[int, str]] = []
-    for quality, intervals in CHORD_QUALITIES.items():
+    for quality in TEMPLATE_ORDER:
+        intervals = CHORD_QUALITIES[quality]
         for root in range(12):
             t = np.zeros(12)
             t[[(root + i) % 12 for i in intervals]] = 1.0
@@ -348,7 +315,7 @@ def match_chord(profile: Sequence[float], bass_pc: Optional[int] = None) -> str:
     """Best-matching chord label (e.g. ``"A:min7"``) for a 12-bin pitch-class profile.
 
     The template matcher used for CPI.  Templates are the 8 qualities of
-    :data:`CHORD_QUALITIES` (maj, min, dom7, maj7, min7, dim, aug, sus4) on
+    :data:`TEMPLATE_ORDER` (maj, min, dom7, maj7, min7, dim, aug, sus4) on
     each of the 12 roots (96 templates), each a binary pitch-class vector.
     The score is the **cosine similarity** between the (duration-weighted)
     profile and the template, so a chord is rewarded for covering the sounding

@@ -142,7 +142,7 @@ def _initial_positional(ckpt: Any) -> tuple[dict[str, torch.Tensor], str]:
     if stored:
         return stored, "stored in the checkpoint"
     from ..model import build_model
-    from ..training.optim import positional_parameters
+    from ..inference.parameters import positional_parameters
 
     torch.manual_seed(int((ckpt.config or {}).get("seed", 0)))
     fresh = build_model(ckpt.model_config, ckpt.model_config["vocab_size"])
@@ -151,7 +151,7 @@ def _initial_positional(ckpt: Any) -> tuple[dict[str, torch.Tensor], str]:
 
 def parameter_movement(model: Any, ckpt: Any) -> dict[str, Any]:
     """How far every positional parameter moved from its initial value (see the module docstring)."""
-    from ..training.optim import positional_parameters
+    from ..inference.parameters import positional_parameters
 
     init, source = _initial_positional(ckpt)
     now = positional_parameters(model)
@@ -245,12 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--songs", type=int, default=8, help="at most this many songs (default: %(default)s)")
     parser.add_argument("--recent", type=int, default=64, help="'recent' = the last N tokens (default: %(default)s)")
     args = parser.parse_args(argv)
-    from ..generation.options import resolve_checkpoint
-    from ..tokenizer import REMITokenizer
-    from ..training.checkpoint import load_model
+    from ..inference import load_model, resolve_checkpoint
 
     path = resolve_checkpoint(args.checkpoint)
-    model, vocab, ckpt = load_model(path, "cpu")
+    loaded = load_model(path, "cpu")
+    model, ckpt = loaded.model, loaded.checkpoint
     length = int(ckpt.train_seq_len or 512)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                               "movement": parameter_movement(model, ckpt)}
     share = None
     if args.midi:
-        songs = _songs(args.midi, REMITokenizer(vocab.config), 4 * length, args.songs)
+        songs = _songs(args.midi, loaded.tokenizer, 4 * length, args.songs)
         if not songs:
             raise ValueError(f"no song of at least {4 * length} tokens among {', '.join(args.midi)}")
         share = recent_attention_share(model, songs, 2 * length, 4 * length, args.recent)

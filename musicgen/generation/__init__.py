@@ -11,7 +11,8 @@ Modules: `sampling` (temperature/top-k/top-p/repetition guard under a grammar ma
 
 from .api import GeneratedPiece, generate, generate_with
 from .controls import ChordChart, ControlConfig, Controls, parse_chart, parse_chord, parse_key
-from .options import GenerateOptions, resolve_checkpoint
+from ..inference import resolve_checkpoint
+from .options import GenerateOptions
 from .prompt import Prompt, load_prompt, unconditional_prompt
 from .sampling import SamplingConfig, filter_logits, grammar_mask, sample_next
 from .session import GenerationSession, SampleResult, StopConfig, state_nbytes

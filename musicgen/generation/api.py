@@ -22,8 +22,8 @@ import miditoolkit
 from .. import __version__
 from ..config import UserError, check_writable_dir, make_dir
 from ..tokenizer import DecodeReport, REMITokenizer, TokenType
-from ..training.checkpoint import file_sha256, load_model
-from .options import GenerateOptions, resolve_checkpoint, resolve_device
+from ..inference import LoadedModel, file_sha256, load_model, resolve_checkpoint, resolve_device
+from .options import GenerateOptions
 from .pianoroll import plot_pianoroll
 from .prompt import Prompt, load_prompt, unconditional_prompt
 from .render import render_wav
@@ -239,20 +239,23 @@ def generate(checkpoint: str | Path | None = None, prompt: str | Path | None = N
 
 
 def generate_with(options: GenerateOptions, log: Log | None = print,
-                  on_progress: Callable[[int, int], None] | None = None) -> list[GeneratedPiece]:
+                  on_progress: Callable[[int, int], None] | None = None,
+                  loaded: LoadedModel | None = None) -> list[GeneratedPiece]:
     """`generate` for an already validated `GenerateOptions`; `on_progress(tokens done, token limit)` is called
-    every 64 sampling steps and at the end (the web studio's progress bar)."""
+    every 64 sampling steps and at the end (the web studio's progress bar). `loaded`: a model already loaded
+    with `musicgen.inference.load_model` (evaluate reuses its own); `options.checkpoint`/`device` are then
+    not read."""
     log = log or (lambda _msg: None)
-    ckpt_path = resolve_checkpoint(options.checkpoint)
-    device = resolve_device(options.device)
+    ckpt_path = loaded.path if loaded is not None else resolve_checkpoint(options.checkpoint)
+    device = str(loaded.device if loaded is not None else resolve_device(options.device))
     if options.output_dir:  # before any work: a long run must not be lost to a folder it cannot write
         check_writable_dir(options.output_dir, "output_dir")
     seed = options.resolved_seed()
-    model, vocab, ckpt = load_model(ckpt_path, device)
+    loaded = loaded or load_model(ckpt_path, device)
+    model, vocab, ckpt, tokenizer = loaded.model, loaded.vocab, loaded.checkpoint, loaded.tokenizer
     options.check_time_signature(vocab)
     controls = options.controls
     controls.check(vocab)  # Chord tokens, the metre, the tempo range: before any sampling
-    tokenizer = REMITokenizer(vocab.config)
     if options.prompt:
         prompt = load_prompt(options.prompt, tokenizer, options.prompt_bars, options.prompt_seconds,
                              options.prompt_time_signature)

@@ -65,12 +65,11 @@ import numpy as np
 import torch
 
 from ..config import UserError
-from ..tokenizer import GrammarState, Phase, TokenType, Vocabulary, parse_time_signature
-from ..tokenizer.bins import Bins
-from ..tokenizer.vocab import CHORD_QUALITIES, DRUM_PROGRAM, PITCH_CLASS_NAMES
+from ..tokenizer import (CHORD_QUALITIES, DRUM_PROGRAM, PITCH_CLASS_NAMES, Bins, GrammarState, Phase, TokenType,
+                         Vocabulary, chord_name, chord_pitch_classes, parse_time_signature)
 
-__all__ = ["CHORD_TONES", "ChordChart", "ControlConfig", "Controls", "DENSITY_FACTORS", "PREFER_FACTOR", "chord_name",
-           "chord_pitch_classes", "chord_slots", "parse_chart", "parse_chord", "parse_key"]
+__all__ = ["CHORD_TONES", "ChordChart", "ControlConfig", "Controls", "DENSITY_FACTORS", "PREFER_FACTOR", "chord_slots",
+           "parse_chart", "parse_chord", "parse_key"]
 
 QUALITY_NAMES = tuple(CHORD_QUALITIES)
 N_QUALITIES = len(QUALITY_NAMES)
@@ -98,16 +97,6 @@ PREFER_FACTOR = 0.1
 DENSITY_FACTORS: dict[str, float] = {"low": 1.0 / 3.0, "medium": 1.0, "high": 3.0}
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)  # natural minor
-
-
-def chord_name(index: int) -> str:
-    """Vocabulary spelling of a chord index (root * n_qualities + quality), e.g. 'A:min'."""
-    return f"{PITCH_CLASS_NAMES[index // N_QUALITIES]}:{QUALITY_NAMES[index % N_QUALITIES]}"
-
-
-def chord_pitch_classes(index: int) -> set[int]:
-    root = index // N_QUALITIES
-    return {(root + off) % 12 for off in CHORD_QUALITIES[QUALITY_NAMES[index % N_QUALITIES]]}
 
 
 def _root(letter: str, accidental: str) -> int:

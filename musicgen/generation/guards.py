@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import UserError
+from ..config import check_int
 from ..tokenizer import GrammarState, Phase, TokenType, Vocabulary
 
 __all__ = ["GuardConfig", "GuardCounts", "MusicGuards", "DEFAULT_MAX_NOTES_PER_ONSET", "DEFAULT_MAX_EMPTY_BARS"]
@@ -47,10 +47,9 @@ class GuardConfig:
     enabled: bool = True  # False: no guard at all (benchmarks time the loop with and without them)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "no_repeated_pitch", bool(self.no_repeated_pitch))
         for name in ("max_notes_per_onset", "max_empty_bars"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value < 0:
-                raise UserError(f"{name} must be an integer >= 0 (0 = off), got {value!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=0))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,26 +1,32 @@
-"""Generation options: one validated dataclass shared by the Python API and the CLI (conf/generate.yaml).
+"""Generation options: one validated dataclass shared by the Python API, the CLI (conf/generate.yaml) and the
+studio.
 
-Validation happens before the checkpoint is loaded, so a typo or contradictory setting costs nothing and is
-reported as one line (UserError).
+The options are flat (`temperature=1.1 bars=32 chords=...` on the command line and as keyword arguments), but
+each group is owned by its own dataclass, which holds its defaults and validates its values:
+`SamplingConfig` (sampling.py), `StopConfig` (session.py; `bars=auto` is resolved here), `GuardConfig`
+(guards.py) and `ControlConfig` (controls.py). The group fields below take their defaults from those classes,
+and `__post_init__` validates by building them; conf/generate.yaml states the same defaults for Hydra (a test
+keeps the two equal). Validation happens before the checkpoint is loaded, so a typo or contradictory setting
+costs nothing and is reported as one line (UserError).
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from ..config import PROJECT_ROOT, UserError, check_float, check_int, require_known_keys
-from ..config import resolve_device as _resolve_device
+from ..config import UserError, check_float, check_int, require_known_keys
+# resolve_checkpoint / resolve_device live in musicgen.inference (one resolver); named here too because the
+# studio imports them from this module.
+from ..inference import DEFAULT_CHECKPOINT, resolve_checkpoint, resolve_device  # noqa: F401
 from .controls import ControlConfig
-from .guards import DEFAULT_MAX_EMPTY_BARS, DEFAULT_MAX_NOTES_PER_ONSET, GuardConfig
+from .guards import GuardConfig
 from ..tokenizer import parse_time_signature
 from .render import RENDER_CHOICES
 from .sampling import SamplingConfig
-from .session import DEFAULT_MAX_TOKENS, StopConfig
+from .session import StopConfig
 
-DEFAULT_CHECKPOINT = "checkpoints/musicgen-small.pt"
 #: bars of continuation when the user sets no length at all (bars=auto and no tokens/seconds)
 DEFAULT_BARS = 16
 
@@ -35,26 +41,30 @@ class GenerateOptions:
     prompt_seconds: float | None = None
     prompt_time_signature: str = "file"
     include_prompt: bool = True
+    # StopConfig (bars: auto | N | null, resolved by `resolved_bars`)
     bars: int | str | None = "auto"
-    tokens: int | None = None
-    seconds: float | None = None
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    allow_eos: bool = True
+    tokens: int | None = StopConfig.tokens
+    seconds: float | None = StopConfig.seconds
+    max_tokens: int = StopConfig.max_tokens
+    allow_eos: bool = StopConfig.allow_eos
     num_samples: int = 1
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    repetition_window: int = 16
-    no_repeated_pitch: bool = True
-    max_notes_per_onset: int = DEFAULT_MAX_NOTES_PER_ONSET
-    max_empty_bars: int = DEFAULT_MAX_EMPTY_BARS
-    chords: str | None = None
-    bpm: float | None = None
-    time_signature: str | None = None
-    density: str | float | None = None
-    key: str | None = None
-    chord_tones: str = "only"
+    # SamplingConfig
+    temperature: float = SamplingConfig.temperature
+    top_k: int = SamplingConfig.top_k
+    top_p: float = SamplingConfig.top_p
+    repetition_penalty: float = SamplingConfig.repetition_penalty
+    repetition_window: int = SamplingConfig.repetition_window
+    # GuardConfig
+    no_repeated_pitch: bool = GuardConfig.no_repeated_pitch
+    max_notes_per_onset: int = GuardConfig.max_notes_per_onset
+    max_empty_bars: int = GuardConfig.max_empty_bars
+    # ControlConfig
+    chords: str | None = ControlConfig.chords
+    bpm: float | None = ControlConfig.bpm
+    time_signature: str | None = ControlConfig.time_signature
+    density: str | float | None = ControlConfig.density
+    key: str | None = ControlConfig.key
+    chord_tones: str = ControlConfig.chord_tones
     seed: int | None = None
     device: str = "auto"
     output_dir: str | None = None
@@ -75,19 +85,15 @@ class GenerateOptions:
         # Types first, each error naming its option (seed=abc, top_k=1.5, temperature=hot ...).
         self.num_samples = check_int("num_samples", self.num_samples, minimum=1)
         self.seed = check_int("seed", self.seed, allow_none=True)
-        for name in ("prompt_bars", "tokens"):
-            setattr(self, name, check_int(name, getattr(self, name), minimum=1, allow_none=True))
-        for name in ("prompt_seconds", "seconds"):
-            setattr(self, name, check_float(name, getattr(self, name), minimum=0.0, exclusive_min=True,
-                                            allow_none=True))
-        self.max_tokens = check_int("max_tokens", self.max_tokens, minimum=1)
-        self.top_k = check_int("top_k", self.top_k, minimum=0)
-        self.repetition_window = check_int("repetition_window", self.repetition_window, minimum=1)
-        self.temperature = check_float("temperature", self.temperature, minimum=0.0)
-        self.top_p = check_float("top_p", self.top_p, minimum=0.0, maximum=1.0, exclusive_min=True)
-        self.repetition_penalty = check_float("repetition_penalty", self.repetition_penalty, minimum=1.0)
-        for name in ("max_notes_per_onset", "max_empty_bars"):
-            setattr(self, name, check_int(name, getattr(self, name), minimum=0))
+        self.prompt_bars = check_int("prompt_bars", self.prompt_bars, minimum=1, allow_none=True)
+        self.prompt_seconds = check_float("prompt_seconds", self.prompt_seconds, minimum=0.0, exclusive_min=True,
+                                          allow_none=True)
+        # The groups validate (and type) their own fields; the typed values are kept here.
+        for group in (self.sampling, self.guards, StopConfig(None, self.tokens, self.seconds, self.max_tokens,
+                                                             self.allow_eos)):
+            for f in fields(group):
+                if f.name in _FLAT and f.name != "bars":
+                    setattr(self, f.name, getattr(group, f.name))
         if self.bars not in ("auto", None):
             if isinstance(self.bars, str) and not self.bars.strip().lstrip("-").isdigit():
                 raise UserError(f"bars={self.bars!r}: use an integer >= 1, auto or null")
@@ -109,28 +115,28 @@ class GenerateOptions:
         self.render = render
         if not str(self.name) or "/" in str(self.name) or "\\" in str(self.name):
             raise UserError(f"name={self.name!r}: must be a plain file-name prefix (no folders)")
-        self.sampling  # noqa: B018 - validate now
-        self.stop  # noqa: B018
-        self.guards  # noqa: B018
+        self.stop  # noqa: B018 - validate now
         self.controls  # noqa: B018
+
+    def _group(self, cls: type) -> Any:
+        return cls(**{f.name: getattr(self, f.name) for f in fields(cls) if f.name in _FLAT})
 
     @property
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(float(self.temperature), int(self.top_k), float(self.top_p),
-                              float(self.repetition_penalty), int(self.repetition_window))
+        return self._group(SamplingConfig)
 
     @property
     def guards(self) -> GuardConfig:
-        return GuardConfig(bool(self.no_repeated_pitch), self.max_notes_per_onset, self.max_empty_bars)
+        return self._group(GuardConfig)
 
     @property
     def controls(self) -> ControlConfig:
         """Chord chart, bpm, time_signature, density and key (musicgen/generation/controls.py)."""
-        return ControlConfig(self.chords, self.bpm, self.time_signature, self.density, self.key, self.chord_tones)
+        return self._group(ControlConfig)
 
     @property
     def stop(self) -> StopConfig:
-        return StopConfig(self.resolved_bars(), self.tokens, self.seconds, self.max_tokens, bool(self.allow_eos))
+        return StopConfig(self.resolved_bars(), self.tokens, self.seconds, self.max_tokens, self.allow_eos)
 
     def resolved_bars(self) -> int | None:
         """``bars=auto`` (the default) is 16 bars only while no other length is set: a limit the user gives
@@ -159,21 +165,5 @@ class GenerateOptions:
         return asdict(self)
 
 
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """A checkpoint path: as given when it exists (relative to the working directory), else relative to the
-    project root (where the shipped `checkpoints/musicgen-small.pt` lives); a clear error when neither exists."""
-    given = Path(path or DEFAULT_CHECKPOINT).expanduser()
-    candidates = [given] if given.is_absolute() else [given, PROJECT_ROOT / given]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    hint = ""
-    if str(path or DEFAULT_CHECKPOINT) == DEFAULT_CHECKPOINT:
-        hint = " (the shipped model is not there: train one with `python train.py` and pass checkpoint=...)"
-    raise UserError(f"checkpoint {given}: no such file{hint}")
-
-
-def resolve_device(option: str | None) -> str:
-    """The device as a string (recorded in each .json): `musicgen.config.resolve_device`, shared by every entry
-    point, so device=cuda without a GPU is a one-line error before the checkpoint is loaded."""
-    return str(_resolve_device(option))
+#: the flat option names (a group field not among them, such as GuardConfig.enabled, keeps its default)
+_FLAT = frozenset(f.name for f in fields(GenerateOptions))

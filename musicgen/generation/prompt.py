@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import UserError
-from ..tokenizer import (GrammarState, MidiReadError, Phase, REMITokenizer, TokenType,
-                         parse_time_signature)
-from ..tokenizer.bins import Bins
+from ..tokenizer import Bins, MidiReadError, Phase, REMITokenizer, TokenType, parse_time_signature
 from .timeline import TokenClock, event_step, follow_tempo
 
 TIME_SIGNATURE_CHOICES = "file (the prompt's own metre events), index (POP909 index.tsv beside it) or e.g. 3/4"
@@ -84,13 +82,11 @@ def cut_to_bars(tokenizer: REMITokenizer, ids: list[int], bars: int) -> list[int
 
 def cut_to_seconds(tokenizer: REMITokenizer, ids: list[int], seconds: float) -> tuple[list[int], bool]:
     """`ids` up to the first Bar/Position at or after `seconds`; also whether that cut is at a Bar."""
-    grammar, bins = tokenizer.grammar, Bins(tokenizer.config)
-    state: GrammarState = grammar.initial_state()
+    bins = Bins(tokenizer.config)
     clock = TokenClock.for_config(tokenizer.config)
-    for i, token in enumerate(ids):
-        if not grammar.allows(state, token):
+    for i, token, state, allowed in tokenizer.grammar.walk(ids):
+        if not allowed:
             continue
-        state = grammar.advance(state, token)
         step = event_step(state)
         if step is not None and clock.seconds_at(step) >= seconds:
             return ids[:i], state.phase == Phase.BAR

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..config import UserError
+from ..config import check_float, check_int
 
 
 @dataclass(frozen=True)
@@ -38,16 +38,14 @@ class SamplingConfig:
     repetition_window: int = 16  # last N pitch tokens of each sequence
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if int(self.top_k) != self.top_k or self.top_k < 0:
-            raise UserError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise UserError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not self.repetition_penalty >= 1.0:
-            raise UserError(f"repetition_penalty must be >= 1 (1 = off), got {self.repetition_penalty}")
-        if int(self.repetition_window) != self.repetition_window or self.repetition_window < 1:
-            raise UserError(f"repetition_window must be an integer >= 1, got {self.repetition_window}")
+        """Validated (and typed: `top_k="3"` becomes 3) here, once, for the API, the CLI and the studio."""
+        for name, value in (
+                ("temperature", check_float("temperature", self.temperature, minimum=0.0)),
+                ("top_k", check_int("top_k", self.top_k, minimum=0)),
+                ("top_p", check_float("top_p", self.top_p, minimum=0.0, maximum=1.0, exclusive_min=True)),
+                ("repetition_penalty", check_float("repetition_penalty", self.repetition_penalty, minimum=1.0)),
+                ("repetition_window", check_int("repetition_window", self.repetition_window, minimum=1))):
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,10 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import UserError
-from ..tokenizer import GrammarState, Phase, REMITokenizer, TokenType
-from ..tokenizer.bins import Bins
-from ..tokenizer.grammar import FOLLOWERS
+from ..config import UserError, check_float, check_int
+from ..tokenizer import Bins, GrammarState, Phase, REMITokenizer, TokenType
 from .controls import ControlConfig, Controls
 from .guards import GuardConfig, MusicGuards
 from .prompt import Prompt
@@ -54,13 +52,11 @@ class StopConfig:
 
     def __post_init__(self) -> None:
         for name in ("bars", "tokens"):
-            value = getattr(self, name)
-            if value is not None and (int(value) != value or value < 1):
-                raise UserError(f"{name} must be an integer >= 1 or null, got {value}")
-        if self.seconds is not None and not self.seconds > 0:
-            raise UserError(f"seconds must be > 0 or null, got {self.seconds}")
-        if int(self.max_tokens) != self.max_tokens or self.max_tokens < 1:
-            raise UserError(f"max_tokens must be an integer >= 1, got {self.max_tokens}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=1, allow_none=True))
+        object.__setattr__(self, "seconds", check_float("seconds", self.seconds, minimum=0.0, exclusive_min=True,
+                                                        allow_none=True))
+        object.__setattr__(self, "max_tokens", check_int("max_tokens", self.max_tokens, minimum=1))
+        object.__setattr__(self, "allow_eos", bool(self.allow_eos))
 
     @property
     def token_limit(self) -> int:
@@ -164,21 +160,22 @@ class GenerationSession:
         return self._mask_of(list(self.vocab.ids_of_type(kind)))
 
     # --- prompt ------------------------------------------------------------------------------------
-    def _walk_prompt(self, prompt: Prompt) -> tuple[GrammarState, TokenClock]:
-        state, clock = self.grammar.initial_state(), TokenClock.for_config(self.tokenizer.config)
-        for token in prompt.ids:
-            if not self.grammar.allows(state, token):
+    def _walk_prompt(self, prompt: Prompt) -> tuple[list[GrammarState], TokenClock]:
+        """The grammar state after each prompt token (a prompt must be grammatical) and its tempo clock."""
+        states, clock = [], TokenClock.for_config(self.tokenizer.config)
+        for _, token, state, allowed in self.grammar.walk(prompt.ids):
+            if not allowed:
                 raise RuntimeError(f"prompt token {self.vocab.tokens[token]} breaks the REMI grammar")
-            state = self.grammar.advance(state, token)
             follow_tempo(clock, state, int(self.vocab.values[token]), self._bins)
-        return state, clock
+            states.append(state)
+        return states, clock
 
     def _start(self, prompt: Prompt, state: GrammarState) -> tuple[int, np.ndarray | None]:
         """Grid step where the continuation starts, and the mask its first token must fit."""
         if prompt.is_empty:
             return 0, None
         if prompt.ends_at_bar_line:
-            return (state.bar_start + state.bar_length if state.bar_start >= 0 else 0), self._only_bar
+            return state.next_bar_start, self._only_bar
         start = state.bar_start + state.position + 1 if state.position >= 0 else state.bar_start
         return start, self._bar_or_position
 
@@ -187,7 +184,8 @@ class GenerationSession:
         """Step the model over the prompt (recurrent form); returns the next logits, the tracks, start step."""
         if not prompt.ids:
             raise UserError("empty prompt (not even BOS)")
-        gstate, clock = self._walk_prompt(prompt)
+        states, clock = self._walk_prompt(prompt)
+        gstate = states[-1]
         start_step, first_mask = self._start(prompt, gstate)
         start_seconds = clock.seconds_at(start_step)
         tracks = [_Track(gstate, clock.copy(), first_mask, start_seconds) for _ in range(batch_size)]
@@ -199,10 +197,8 @@ class GenerationSession:
                                          else any(c.active for c in config))
         self.controls = Controls(self.vocab, config, batch_size) if active else None
         if self.guards is not None:
-            walk = self.grammar.initial_state()
-            for token in prompt.ids:
-                walk = self.grammar.advance(walk, token)
-                self.guards.observe(0, walk, token, continuation=False)
+            for token, state in zip(prompt.ids, states):
+                self.guards.observe(0, state, token, continuation=False)
         for row in range(batch_size):
             if self.guards is not None:
                 self.guards.rows[row] = copy.deepcopy(self.guards.rows[0])
@@ -284,7 +280,7 @@ class GenerationSession:
             self.guards.observe(row, state, token, continuation=True)
         if self.controls is not None:
             self.controls.observe(row, state, token)
-        if TokenType.EOS in FOLLOWERS[state.phase]:
+        if self.grammar.can_end(state):
             track.closable = len(track.tokens)
         if len(track.tokens) >= stop.token_limit:
             self._finish(track, "tokens" if stop.tokens is not None else "max_tokens")

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 import miditoolkit
 import numpy as np
 
-from ..tokenizer import GrammarState, Phase, TokenizerConfig
-from ..tokenizer.bins import Bins
-from ..tokenizer.score import DEFAULT_TEMPO
+from ..tokenizer import DEFAULT_TEMPO, Bins, GrammarState, Phase, TokenizerConfig, midi_bar_lines
 
 
 @dataclass
@@ -80,20 +78,11 @@ def tick_to_seconds(midi: miditoolkit.MidiFile, ticks: np.ndarray) -> np.ndarray
 
 
 def bar_ticks(midi: miditoolkit.MidiFile, end_tick: int) -> np.ndarray:
-    """Ticks of every bar line from 0 through the first one at or after `end_tick` (4/4 by default)."""
-    tpb = midi.ticks_per_beat or 480
-    sigs = sorted(midi.time_signature_changes, key=lambda s: s.time)
-    lines, tick, i = [0], 0, 0
-    num, den = 4, 4
-    while True:
-        while i < len(sigs) and sigs[i].time <= tick:
-            num, den = sigs[i].numerator, sigs[i].denominator
-            i += 1
-        length = max(int(round(tpb * 4 * num / den)), 1)
-        tick += length
-        lines.append(tick)
-        if tick >= end_tick:
-            return np.asarray(lines, dtype=np.int64)
+    """Ticks of every bar line from 0 through the first one at or after `end_tick` (the tokenizer's bar lines,
+    `musicgen.tokenizer.midi_bar_lines`: a metre change inside a bar takes effect at the next bar line)."""
+    lines = midi_bar_lines(midi, end_tick)
+    through = max(int(np.searchsorted(lines, end_tick, side="left")) + 1, 2)
+    return np.round(lines[:through]).astype(np.int64)
 
 
 def midi_end_tick(midi: miditoolkit.MidiFile) -> int:

@@ -14,8 +14,10 @@ what it skipped. Constrained sampling only ever offers allowed tokens, so it nev
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -90,16 +92,33 @@ class GrammarState:
         return self.bar_start + max(self.position, 0)
 
     @property
+    def next_bar_start(self) -> int:
+        """Grid step where the next Bar starts: the grammar's bar line on token streams (a TimeSig right after a
+        Bar sets that bar's length, so a bar's metre is known once its first event comes)."""
+        return 0 if self.bar_start < 0 else self.bar_start + self.bar_length
+
+    @property
     def ended(self) -> bool:
         return self.phase in (Phase.EOS, Phase.PAD)
+
+
+class WalkStep(NamedTuple):
+    """One token of `RemiGrammar.walk`: its index and id, the state after it, and whether it was allowed (a
+    token that was not is skipped: `state` is then the state before it)."""
+
+    index: int
+    token: int
+    state: GrammarState
+    allowed: bool
 
 
 class RemiGrammar:
     """Incremental REMI grammar over one vocabulary.
 
-    `allows(state, id)` / `advance(state, id)` drive decoding; `allowed_types(state)` says which token
-    families may come next; `allowed_mask(state)` gives a boolean mask over the whole vocabulary for
-    constrained sampling.
+    `walk(ids)` is the one walk over a token sequence (the decoder, prompts, generation and evaluation use
+    it); `allows(state, id)` / `advance(state, id)` are its single steps (constrained sampling advances token
+    by token); `allowed_types(state)` says which token families may come next; `allowed_mask(state)` gives a
+    boolean mask over the whole vocabulary for constrained sampling; `can_end(state)` whether EOS may follow.
     """
 
     def __init__(self, vocab: Vocabulary) -> None:
@@ -120,6 +139,22 @@ class RemiGrammar:
 
     def initial_state(self) -> GrammarState:
         return GrammarState(bar_length=self._grid)
+
+    def walk(self, ids: Iterable[int], state: GrammarState | None = None) -> Iterator[WalkStep]:
+        """Follow `ids` from `state` (the initial state by default), one `WalkStep` per id; a token the grammar
+        does not allow where it stands is skipped (reported with `allowed=False`, the state unchanged)."""
+        state = self.initial_state() if state is None else state
+        for index, raw in enumerate(ids):
+            token = int(raw)
+            if self.allows(state, token):
+                state = self.advance(state, token)
+                yield WalkStep(index, token, state, True)
+            else:
+                yield WalkStep(index, token, state, False)
+
+    def can_end(self, state: GrammarState) -> bool:
+        """Whether EOS may follow `state`, i.e. the piece could close here (no note or event left open)."""
+        return TokenType.EOS in FOLLOWERS[state.phase]
 
     def allowed_types(self, state: GrammarState) -> frozenset[TokenType]:
         """Token families that may follow `state` (Position only while a later position fits in the bar)."""
@@ -147,8 +182,7 @@ class RemiGrammar:
         value = int(self._values[token_id])
         phase = _PHASE_OF_TYPE[kind]
         if kind == TokenType.BAR:
-            start = 0 if state.bar_start < 0 else state.bar_start + state.bar_length
-            return replace(state, phase=phase, bar_start=start, position=-1, program=0)
+            return replace(state, phase=phase, bar_start=state.next_bar_start, position=-1, program=0)
         if kind == TokenType.TIME_SIG:
             num, den = self.vocab.time_signatures[value]
             return replace(state, phase=phase, metre=(num, den), bar_length=self._grid * num // den)

@@ -47,10 +47,6 @@ class REMITokenizer:
         self.grammar = RemiGrammar(self.vocab)
         self.quantizer = Quantizer(config)
 
-    @classmethod
-    def from_vocab(cls, vocab: Vocabulary) -> "REMITokenizer":
-        return cls(vocab.config)
-
     # --- quantization ----------------------------------------------------------------------------------
     def quantize(self, midi: MidiLike, time_signature: tuple[int, int] | None = None
                  ) -> tuple[Score, QuantizeReport]:
@@ -118,13 +114,11 @@ class REMITokenizer:
         score = Score()
         report = DecodeReport()
         pending = 0  # tokens of a note in progress, skipped if it never gets its Duration
-        for raw in ids:
-            token = int(raw)
+        for _, token, state, allowed in grammar.walk(ids):
             report.n_tokens += 1
-            if not grammar.allows(state, token):
+            if not allowed:
                 report.skipped += 1
                 continue
-            state = grammar.advance(state, token)
             phase = state.phase
             if phase == Phase.BAR:
                 score.bars.append(Bar(state.bar_start, state.bar_length, *state.metre))

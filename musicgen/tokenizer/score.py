@@ -21,10 +21,11 @@ from fractions import Fraction
 
 import miditoolkit
 
+from .bars import bar_lines
 from .bins import Bins
 from .chords import detect_chords
 from .config import TokenizerConfig
-from .vocab import CHORD_QUALITIES, DRUM_PROGRAM, PITCH_CLASS_NAMES, supported_time_signatures
+from .vocab import DRUM_PROGRAM, chord_name, supported_time_signatures
 
 DEFAULT_TEMPO = 120.0
 
@@ -171,18 +172,9 @@ class Quantizer:
             raw_ts.insert(0, (0, 4, 4))
         metres = [(step, *self._metre(num, den, report)) for step, num, den in raw_ts]
 
-        last_onset = notes[-1].onset
-        bars: list[Bar] = []
-        start, index = 0, 0
-        num, den = 4, 4
-        while start <= last_onset:
-            while index < len(metres) and metres[index][0] <= start:
-                _, num, den = metres[index]
-                index += 1
-            length = self.bar_steps(num, den)
-            bars.append(Bar(start, length, num, den))
-            start += length
-        end = start
+        bars = [Bar(start, stop - start, num, den)
+                for start, stop, num, den in bar_lines(metres, self.bar_steps, notes[-1].onset)]
+        end = bars[-1].start + bars[-1].length
         report.events_after_end += sum(1 for step, _, _ in metres if step >= end)
 
         # Tempo: the MIDI default (120) holds until the first tempo event; the last event on a step wins;
@@ -241,10 +233,8 @@ def score_to_midi(score: Score, config: TokenizerConfig) -> miditoolkit.MidiFile
     tempos = score.tempos or [(0, bins.tempo_bin(DEFAULT_TEMPO))]
     for step, b in tempos:
         midi.tempo_changes.append(miditoolkit.TempoChange(bins.tempo_of_bin[b], step * tps))
-    qualities = list(CHORD_QUALITIES)
     for step, c in score.chords:
-        name = f"{PITCH_CLASS_NAMES[c // len(qualities)]}:{qualities[c % len(qualities)]}"
-        midi.markers.append(miditoolkit.Marker(f"Chord_{name}", step * tps))
+        midi.markers.append(miditoolkit.Marker(f"Chord_{chord_name(c)}", step * tps))
     last = max((n.end for t in midi.instruments for n in t.notes), default=0)
     midi.max_tick = max(last, (score.bars[-1].start + score.bars[-1].length) * tps if score.bars else 0)
     return midi

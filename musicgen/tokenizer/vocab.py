@@ -1,8 +1,8 @@
 """The REMI vocabulary: a saved, versioned list of token strings with fast type/value lookups.
 
 A vocabulary is fully determined by the tokenizer config. It is stored as JSON beside every token cache and
-inside every checkpoint, and `Vocabulary.require_same` turns a mismatch into a clear error instead of a model
-that silently reads the wrong tokens.
+inside every checkpoint; whoever reads ids (training resume, evaluate's cache, generation) compares the token
+lists, so a mismatch is a clear error instead of a model that silently reads the wrong tokens.
 """
 
 from __future__ import annotations
@@ -75,7 +75,21 @@ def duration_bins(config: TokenizerConfig) -> list[int]:
 
 
 def chord_names() -> list[str]:
+    """Chord token values in id order: root-major, then `CHORD_QUALITIES` in its order (the vocabulary)."""
     return [f"{root}:{quality}" for root in PITCH_CLASS_NAMES for quality in CHORD_QUALITIES]
+
+
+def chord_name(index: int) -> str:
+    """Vocabulary spelling of a chord index (root * n_qualities + quality), e.g. 'A:min'."""
+    qualities = tuple(CHORD_QUALITIES)
+    return f"{PITCH_CLASS_NAMES[index // len(qualities)]}:{qualities[index % len(qualities)]}"
+
+
+def chord_pitch_classes(index: int) -> set[int]:
+    """The pitch classes of a chord index."""
+    qualities = tuple(CHORD_QUALITIES)
+    root = index // len(qualities)
+    return {(root + off) % 12 for off in CHORD_QUALITIES[qualities[index % len(qualities)]]}
 
 
 @dataclass
@@ -169,10 +183,6 @@ class Vocabulary:
         span = self.ranges[kind]
         return range(span.start, span.stop)
 
-    def decode_string(self, ids) -> list[str]:
-        """Human-readable token strings (unknown ids shown as `<id?>`), for debugging and the README."""
-        return [self.tokens[i] if 0 <= int(i) < len(self.tokens) else f"<{int(i)}?>" for i in ids]
-
     # --- persistence ------------------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
@@ -213,11 +223,3 @@ class Vocabulary:
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: cannot read vocabulary ({exc})") from None
         return cls.from_dict(data, source=str(path))
-
-    def require_same(self, other: "Vocabulary", what: str) -> None:
-        """Raise a one-line error when `other` (e.g. a checkpoint's vocabulary) differs from this one."""
-        if self.tokens != other.tokens:
-            raise ValueError(
-                f"{what} was made with a different vocabulary ({other.fingerprint}, {len(other)} tokens, "
-                f"tokenizer {other.config.to_dict()}) than this one ({self.fingerprint}, {len(self)} tokens, "
-                f"tokenizer {self.config.to_dict()})")

@@ -1,6 +1,8 @@
-"""Training: checkpoints, schedule, distributed plumbing and the loop (import `trainer` for the loop)."""
+"""Training: the loop (`trainer`), checkpoint saving and export, schedule, optimizer groups, DDP plumbing.
 
-from .checkpoint import Checkpoint, export_inference_checkpoint, file_sha256, load_checkpoint, load_model, save_checkpoint
+Loading a checkpoint (for resume as for inference) is `musicgen.inference`.
+"""
 
-__all__ = ["Checkpoint", "export_inference_checkpoint", "file_sha256", "load_checkpoint", "load_model",
-           "save_checkpoint"]
+from .checkpoint import export_inference_checkpoint, save_checkpoint
+
+__all__ = ["export_inference_checkpoint", "save_checkpoint"]

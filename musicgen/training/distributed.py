@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..inference import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -23,13 +25,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`musicgen.config.resolve_device` (the one resolver of every entry point) for this process's GPU."""
-    from ..config import resolve_device as resolve
-
-    return resolve(name, local_rank)
 
 
 def init_distributed(device_name: str) -> DistInfo:

@@ -17,20 +17,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["POSITIONAL_MARKERS", "is_positional", "positional_parameters", "make_optimizer"]
+from ..inference.parameters import is_positional
 
-#: substrings of parameter names that belong to positional machinery (see the module docstring)
-POSITIONAL_MARKERS = ("code_generators.", ".spe.", ".decay.")
-
-
-def is_positional(name: str) -> bool:
-    """Whether the parameter called ``name`` (``model.named_parameters()``) is positional."""
-    return any(marker in name for marker in POSITIONAL_MARKERS) or name.startswith("decay.")
-
-
-def positional_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached fp32 copies of every positional parameter, by name (for diagnostics and checkpoints)."""
-    return {name: p.detach().float().cpu().clone() for name, p in model.named_parameters() if is_positional(name)}
+__all__ = ["make_optimizer"]
 
 
 def _groups(named: Iterable[tuple[str, nn.Parameter]]) -> tuple[list, list, list]:

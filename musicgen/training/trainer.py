@@ -32,13 +32,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..data import Augmenter, RandomCrops, SequentialCrops, TokenCache, prepare_corpus
-from ..config import UserError, check_float, check_int, make_dir
+from ..config import UserError, make_dir
 from ..evaluation.likelihood import NATS_PER_BIT, extrapolation_edges, position_nll
+from ..inference import Checkpoint, load_checkpoint
 from ..model import build_model
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from .loggers import RunLogger
-from .optim import make_optimizer, positional_parameters
+from ..inference.parameters import positional_parameters
+from .optim import make_optimizer
+from .options import TrainOptions
 from .schedule import warmup_cosine
 
 
@@ -134,8 +137,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-RESUME_CHOICES = "false (a fresh run), true (continue <ckpt_dir>/last.pt), auto (continue it when it exists, " \
-                 "else start fresh) or the path of a checkpoint"
 
 
 def _resume_mode(resume: Any) -> str | Path:
@@ -149,13 +150,13 @@ def _resume_mode(resume: Any) -> str | Path:
     return Path(str(resume)).expanduser()
 
 
-def _resume_path(train_cfg: DictConfig, ckpt_dir: Path) -> Path | None:
-    """The checkpoint this run continues, or None for a fresh run (see `RESUME_CHOICES`).
+def _resume_path(opts: TrainOptions, ckpt_dir: Path) -> Path | None:
+    """The checkpoint this run continues, or None for a fresh run (see `options.RESUME_CHOICES`).
 
     train.resume=true with no last.pt is an error, never a silent fresh start: a typo in train.ckpt_dir (or a
     kill before the first save) would otherwise start from step 0 and overwrite a good best.pt.
     """
-    mode = _resume_mode(train_cfg.get("resume"))
+    mode = _resume_mode(opts.resume)
     last = ckpt_dir / "last.pt"
     if mode == "false":
         return None
@@ -167,13 +168,13 @@ def _resume_path(train_cfg: DictConfig, ckpt_dir: Path) -> Path | None:
     if mode == "auto":
         return last if last.is_file() else None
     if not mode.is_file():
-        raise FileNotFoundError(f"train.resume={train_cfg.get('resume')}: no such checkpoint")
+        raise FileNotFoundError(f"train.resume={opts.resume}: no such checkpoint")
     return mode
 
 
-def ckpt_dir_of(train_cfg: DictConfig, run_dir: Path) -> Path:
-    """Where checkpoints go (the same rule as in `_train`)."""
-    return Path(str(train_cfg.ckpt_dir)) if train_cfg.get("ckpt_dir") else run_dir / "checkpoints"
+def ckpt_dir_of(opts: TrainOptions, run_dir: Path) -> Path:
+    """Where checkpoints go: train.ckpt_dir, else <run dir>/checkpoints."""
+    return Path(opts.ckpt_dir) if opts.ckpt_dir else run_dir / "checkpoints"
 
 
 class CheckpointDirLock:
@@ -240,7 +241,7 @@ def remove_orphaned_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
-def guard_checkpoint_dir(train_cfg: DictConfig, ckpt_dir: Path, is_main: bool) -> CheckpointDirLock | None:
+def guard_checkpoint_dir(opts: TrainOptions, ckpt_dir: Path, is_main: bool) -> CheckpointDirLock | None:
     """Before anything is built: refuse a run that would destroy checkpoints, lock the folder, tidy it.
 
     - train.resume=true with no last.pt: error (see `_resume_path`);
@@ -250,7 +251,7 @@ def guard_checkpoint_dir(train_cfg: DictConfig, ckpt_dir: Path, is_main: bool) -
     - orphaned temp files of killed saves: deleted.
     The lock (rank 0 only; the other ranks never write) is returned for the caller to release.
     """
-    resume_from = _resume_path(train_cfg, ckpt_dir)
+    resume_from = _resume_path(opts, ckpt_dir)
     continues_here = resume_from is not None and resume_from.resolve().parent == ckpt_dir.resolve()
     if not is_main:
         return None
@@ -262,7 +263,7 @@ def guard_checkpoint_dir(train_cfg: DictConfig, ckpt_dir: Path, is_main: bool) -
             tqdm.write(f"removed {len(removed)} temporary file(s) left by a killed save in {ckpt_dir}")
         existing = sorted(p.name for p in ckpt_dir.glob("*.pt") if p.is_file())
         if existing and not continues_here:
-            resume = _resume_mode(train_cfg.get("resume"))
+            resume = _resume_mode(opts.resume)
             why = "a fresh run" if resume_from is None else f"resuming from {resume_from}"
             raise UserError(f"train.ckpt_dir={ckpt_dir} already holds {', '.join(existing)}; {why} would overwrite "
                             f"{'them' if len(existing) > 1 else 'it'}. Continue that run with train.resume=true"
@@ -273,41 +274,9 @@ def guard_checkpoint_dir(train_cfg: DictConfig, ckpt_dir: Path, is_main: bool) -
     return lock
 
 
-def validate_train_config(cfg: DictConfig) -> None:
-    """Every numeric training option checked before anything runs, each error naming its option."""
-    t = cfg.train
-    check_int("seed", cfg.get("seed"))
-    for name, minimum in (("seq_len", 1), ("batch_size", 1), ("grad_accum", 1), ("max_steps", 1),
-                          ("warmup_steps", 0), ("val_every", 1), ("val_batches", 1), ("ckpt_every", 1),
-                          ("num_workers", 0)):
-        check_int(f"train.{name}", t.get(name), minimum=minimum)
-    check_int("train.val_length_factor", t.get("val_length_factor"), minimum=0, allow_none=True)
-    check_int("train.val_long_batches", t.get("val_long_batches"), minimum=1, allow_none=True)
-    check_int("train.stop_at_step", t.get("stop_at_step"), minimum=1, allow_none=True)
-    check_float("train.lr", t.get("lr"), minimum=0.0, exclusive_min=True)
-    check_float("train.weight_decay", t.get("weight_decay"), minimum=0.0)
-    check_float("train.pe_lr_scale", t.get("pe_lr_scale"), minimum=0.0, allow_none=True)
-    check_float("train.min_lr_ratio", t.get("min_lr_ratio"), minimum=0.0, maximum=1.0)
-    check_float("train.grad_clip", t.get("grad_clip"), minimum=0.0)
-    betas = t.get("betas")
-    if betas is None or isinstance(betas, (str, bytes)) or len(list(betas)) != 2:
-        raise UserError(f"train.betas must be two numbers in [0, 1), got {betas!r}")
-    for i, beta in enumerate(betas):
-        if check_float(f"train.betas[{i}]", beta, minimum=0.0) >= 1.0:
-            raise UserError(f"train.betas[{i}] must be in [0, 1), got {beta!r}")
-    if str(t.get("precision")) not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"train.precision={t.get('precision')}: use fp32, bf16 or fp16")
-    if not isinstance(t.get("resume"), (bool, str, type(None))):
-        raise UserError(f"train.resume={t.get('resume')!r}: use {RESUME_CHOICES}")
-    logger = cfg.get("logger") or {}
-    if logger.get("log_every") is not None:
-        check_int("logger.log_every", logger.get("log_every"), minimum=1)
-    data = cfg.get("data") or {}
-    check_int("data.max_files", data.get("max_files"), minimum=1, allow_none=True)
-    check_int("data.num_workers", data.get("num_workers"), minimum=0, allow_none=True)
-    augment = data.get("augment") or {}
-    for name in ("transpose", "tempo_shift"):
-        check_int(f"data.augment.{name}", augment.get(name), minimum=0, allow_none=True)
+def validate_train_config(cfg: DictConfig) -> TrainOptions:
+    """Every training option checked before anything runs, each error naming its option (`TrainOptions`)."""
+    return TrainOptions.from_config(cfg)
 
 
 def _check_compatible(ckpt: Checkpoint, model_config: dict[str, Any], vocab_tokens: list[str]) -> None:
@@ -331,32 +300,61 @@ def _autocast(device: torch.device, precision: str):
 def run_training(cfg: DictConfig, run_dir: str | Path, progress: bool = True) -> TrainResult:
     """Train according to `cfg` (conf/config.yaml); checkpoints go to train.ckpt_dir or run_dir/checkpoints.
 
-    Options are validated and the checkpoint folder guarded (`guard_checkpoint_dir`) before anything is
-    built, so a run that would fail or destroy work stops at once with a one-line error.
+    Options are validated (`TrainOptions`) and the checkpoint folder guarded (`guard_checkpoint_dir`) before
+    anything is built, so a run that would fail or destroy work stops at once with a one-line error.
     """
-    validate_train_config(cfg)
-    tcfg = cfg.train
+    opts = validate_train_config(cfg)
     info = init_distributed(str(cfg.device))
     lock = None
     try:
-        lock = guard_checkpoint_dir(tcfg, ckpt_dir_of(tcfg, Path(run_dir)), info.is_main)
-        return _train(cfg, tcfg, info, Path(run_dir), progress)
+        lock = guard_checkpoint_dir(opts, ckpt_dir_of(opts, Path(run_dir)), info.is_main)
+        return _train(cfg, opts, info, Path(run_dir), progress)
     finally:
         if lock is not None:
             lock.release()
         shutdown(info)
 
 
-def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, progress: bool) -> TrainResult:
+class _NonFiniteLoss(RuntimeError):
+    """A NaN/inf training loss: the run stops with a message, the last good checkpoint kept."""
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds, built by `_setup` (and `_resume`), used by the loop's parts."""
+
+    opts: TrainOptions
+    info: DistInfo
+    ckpt_dir: Path
+    precision: str
+    vocab: Any
+    core: torch.nn.Module  # the model itself (what is saved)
+    model_config: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    config_dict: Any
+    positional_init: dict[str, torch.Tensor]
+    model: torch.nn.Module | None = None  # what is called: `core`, or its DDP wrapper
+    train_set: RandomCrops | None = None
+    val_set: SequentialCrops | None = None
+    long_set: SequentialCrops | None = None
+    factor: int = 0  # train.val_length_factor (0 = no long validation)
+    logger: RunLogger | None = None
+    start_step: int = 0
+    best_val: float | None = None
+
+
+def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, progress: bool) -> _Run:
+    """Corpus, model, optimizer, schedule, the resumed state, the datasets and the logger (in this order, so the
+    random draws, and hence the run, do not depend on whether it was resumed)."""
     device = info.device
-    precision = str(tcfg.precision)
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"train.precision={precision}: use fp32, bf16 or fp16")
+    precision = opts.precision
     if precision != "fp32" and device.type != "cuda":
         if info.is_main:
             tqdm.write(f"train.precision={precision} needs CUDA; training in fp32 on {device}")
         precision = "fp32"
-    ckpt_dir = Path(str(tcfg.ckpt_dir)) if tcfg.get("ckpt_dir") else run_dir / "checkpoints"
+    ckpt_dir = ckpt_dir_of(opts, run_dir)
 
     # Corpus: rank 0 prepares (or validates) the cache, the others wait and open it.
     if info.is_main:
@@ -366,155 +364,175 @@ def _train(cfg: DictConfig, tcfg: DictConfig, info: DistInfo, run_dir: Path, pro
         cache = TokenCache(str(cfg.data.cache_dir))
     vocab = cache.vocab
 
-    seed_everything(int(cfg.seed))
+    seed_everything(opts.seed)
     model = build_model(cfg.model, len(vocab)).to(device)
-    model_config = dict(model.config)
     positional_init = positional_parameters(model)  # where the positional parameters started (diagnostics)
-    if tcfg.get("init_from") and _resume_path(tcfg, ckpt_dir) is None:
-        positional_init = _init_from(model, str(tcfg.init_from), vocab.tokens, info.is_main)
-    optimizer = make_optimizer(model, float(tcfg.lr), float(tcfg.weight_decay),
-                               tuple(float(b) for b in tcfg.betas), float(tcfg.get("pe_lr_scale") or 1.0))
-    max_steps = int(tcfg.max_steps)
+    if opts.init_from and _resume_path(opts, ckpt_dir) is None:
+        positional_init = _init_from(model, opts.init_from, vocab.tokens, info.is_main)
+    optimizer = make_optimizer(model, opts.lr, opts.weight_decay, opts.betas, opts.pe_lr_scale or 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, int(tcfg.warmup_steps), max_steps, float(tcfg.min_lr_ratio)))
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    config_dict = OmegaConf.to_container(cfg, resolve=True)
-
-    start_step, best_val = 0, None
-    resume_path = _resume_path(tcfg, ckpt_dir)
+        optimizer, lambda s: warmup_cosine(s, opts.warmup_steps, opts.max_steps, opts.min_lr_ratio))
+    run = _Run(opts, info, ckpt_dir, precision, vocab, model, dict(model.config), optimizer, scheduler,
+               torch.amp.GradScaler("cuda", enabled=precision == "fp16"), OmegaConf.to_container(cfg, resolve=True),
+               positional_init)
+    resume_path = _resume_path(opts, ckpt_dir)
     if resume_path is not None:
-        ckpt = load_checkpoint(resume_path, map_location="cpu")
-        _check_compatible(ckpt, model_config, vocab.tokens)
-        if "optimizer" not in ckpt.training_state:
-            raise ValueError(f"checkpoint {resume_path} has no optimizer state (an inference export); "
-                             "it cannot resume training")
-        model.load_state_dict(ckpt.model_state)
-        optimizer.load_state_dict(ckpt.training_state["optimizer"])
-        scheduler.load_state_dict(ckpt.training_state["scheduler"])
-        if "scaler" in ckpt.training_state:
-            scaler.load_state_dict(ckpt.training_state["scaler"])
-        _set_rng_state(ckpt.training_state["rng"][min(info.rank, len(ckpt.training_state["rng"]) - 1)])
-        start_step, best_val = ckpt.step, ckpt.best_val_nll
-        positional_init = ckpt.training_state.get("positional_init", positional_init)
-        if info.is_main:
-            tqdm.write(f"resumed from {resume_path} at step {start_step}")
+        _resume(run, resume_path)
 
-    seq_len = int(tcfg.seq_len)
-    augment = cfg.data.get("augment") or {}
-    train_set = RandomCrops(cache, "train", seq_len,
-                            Augmenter(vocab, int(augment.get("transpose", 0)), int(augment.get("tempo_shift", 0))),
-                            seed=int(cfg.seed))
-    val_set = SequentialCrops(cache, "valid", seq_len) if cache.split("valid") else None
-    factor = int(tcfg.get("val_length_factor") or 0)
-    long_set = SequentialCrops(cache, "valid", seq_len * factor, first_only=True) if val_set and factor > 1 else None
-
-    core = model
+    run.train_set = RandomCrops(cache, "train", opts.seq_len, Augmenter(vocab, opts.transpose, opts.tempo_shift),
+                                seed=opts.seed)
+    run.val_set = SequentialCrops(cache, "valid", opts.seq_len) if cache.split("valid") else None
+    run.factor = opts.val_length_factor or 0
+    if run.val_set and run.factor > 1:
+        run.long_set = SequentialCrops(cache, "valid", opts.seq_len * run.factor, first_only=True)
+    run.model = model
     if info.enabled:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        run.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if info.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (ckpt_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         vocab.save(ckpt_dir / "vocab.json")
-    logger = RunLogger(cfg.logger, run_dir, config_dict, enabled=info.is_main)
+    run.logger = RunLogger(cfg.logger, run_dir, run.config_dict, enabled=info.is_main)
+    return run
 
-    def save(name: str, step: int) -> None:
-        if not info.is_main:
-            return
-        rng_states = [_rng_state()]
-        if info.enabled:  # every rank's RNG, so each resumes its own dropout/noise stream
-            gathered: list[Any] = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, rng_states[0])
-            rng_states = gathered
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states,
-                 "positional_init": positional_init}
-        if precision == "fp16":
-            state["scaler"] = scaler.state_dict()
-        save_checkpoint(ckpt_dir / name, model_config=model_config, model_state=core.state_dict(), vocab=vocab,
-                        config=config_dict, step=step, best_val_nll=best_val, train_seq_len=seq_len,
-                        training_state=state)
 
-    def save_all_ranks(name: str, step: int) -> None:
-        # all_gather_object is collective: every rank must enter it.
-        if info.enabled and not info.is_main:
-            torch.distributed.all_gather_object([None] * info.world_size, _rng_state())
-            return
-        save(name, step)
+def _resume(run: _Run, path: Path) -> None:
+    """Continue `path` exactly: weights, optimizer, schedule, scaler, this rank's RNG states, step, best NLL."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    _check_compatible(ckpt, run.model_config, run.vocab.tokens)
+    if "optimizer" not in ckpt.training_state:
+        raise ValueError(f"checkpoint {path} has no optimizer state (an inference export); "
+                         "it cannot resume training")
+    run.core.load_state_dict(ckpt.model_state)
+    run.optimizer.load_state_dict(ckpt.training_state["optimizer"])
+    run.scheduler.load_state_dict(ckpt.training_state["scheduler"])
+    if "scaler" in ckpt.training_state:
+        run.scaler.load_state_dict(ckpt.training_state["scaler"])
+    rng = ckpt.training_state["rng"]
+    _set_rng_state(rng[min(run.info.rank, len(rng) - 1)])
+    run.start_step, run.best_val = ckpt.step, ckpt.best_val_nll
+    run.positional_init = ckpt.training_state.get("positional_init", run.positional_init)
+    if run.info.is_main:
+        tqdm.write(f"resumed from {path} at step {run.start_step}")
 
-    grad_accum, batch_size = int(tcfg.grad_accum), int(tcfg.batch_size)
-    log_every = int(cfg.logger.get("log_every", 10))
-    stop_at = tcfg.get("stop_at_step")
+
+def _save(run: _Run, name: str, step: int) -> None:
+    """Write `name` (last.pt / best.pt) on rank 0 with every rank's RNG state; every rank must call it (the
+    gather of RNG states is collective)."""
+    info = run.info
+    if info.enabled and not info.is_main:
+        torch.distributed.all_gather_object([None] * info.world_size, _rng_state())
+        return
+    rng_states = [_rng_state()]
+    if info.enabled:  # every rank's RNG, so each resumes its own dropout/noise stream
+        gathered: list[Any] = [None] * info.world_size
+        torch.distributed.all_gather_object(gathered, rng_states[0])
+        rng_states = gathered
+    state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_states,
+             "positional_init": run.positional_init}
+    if run.precision == "fp16":
+        state["scaler"] = run.scaler.state_dict()
+    save_checkpoint(run.ckpt_dir / name, model_config=run.model_config, model_state=run.core.state_dict(),
+                    vocab=run.vocab, config=run.config_dict, step=step, best_val_nll=run.best_val,
+                    train_seq_len=run.opts.seq_len, training_state=state)
+
+
+def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, int]:
+    """One optimizer step (with gradient accumulation) -> (mean loss over ranks, gradient norm, target tokens
+    of this rank). A non-finite loss stops the run, the last good checkpoint kept."""
+    opts, info, device, model = run.opts, run.info, run.info.device, run.model
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=device)
+    tokens = 0
+    for micro in range(opts.grad_accum):
+        batch = torch.stack([run.train_set[i] for i in batch_indices(
+            step, micro, opts.grad_accum, opts.batch_size, info.rank, info.world_size)]).to(device)
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        # DDP all-reduces gradients only on the last micro-batch of an accumulated step.
+        last_micro = micro == opts.grad_accum - 1 or not info.enabled
+        with model.no_sync() if not last_micro else contextlib.nullcontext():
+            with _autocast(device, run.precision):
+                logits = model(inputs)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                       ignore_index=run.vocab.pad_id) / opts.grad_accum
+            run.scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+        tokens += int((targets != run.vocab.pad_id).sum())
+    loss_value = float(all_reduce_mean(loss_sum, info))
+    if not math.isfinite(loss_value):
+        raise _NonFiniteLoss(f"training stopped: loss is {loss_value} at step {step + 1}; the last good "
+                           f"checkpoint is kept in {run.ckpt_dir} (lower train.lr or use train.precision=fp32)")
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.core.parameters(),
+                                               opts.grad_clip if opts.grad_clip > 0 else float("inf"))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return loss_value, grad_norm, tokens
+
+
+def _validate_and_keep_best(run: _Run, step: int) -> None:
+    """Validation metrics logged on rank 0; best.pt written when the validation NLL improved."""
+    metrics = _validate(run.core, run.val_set, run.long_set, run.opts, run.info.device, run.vocab.pad_id,
+                        run.opts.seq_len, run.factor, run.info)
+    if run.info.is_main:
+        run.logger.log(metrics, step, console=True)
+    if run.best_val is None or metrics["val/nll_nats"] < run.best_val:
+        run.best_val = metrics["val/nll_nats"]
+        _save(run, "best.pt", step)
+
+
+def _train(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, progress: bool) -> TrainResult:
+    """The loop: step, log, validate, save, and stop at max_steps, train.stop_at_step or a signal."""
+    run = _setup(cfg, opts, info, run_dir, progress)
+    max_steps, stop_at, logger = opts.max_steps, opts.stop_at_step, run.logger
     losses: list[float] = []
-    step, interrupted, last_loss, stop_reason = start_step, False, float("nan"), "finished"
-    bar = tqdm(total=max_steps, initial=start_step, desc="train", disable=not (progress and info.is_main),
+    step, interrupted, last_loss, stop_reason = run.start_step, False, float("nan"), "finished"
+    bar = tqdm(total=max_steps, initial=run.start_step, desc="train", disable=not (progress and info.is_main),
                unit="step", dynamic_ncols=True)
     tokens_seen, t0 = 0, time.perf_counter()
-    model.train()
+    run.model.train()
     with _StopFlag() as stop:
         while step < max_steps:
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(grad_accum):
-                batch = torch.stack([train_set[i] for i in batch_indices(
-                    step, micro, grad_accum, batch_size, info.rank, info.world_size)]).to(device)
-                inputs, targets = batch[:, :-1], batch[:, 1:]
-                # DDP all-reduces gradients only on the last micro-batch of an accumulated step.
-                last_micro = micro == grad_accum - 1 or not info.enabled
-                with model.no_sync() if not last_micro else contextlib.nullcontext():
-                    with _autocast(device, precision):
-                        logits = model(inputs)
-                        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                               ignore_index=vocab.pad_id) / grad_accum
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-                tokens_seen += int((targets != vocab.pad_id).sum())
-            loss_value = float(all_reduce_mean(loss_sum, info))
-            if not math.isfinite(loss_value):
+            try:
+                loss_value, grad_norm, tokens = _step(run, step)
+            except _NonFiniteLoss:
                 bar.close()
                 logger.finish()
-                raise RuntimeError(f"training stopped: loss is {loss_value} at step {step + 1}; the last good "
-                                   f"checkpoint is kept in {ckpt_dir} (lower train.lr or use train.precision=fp32)")
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                core.parameters(), float(tcfg.grad_clip) if float(tcfg.grad_clip) > 0 else float("inf"))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+                raise
+            tokens_seen += tokens
             step += 1
             last_loss = loss_value
             losses.append(loss_value)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if step % log_every == 0 or step == max_steps:
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+            if step % opts.log_every == 0 or step == max_steps:
                 elapsed = time.perf_counter() - t0
                 logger.log({"train/loss_nats": loss_value, "train/loss_bits": loss_value / NATS_PER_BIT,
-                            "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                            "lr": run.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                             "tokens_per_s": tokens_seen * info.world_size / max(elapsed, 1e-9)}, step)
                 tokens_seen, t0 = 0, time.perf_counter()
-            if val_set is not None and (step % int(tcfg.val_every) == 0 or step == max_steps):
-                metrics = _validate(core, val_set, long_set, tcfg, device, vocab.pad_id, seq_len, factor, info)
-                if info.is_main:
-                    logger.log(metrics, step, console=True)
-                if best_val is None or metrics["val/nll_nats"] < best_val:
-                    best_val = metrics["val/nll_nats"]
-                    save_all_ranks("best.pt", step)
-            if step % int(tcfg.ckpt_every) == 0 or step == max_steps:
-                save_all_ranks("last.pt", step)
+            if run.val_set is not None and (step % opts.val_every == 0 or step == max_steps):
+                _validate_and_keep_best(run, step)
+            if step % opts.ckpt_every == 0 or step == max_steps:
+                _save(run, "last.pt", step)
             signalled = stop.raised
             if info.enabled:  # every rank stops at the same step, or the collective save below would hang
-                signalled = bool(all_reduce_mean(torch.tensor(float(stop.raised), device=device), info) > 0)
-            if step < max_steps and (signalled or (stop_at is not None and step >= int(stop_at))):
-                save_all_ranks("last.pt", step)
+                signalled = bool(all_reduce_mean(torch.tensor(float(stop.raised), device=info.device), info) > 0)
+            if step < max_steps and (signalled or (stop_at is not None and step >= stop_at)):
+                _save(run, "last.pt", step)
                 interrupted = True
                 stop_reason = stop.name if stop.raised else ("SIGTERM" if signalled else "stop_at_step")
                 if info.is_main:
-                    why = f"by {stop_reason}" if signalled else f"at train.stop_at_step={int(stop_at)}"
+                    why = f"by {stop_reason}" if signalled else f"at train.stop_at_step={stop_at}"
                     tqdm.write(f"stopped {why} before max_steps={max_steps}: saved at step {step} in "
-                               f"{ckpt_dir / 'last.pt'}; resume with train.resume=true train.ckpt_dir={ckpt_dir}")
+                               f"{run.ckpt_dir / 'last.pt'}; resume with train.resume=true "
+                               f"train.ckpt_dir={run.ckpt_dir}")
                 break
     bar.close()
     logger.finish()
     barrier(info)
-    return TrainResult(step, last_loss, best_val, ckpt_dir, interrupted, losses, stop_reason)
+    return TrainResult(step, last_loss, run.best_val, run.ckpt_dir, interrupted, losses, stop_reason)
 
 
 def _init_from(model: torch.nn.Module, path: str, vocab_tokens: list[str], verbose: bool) -> dict[str, torch.Tensor]:
@@ -546,15 +564,15 @@ def _init_from(model: torch.nn.Module, path: str, vocab_tokens: list[str], verbo
 
 
 def _validate(model: torch.nn.Module, val_set: SequentialCrops, long_set: SequentialCrops | None,
-              tcfg: DictConfig, device: torch.device, pad_id: int, seq_len: int, factor: int,
+              opts: TrainOptions, device: torch.device, pad_id: int, seq_len: int, factor: int,
               info: DistInfo) -> dict[str, float]:
     """Validation NLL on fixed crops (+ per-position buckets on long crops), the same on every rank."""
-    batch = int(tcfg.batch_size)
-    result = position_nll(model, val_set, batch, device, pad_id, max_batches=int(tcfg.val_batches))
+    batch = opts.batch_size
+    result = position_nll(model, val_set, batch, device, pad_id, max_batches=opts.val_batches)
     metrics = {"val/nll_nats": result.mean, "val/nll_bits": result.mean / NATS_PER_BIT}
     if long_set is not None and len(long_set):
         long = position_nll(model, long_set, max(1, batch // factor), device, pad_id,
-                            max_batches=int(tcfg.get("val_long_batches") or 8))
+                            max_batches=opts.val_long_batches or 8)
         for name, value in long.buckets([0, seq_len // 2] + extrapolation_edges(seq_len, factor)[1:]).items():
             metrics[f"val_by_position/nll_nats{name}"] = value
     return metrics
