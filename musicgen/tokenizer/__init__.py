@@ -1,6 +1,7 @@
 """REMI tokenizer: MIDI <-> token ids, its vocabulary, grammar, musical time and quantization.
 
-Everything other packages use is exported here; the submodules are the tokenizer's own business.
+Everything other packages use is exported here; the submodules are the tokenizer's own business (except the
+`check` command, `python -m musicgen.tokenizer check`, whose comparison the tokenizer benchmark reuses).
 """
 
 from .bars import bar_lines, midi_bar_lines, midi_ticks_per_beat
