@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from musicgen.data.sources import read_pop909_metres
-from musicgen.tokenizer import MidiReadError, REMITokenizer, TokenType, Vocabulary, TokenizerConfig
+from musicgen.tokenizer import (MidiReadError, REMITokenizer, TokenType, TokenizerConfig, Vocabulary,
+                                output_ticks_per_beat)
 from musicgen.tokenizer.check import main as check_main
-from musicgen.tokenizer import output_ticks_per_beat
 
 TOK = REMITokenizer()
 
@@ -178,3 +178,29 @@ def test_check_command_reports_each_file(tmp_path: Path, pop909_dir: Path, oddit
     assert any("song.mid" in l and "exact" in l for l in lines)
     assert any("broken.mid" in l and "UNREADABLE" in l for l in lines)
     assert (tmp_path / "out" / "song.mid").exists()
+
+
+def test_grammar_walk_skips_what_the_grammar_refuses() -> None:
+    v = TOK.vocab
+    ids = [v.bos_id, v.id_of(TokenType.POSITION, 0), v.bar_id, v.id_of(TokenType.POSITION, 3),
+           v.id_of(TokenType.POSITION, 2), v.id_of(TokenType.VELOCITY, 3), v.id_of(TokenType.PITCH, 60),
+           v.duration_id(4), v.eos_id]
+    steps = list(TOK.grammar.walk(ids))
+    assert [s.allowed for s in steps] == [True, False, True, True, False, True, True, True, True]
+    assert steps[1].state == steps[0].state and steps[4].state == steps[3].state and steps[-1].state.ended
+    assert [s.index for s in steps] == list(range(len(ids)))
+    assert TOK.decode_with_report(ids)[1].skipped == 2
+    assert TOK.grammar.can_end(steps[-2].state) and not TOK.grammar.can_end(steps[3].state)
+
+
+def test_bar_lines_a_metre_change_inside_a_bar() -> None:
+    """The tokenizer moves it to the next bar line; the music statistics split the bar at it."""
+    from musicgen.tokenizer import bar_lines
+
+    def length(num: int, den: int) -> int:
+        return 16 * num // den
+
+    changes = [(0, 4, 4), (8, 3, 4)]
+    assert [b[:2] for b in bar_lines(changes, length, 30)] == [(0, 16), (16, 28), (28, 40)]
+    assert [b[:2] for b in bar_lines(changes, length, 30, split_at_changes=True)] == [(0, 8), (8, 20), (20, 32)]
+    assert bar_lines([], length, 0) == [(0, 16, 4, 4)]
