@@ -149,6 +149,47 @@ def test_generate_with_reports_progress(tiny_checkpoint: Path) -> None:
     assert calls == [(64, 150), (128, 150), (150, 150)]
 
 
+# --- audio ------------------------------------------------------------------------------------------------
+def _wav(path: Path) -> tuple[float, float, float]:
+    """(peak, rms, seconds) of a 16-bit WAV."""
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(path)) as handle:
+        pcm = np.frombuffer(handle.readframes(handle.getnframes()), np.int16).astype(float) / 32768
+        return float(np.abs(pcm).max()), float(np.sqrt((pcm ** 2).mean())), handle.getnframes() / handle.getframerate()
+
+
+def _two_notes(path: Path) -> Path:
+    midi = miditoolkit.MidiFile()
+    piano = miditoolkit.Instrument(program=0)
+    piano.notes = [miditoolkit.Note(velocity=90, pitch=60, start=0, end=480),
+                   miditoolkit.Note(velocity=60, pitch=67, start=480, end=1920)]
+    midi.instruments = [piano]
+    midi.dump(str(path))
+    return path
+
+
+def test_builtin_synthesis_writes_audible_audio(tmp_path: Path) -> None:
+    from musicgen.studio import audio
+
+    how = audio.render(_two_notes(tmp_path / "a.mid"), tmp_path / "a.wav", audio.Synth(None, None))
+    assert how.startswith("built-in synthesis")
+    peak, rms, seconds = _wav(tmp_path / "a.wav")
+    assert 0.5 < peak < 1.0 and rms > 0.02 and 2.0 <= seconds <= 5.0  # 2 s of notes, then the release
+
+
+def test_fluidsynth_rendering_where_installed(tmp_path: Path) -> None:
+    from musicgen.studio import audio
+
+    synth = audio.find_synth()
+    if not synth.uses_fluidsynth:
+        pytest.skip(f"no fluidsynth + General MIDI soundfont here ({synth.describe()})")
+    how = audio.render(_two_notes(tmp_path / "a.mid"), tmp_path / "a.wav", synth)
+    assert how.startswith("fluidsynth with") and _wav(tmp_path / "a.wav")[0] > 0.5  # normalised
+
+
 # --- HTTP: the page, bad input ---------------------------------------------------------------------------
 def test_page_and_assets_are_served_by_the_app_no_cdn(tiny_checkpoint: Path) -> None:
     with running(tiny_config(tiny_checkpoint)) as base:

@@ -68,12 +68,30 @@ def render(midi_path: str | Path, wav_path: str | Path, synth: Synth) -> str:
                str(midi_path)]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if result.returncode == 0 and Path(wav_path).is_file() and Path(wav_path).stat().st_size > 44:
+            normalize(wav_path)
             return synth.describe()
         why = " ".join((result.stderr or result.stdout).split())[:160]
         synthesize(midi_path, wav_path)
         return f"built-in synthesis (fluidsynth failed: {why})"
     synthesize(midi_path, wav_path)
     return synth.describe()
+
+
+def normalize(wav_path: str | Path, peak: float = 0.9) -> None:
+    """Scale a 16-bit WAV to `peak`: fluidsynth's default gain leaves pieces at about -25 dBFS, far quieter than
+    the built-in synthesis, and the page's players should sound alike whichever rendered them."""
+    with wave.open(str(wav_path), "rb") as handle:
+        params = handle.getparams()
+        if params.sampwidth != 2:
+            return
+        pcm = np.frombuffer(handle.readframes(params.nframes), dtype=np.int16)
+    top = int(np.abs(pcm.astype(np.int32)).max()) if pcm.size else 0
+    if top == 0:
+        return
+    scaled = np.clip(pcm.astype(np.float64) * (peak * 32767 / top), -32768, 32767).astype(np.int16)
+    with wave.open(str(wav_path), "wb") as handle:
+        handle.setparams(params)
+        handle.writeframes(scaled.tobytes())
 
 
 def _voice(freq: float, n: int, hold: int, velocity: int, sample_rate: int) -> np.ndarray:
