@@ -194,3 +194,32 @@ def test_decay_kernel_float32_long_sequence_stable() -> None:
     got = causal_linear_attention(q.float(), k.float(), v.float(), chunk_size=64, log_gamma=rates.float())
     assert torch.isfinite(got).all()
     assert _rel(got.double(), ref) < 1e-4
+
+
+@pytest.mark.parametrize("rates", [None, [-0.05, -0.5, -2.0]])
+def test_prefill_step_and_chunked_continuation_share_one_state(rates) -> None:
+    """One state format for every form: chunked over [0, 15), stepped over [15, 25) (the functional step and
+    the in-place step of the generation hot path), chunked again over [25, 40) from the stepped state ==
+    one chunked pass over [0, 40), outputs and final state."""
+    from musicgen.model.ops.linear_attention import linear_attention_step_
+
+    q, k, v = (t.detach().float() for t in _inputs(length=40))
+    lg = None if rates is None else torch.tensor(rates)
+    full, full_state = causal_linear_attention(q, k, v, chunk_size=8, log_gamma=lg, return_state=True)
+    head, state = causal_linear_attention(q[:, :, :15], k[:, :, :15], v[:, :, :15], chunk_size=8, log_gamma=lg,
+                                          return_state=True)
+    inplace = state.clone()
+    gamma = None if lg is None else torch.exp(lg).view(1, -1, 1, 1)
+    v1 = torch.ones(2, 3, v.shape[-1] + 1)
+    mid, mid_inplace = [], []
+    for i in range(15, 25):
+        o, state = linear_attention_step(q[:, :, i], k[:, :, i], v[:, :, i], state, log_gamma=lg)
+        mid.append(o)
+        v1[..., :-1].copy_(v[:, :, i])
+        o2 = linear_attention_step_(inplace, q[:, :, i].transpose(0, 1), k[:, :, i].transpose(0, 1), v1, gamma)
+        mid_inplace.append(o2.view(2, 3, -1))
+    tail, end = causal_linear_attention(q[:, :, 25:], k[:, :, 25:], v[:, :, 25:], chunk_size=8, log_gamma=lg,
+                                        initial=state, return_state=True)
+    got = torch.cat([head, torch.stack(mid, 2), tail], 2)
+    assert _rel(got, full) < 1e-5 and _rel(end, full_state) < 1e-5
+    assert _rel(torch.stack(mid_inplace, 2), full[:, :, 15:25]) < 1e-5 and _rel(inplace, state) < 1e-6

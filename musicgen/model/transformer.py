@@ -101,6 +101,10 @@ class Block(nn.Module):
         x = x + self.drop(a)
         return x + self.drop(self.ff(self.ln2(x))), cache
 
+    def lean_step_fits(self, cache: dict, device: torch.device) -> bool:
+        """Whether this block has a lean step (linear attention) that can update ``cache`` in place."""
+        return self.attn.has_lean_step and self.attn.lean_step_fits(cache, device)
+
     @torch.no_grad()
     def step_plan(self, noise: LayerNoise, cache: dict, weights_t: TransposedWeights,
                   spe_filters: Tensor | None = None) -> "BlockStepPlan":
@@ -330,8 +334,7 @@ class MusicTransformer(nn.Module):
             return False
         if not all(g.has_lean_step for g in self.code_generators):
             return False
-        return all(blk.attn.has_lean_step and blk.attn.lean_step_fits(cache, w.device)
-                   for blk, cache in zip(self.blocks, state.caches))
+        return all(blk.lean_step_fits(cache, w.device) for blk, cache in zip(self.blocks, state.caches))
 
     @torch.no_grad()
     def step_plan(self, state: GenerationState) -> StepPlan:
