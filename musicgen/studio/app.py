@@ -2,8 +2,9 @@
 
 Why Starlette and not Gradio: the page needs a form, a progress bar, piano rolls and <audio> players, which plain
 HTML and a page of vanilla JS do; Starlette + uvicorn + python-multipart are three small, well-kept pure-Python
-packages, while Gradio brings a large dependency tree and a front end that loads assets (fonts, JS) from CDNs,
-and the studio must work offline. Every byte the page needs is served from ``static/`` by this app.
+packages, while Gradio brings dozens (FastAPI, pandas, Pillow, huggingface_hub, ...), sends analytics unless told
+not to and, before its 2026 releases, loaded fonts and scripts from CDNs; the studio must work offline. Every
+byte the page needs is served from ``static/`` by this app.
 
 Routes: ``GET /`` the page, ``GET /static/<file>`` its JS/CSS, ``GET /api/info`` the checkpoint, synthesis and
 limits, ``POST /api/jobs`` a Generate press (multipart form, optional ``prompt`` file) -> 202 ``{"id": ...}``,
