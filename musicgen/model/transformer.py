@@ -336,12 +336,15 @@ class MusicTransformer(nn.Module):
             return False
         return all(blk.lean_step_fits(cache, w.device) for blk, cache in zip(self.blocks, state.caches))
 
-    @torch.no_grad()
     def step_plan(self, state: GenerationState) -> StepPlan:
         """Every module's lean-step plan for the batch of ``state`` (cached in ``state.plan``)."""
         plan = state.plan
-        if plan is not None and plan.is_current(state):
+        if plan is not None and plan.is_current(state):  # the per-token path: no grad-mode context here
             return plan
+        with torch.no_grad():
+            return self._build_step_plan(state)
+
+    def _build_step_plan(self, state: GenerationState) -> StepPlan:
         params = list(self.parameters())
         versions = parameter_versions(params)
         weights_t = self._weights_t.refresh(self, self.embed.weight, params, versions)
