@@ -41,6 +41,16 @@ def find_soundfont(option: str | Path | None) -> Path | None:
     return None
 
 
+def write_wav(wav_path: str | Path, pcm: np.ndarray, sample_rate: int) -> Path:
+    """Write 16-bit mono PCM samples as a .wav (the one WAV writer: the CLI's renders and the studio's)."""
+    with wave.open(str(wav_path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes(pcm.astype(np.int16).tobytes())
+    return Path(wav_path)
+
+
 def synthesize_wav(midi_path: str | Path, wav_path: str | Path, sample_rate: int = 22050) -> Path:
     """Sine-wave rendering with pretty_midi, 16-bit mono."""
     import pretty_midi
@@ -48,12 +58,7 @@ def synthesize_wav(midi_path: str | Path, wav_path: str | Path, sample_rate: int
     audio = pretty_midi.PrettyMIDI(str(midi_path)).synthesize(fs=sample_rate)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     pcm = (audio / peak * 0.9 * 32767).astype(np.int16) if peak > 0 else np.zeros(sample_rate, np.int16)
-    with wave.open(str(wav_path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate)
-        handle.writeframes(pcm.tobytes())
-    return Path(wav_path)
+    return write_wav(wav_path, pcm, sample_rate)
 
 
 def render_wav(midi_path: str | Path, wav_path: str | Path, soundfont: str | Path | None = None,

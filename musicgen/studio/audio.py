@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from musicgen.generation.render import write_wav
+
 #: where Debian and other distributions put General MIDI soundfonts (`apt-get install fluid-soundfont-gm`)
 SOUNDFONT_CANDIDATES = (
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",
@@ -132,9 +134,4 @@ def synthesize(midi_path: str | Path, wav_path: str | Path, sample_rate: int = S
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     pcm = (np.tanh(audio / peak * 1.2) / np.tanh(1.2) * 0.85 * 32767).astype(np.int16) if peak > 0 else \
         np.zeros(sample_rate, np.int16)
-    with wave.open(str(wav_path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate)
-        handle.writeframes(pcm.tobytes())
-    return Path(wav_path)
+    return write_wav(wav_path, pcm, sample_rate)
