@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from ..config import UserError, check_float, check_int, require_known_keys
-# resolve_checkpoint / resolve_device live in musicgen.inference (one resolver); named here too because the
-# studio imports them from this module.
-from ..inference import DEFAULT_CHECKPOINT, resolve_checkpoint, resolve_device  # noqa: F401
+from ..inference import DEFAULT_CHECKPOINT
 from .controls import ControlConfig
 from .guards import GuardConfig
 from ..tokenizer import parse_time_signature

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvicorn
 
-        from ..generation.options import resolve_checkpoint, resolve_device
+        from ..inference import resolve_checkpoint, resolve_device
         from .app import StudioConfig, create_app
     except ImportError as exc:
         print(f"error: the studio needs its extra packages ({exc.name} is missing): pip install -e '.[studio]'",
