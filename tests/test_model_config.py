@@ -192,6 +192,33 @@ def test_fast_transformers_backend_parity() -> None:  # pragma: no cover - needs
     assert (a - b).abs().max() < 1e-4
 
 
+def test_backend_choices_are_validated() -> None:
+    """fla and auto are valid backends of linear attention (with or without decay); fla, like
+    fast_transformers, is refused for softmax attention; auto is accepted there (nothing to choose)."""
+    for backend in ("torch", "fla", "auto"):
+        cfg = ModelConfig.from_mapping({"attention": {"backend": backend, "decay": "learned"}}, 10)
+        assert cfg.attention.backend == backend
+    with pytest.raises(ValueError, match="backend=fla only applies to attention.kind=linear"):
+        ModelConfig.from_mapping({"attention": {"kind": "softmax", "backend": "fla"}}, 10)
+    assert ModelConfig.from_mapping({"attention": {"kind": "softmax", "backend": "auto"}}, 10).attention.backend == "auto"
+    with pytest.raises(ValueError, match=r"attention.backend='triton'; expected one of \('torch', 'fast_transformers', 'fla', 'auto'\)"):
+        ModelConfig.from_mapping({"attention": {"backend": "triton"}}, 10)
+
+
+def test_auto_backend_on_cpu_is_the_torch_kernel() -> None:
+    """backend=auto is decided per call from the tensors: on a CPU it is the torch kernel, bit for bit
+    (so a checkpoint trained with auto on a GPU generates on a CPU exactly as with torch)."""
+    torch.manual_seed(0)
+    a = build_model(small_cfg(attention__backend="torch", attention__decay="learned"), VOCAB).eval()
+    b = build_model(small_cfg(attention__backend="auto", attention__decay="learned"), VOCAB).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(1, VOCAB, (2, 90))
+    with torch.no_grad():
+        la = a(x, generator=torch.Generator().manual_seed(3))
+        lb = b(x, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(la, lb)
+
+
 @pytest.mark.parametrize("name", ["spe_sine_gated", "spe_conv_gated", "softmax"])
 def test_bf16_autocast_forward_cpu(name: str) -> None:
     cfg = load_preset(name)

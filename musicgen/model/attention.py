@@ -28,7 +28,7 @@ from .decay import AttentionDecay
 from .feature_maps import build_feature_map
 from .lean import TransposedWeights, linear_t
 from .ops.linear_attention import (causal_linear_attention, linear_attention_step, linear_attention_step_,
-                                   require_fast_transformers)
+                                   require_fast_transformers, require_fla)
 from .spe import SPEFilter
 
 __all__ = ["LayerNoise", "CausalSelfAttention", "AttentionStepPlan"]
@@ -66,6 +66,8 @@ class CausalSelfAttention(nn.Module):
             self.backend = attn.backend
             if self.backend == "fast_transformers":
                 require_fast_transformers()  # fail at build time with an actionable message
+            elif self.backend == "fla":
+                require_fla()  # importable at build time; CUDA tensors are checked per call (the model may move)
         elif self.kind != "softmax":
             raise ValueError(f"unknown attention.kind {self.kind!r} (expected 'linear' or 'softmax')")
         #: diagnostics: when a list, every forward appends (kind, q or phi(q), k or phi(k), log_gamma)

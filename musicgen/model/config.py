@@ -30,7 +30,7 @@ PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 ATTENTION_KINDS = ("linear", "softmax")
 FEATURE_MAPS = ("performer", "elu")
-BACKENDS = ("torch", "fast_transformers")
+BACKENDS = ("torch", "fast_transformers", "fla", "auto")
 DECAYS = ("none", "fixed", "learned")
 PE_KINDS = ("spe_sine", "spe_conv", "ape", "none")
 APE_KINDS = ("learned", "sinusoidal")
@@ -145,8 +145,9 @@ class ModelConfig:
             if not 1.0 <= att.decay_tau_min <= att.decay_tau_max:
                 raise ValueError(f"model.attention.decay_tau_min/max = {att.decay_tau_min}/{att.decay_tau_max}: "
                                  "need 1 <= min <= max (tokens)")
-        if att.backend == "fast_transformers" and att.kind != "linear":
-            raise ValueError("attention.backend=fast_transformers only applies to attention.kind=linear")
+        if att.backend in ("fast_transformers", "fla") and att.kind != "linear":
+            raise ValueError(f"attention.backend={att.backend} only applies to attention.kind=linear "
+                             "(softmax attention uses F.scaled_dot_product_attention)")
 
 
 def model_config_from(cfg: Any, vocab_size: int | None = None) -> dict:

@@ -17,7 +17,9 @@ state :mod:`.recurrent` steps from, so prefill, step and chunked continuation sh
   ``Tensor.split`` chunks, the first version, made the backward quadratic; it is kept with the quadratic
   masked reference in ``tests/reference_kernels.py``.)
 * :func:`causal_linear_attention` — the entry point: dtype/autocast handling and the backend choice
-  (``torch`` = the kernel above, ``fast_transformers`` = pytorch-fast-transformers' ``causal_dot_product``).
+  (``torch`` = the kernel above, ``fast_transformers`` = pytorch-fast-transformers' ``causal_dot_product``,
+  ``fla`` = flash-linear-attention's Triton kernels on CUDA (:mod:`.fla`), ``auto`` = fla where it applies
+  (CUDA tensors, fla installed, not float64), decided per call from the tensors, else torch).
 
 The normaliser is computed together with the numerator by appending a column of ones to v,
 so the carried state is (F x (D+1)) and doubles as the recurrent generation state.
@@ -36,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .fast_transformers import fast_causal_product
+from .fla import fla_applies, fla_causal_linear_attention
 from .utils import EPS, compute_dtype, resolve_chunk_size, with_ones
 
 __all__ = ["causal_linear_attention", "chunked_causal_attention"]
@@ -298,7 +301,18 @@ def causal_linear_attention(
     Returns out (B, H, L, D) in the compute dtype (float32, or float64 for float64 inputs) and,
     with ``return_state``, the recurrent state (B, H, F, D+1) after the last token (used to
     continue generation from a prompt).
+
+    ``backend``: ``torch`` | ``fast_transformers`` | ``fla`` | ``auto``. ``auto`` is resolved here, at call
+    time, from the tensors: a model built with it runs the torch kernel on a CPU (bit for bit the ``torch``
+    backend) and fla's kernels on CUDA when fla is installed. The fla path picks its own precision
+    (bfloat16 under autocast, see :mod:`.fla`); the others run in float32 (or float64) with autocast off.
+    ``chunk_size`` only applies to the torch kernel (fla tiles by 64 internally).
     """
+    if backend == "auto":
+        backend = "fla" if fla_applies(q) else "torch"
+    if backend == "fla":
+        out, state = fla_causal_linear_attention(q, k, v, eps, log_gamma, initial)
+        return (out, state) if return_state else out
     dtype = compute_dtype(q)
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
@@ -317,7 +331,8 @@ def causal_linear_attention(
             numer, denom = num.split([num.shape[-1] - 1, 1], dim=-1)  # split: no zero-filled slice grads
             out = numer / (denom + eps)
         else:
-            raise ValueError(f"unknown attention.backend {backend!r} (expected 'torch' or 'fast_transformers')")
+            raise ValueError(f"unknown attention.backend {backend!r} "
+                             "(expected 'torch', 'fast_transformers', 'fla' or 'auto')")
     return (out, state) if return_state else out
 
 
