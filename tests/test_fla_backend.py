@@ -9,6 +9,8 @@ Two kinds of tests, labelled as such:
   transposes, the ones column and the division, decay passed as g (learned, gets a gradient) or g_gamma (no
   gradient needed), the initial / final state in our (B, H, F, D+1) layout, the dtype policy, the errors, and
   a whole model on the fla path against the torch kernel. They do not check fla itself.
+* The GPU form of the SineSPE filter (all chunks in one batched GEMM, ``sine_filter(batched=True)``, the
+  default on CUDA) is plain torch: it is tested here on the CPU against the chunk loop and by gradcheck.
 * CUDA **kernel parity** tests: the real kernels against the torch backend, values and gradients, fp32 and
   bf16, with and without decay, SPE and an initial state, lengths not a multiple of fla's 64-token chunk.
   Skipped without CUDA or without fla (``pip install .[gpu]``).
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from musicgen.model import build_model
 from musicgen.model.ops.linear_attention import FlaMissing, FlaUnsupported, causal_linear_attention, fla_available
 from musicgen.model.ops.linear_attention import fla as fla_mod
+from musicgen.model.ops.sine_filter import sine_filter
 
 from reference_kernels import simple_gla_contract
 from test_model_parity import VOCAB, small_cfg
@@ -205,6 +208,48 @@ def test_fla_backend_without_fla_is_one_clear_error() -> None:
     assert isinstance(err.value, ImportError)
     # auto never needs it: it builds, and runs the torch kernel on this machine
     build_model(small_cfg(attention__backend="auto"), VOCAB)
+
+
+# the SineSPE filter's GPU form (plain torch: runs here) ---------------------------------------------------------
+@pytest.mark.parametrize("budget", [1 << 30, 1])
+def test_batched_sine_filter_gradcheck(budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunks-as-batch filter against finite differences, every input, gating term included, a length
+    that is not a multiple of the chunk; budget=1 forces one chunk per group (the memory-bounded split)."""
+    monkeypatch.setattr("musicgen.model.ops.sine_filter.BATCHED_BYTES", budget)
+    torch.manual_seed(0)
+    h, b, length, j, d, r, chunk = 2, 3, 7, 4, 3, 2, 3
+    dt = torch.float64
+    x = torch.randn(h, 2, b, length, d, dtype=dt, requires_grad=True)
+    omega = torch.randn(h, 2, chunk, j, d, dtype=dt, requires_grad=True)
+    weights = torch.randn(3, h, j, d, r, dtype=dt, requires_grad=True)
+    xg = torch.randn(h, 2, b, length, d, dtype=dt, requires_grad=True)
+    gw = torch.randn(h, d, r, dtype=dt, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: torch.cat(sine_filter(*a, batched=True)), (x, omega, weights, xg, gw))
+    assert torch.autograd.gradcheck(lambda *a: torch.cat(sine_filter(*a, batched=True)), (x, omega, weights))
+    loop = torch.cat(sine_filter(x, omega, weights, xg, gw, batched=False))
+    assert torch.allclose(torch.cat(sine_filter(x, omega, weights, xg, gw, batched=True)), loop, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_sine_filter_whole_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped architecture with the GPU form of the filter forced on the CPU: logits and gradients equal the
+    chunk loop's (float32 summation order only)."""
+    monkeypatch.setattr("musicgen.model.spe.SINE_CHUNK", 16)  # several chunks in 70 positions
+    torch.manual_seed(0)
+    cfg = small_cfg(attention__feature_map="elu", attention__decay="learned", dropout=0.0)
+    model = build_model(cfg, VOCAB).train()
+    x = torch.randint(1, VOCAB, (2, 70))
+    res = []
+    for batched in (False, True):
+        monkeypatch.setattr("musicgen.model.ops.sine_filter._batched_default", lambda device, b=batched: b)
+        model.zero_grad()
+        logits = model(x, generator=torch.Generator().manual_seed(4))
+        F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten()).backward()
+        res.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (la, ga), (lb, gb) = res
+    assert _rel(lb, la) < 1e-5
+    assert any("freqs" in n for n in ga) and any("gate" in n for n in ga)
+    for n in ga:
+        assert _rel(gb[n], ga[n]) < 1e-4, n
 
 
 # CUDA: the real kernels -----------------------------------------------------------------------------------------

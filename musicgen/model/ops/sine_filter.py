@@ -20,6 +20,13 @@ and never needs the (L, H, d, R) code tensors (1 GB for queries and keys at 8192
   allocator hands big blocks back to the OS, so a fresh 100 MB temporary per call costs more in
   page faults than its arithmetic) and rebuilt in the backward rather than stored.
 
+* **On a GPU, all chunks in one GEMM** (:func:`sine_filter` ``batched``, default on CUDA): the per-chunk
+  loop above is launch-bound there (~3 kernels per chunk forward, ~25 backward, per layer), so the chunks
+  become a batch dimension instead: A = x ⊗ Omega for every chunk at once and one batched GEMM
+  (H x n_chunks products of 2 B C rows) for queries and keys of a layer, one more for the gating term,
+  and a handful of kernels in the backward. The price is A itself (2K times the size of x; split into
+  groups of chunks past ``BATCHED_BYTES``); the CPU keeps the cache-friendly loop.
+
 Gating adds a (d x R) block per layer, shared by queries and keys: xhat += x @ (sqrt(g) eps);
 the sqrt(1-g) factor is applied to x by the caller. Everything runs in x's dtype (so bf16/fp16
 autocast uses half-precision GEMMs on CUDA); gradients come back in each input's dtype.
@@ -32,11 +39,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SINE_CHUNK", "SineCodes", "rotate_chunks", "sine_filter"]
+__all__ = ["SINE_CHUNK", "BATCHED_BYTES", "SineCodes", "rotate_chunks", "sine_filter"]
 
 #: positions per chunk: large enough for efficient GEMMs (2C rows), small enough that the chunk
 #: buffers (H x 2C x 2K x d floats: 10 MB for 4 heads of 64 features, K = 5) stay cache-friendly.
 SINE_CHUNK = 512
+
+#: batched (GPU) path: at most this many bytes of A = x ⊗ Omega per group of chunks (the backward holds ~4x)
+BATCHED_BYTES = 1 << 30
 
 
 @dataclass
@@ -88,7 +98,8 @@ class _SineFilter(torch.autograd.Function):
     """out (2, B, H, L, R): per chunk, [q ⊗ Omega_q ; k ⊗ Omega_k] @ W_c (+ [q ; k] @ G)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, omega: Tensor, weights: Tensor, x_gate: Tensor | None, gate_w: Tensor | None):
+    def forward(ctx, x: Tensor, omega: Tensor, weights: Tensor, x_gate: Tensor | None, gate_w: Tensor | None,
+                batched: bool):
         h, _, b, length, d = x.shape
         j, r = omega.shape[3], weights.shape[-1]
         dt = x.dtype
@@ -101,6 +112,11 @@ class _SineFilter(torch.autograd.Function):
         gw = None if gate_w is None else gate_w.to(dt)
         out = x.new_empty(2, b, h, length, r)
         chunk = omega.shape[2]
+        ctx.batched = batched
+        if batched:
+            _Batched.forward(xs, omega, weights, xg, gw, out)
+            ctx.save_for_backward(xs, omega, weights, xg, gw)
+            return out
         group = _batch_group(x.device, chunk, b)
         buf = x.new_empty(h, 2, group, chunk, j, d)
         for c, s, e in _chunks(length, chunk):
@@ -121,11 +137,22 @@ class _SineFilter(torch.autograd.Function):
         xs, omega, weights, xg, gw = ctx.saved_tensors
         h, _, b, length, d = xs.shape
         j, r = omega.shape[3], weights.shape[-1]
-        need_x, need_omega, need_w, need_xg, need_gw = ctx.needs_input_grad
+        need_x, need_omega, need_w, need_xg, need_gw, _ = ctx.needs_input_grad
         g_all = d_out.to(xs.dtype)
         dx = torch.empty_like(xs) if need_x else None
         dxg = torch.empty_like(xg) if need_xg else None
         d_omega = torch.zeros_like(omega) if need_omega else None
+        o_dt, w_dt, g_dt, xg_dt = ctx.dtypes
+        if ctx.batched:
+            d_w, d_gw = _Batched.backward(xs, omega, weights, xg, gw, g_all, dx, dxg, d_omega, need_w, need_gw)
+            return (
+                dx,
+                None if d_omega is None else d_omega.to(o_dt),
+                None if d_w is None else d_w.view(-1, h, j, d, r).to(w_dt),
+                None if dxg is None else dxg.to(xg_dt),
+                None if d_gw is None else d_gw.to(g_dt),
+                None,
+            )
         # weight gradient accumulated transposed, (n, H, R, J d): g^T A is faster than A^T g here
         d_wt = weights.new_zeros(weights.shape[0], h, r, j * d) if need_w else None
         d_gw = torch.zeros_like(gw) if need_gw else None
@@ -166,26 +193,124 @@ class _SineFilter(torch.autograd.Function):
                     if need_omega:  # summed over the batch rows of the group
                         for i in range(m):
                             d_omega[:, :, :n].addcmul_(da[:, :, i], xc[:, :, i])
-        o_dt, w_dt, g_dt, xg_dt = ctx.dtypes
         return (
             dx,
             None if d_omega is None else d_omega.to(o_dt),
             None if d_wt is None else d_wt.transpose(2, 3).reshape(-1, h, j, d, r).to(w_dt),
             None if dxg is None else dxg.to(xg_dt),
             None if d_gw is None else d_gw.to(g_dt),
+            None,
         )
 
 
+class _Batched:
+    """The GPU form of :class:`_SineFilter`: chunks as a batch dimension, a few large kernels per layer.
+
+    Rows of a group of chunks [c0, c1) are laid out (H, chunk, [q ; k], B, C, .) so that one bmm over
+    H x chunks multiplies every chunk's 2 B C rows by its own (J d x R) weights; the last chunk is zero-padded
+    to C rows (padding rows produce zeros and receive no gradient: they are cut off before writing back).
+    """
+
+    @staticmethod
+    def groups(xs: Tensor, omega: Tensor) -> list[tuple[int, int, int, int]]:
+        """(c0, c1, s, e): chunk ranges whose A fits ``BATCHED_BYTES``, and the positions s:e they cover."""
+        h, _, b, length, d = xs.shape
+        chunk, j = omega.shape[2], omega.shape[3]
+        n = -(-length // chunk)
+        per_chunk = h * 2 * b * chunk * j * d * xs.element_size()
+        step = max(1, BATCHED_BYTES // max(1, per_chunk))
+        return [(c0, min(n, c0 + step), c0 * chunk, min(length, (c0 + step) * chunk)) for c0 in range(0, n, step)]
+
+    @staticmethod
+    def rows(x: Tensor, s: int, e: int, n_chunks: int, chunk: int) -> Tensor:
+        """x (H, 2, B, L, .) positions s:e -> (H, n_chunks, 2, B, C, .), zero-padded to n_chunks * C."""
+        h, two, b, _, f = x.shape
+        part = x[:, :, :, s:e]
+        pad = n_chunks * chunk - (e - s)
+        if pad:
+            part = torch.nn.functional.pad(part, (0, 0, 0, pad))
+        return part.reshape(h, two, b, n_chunks, chunk, f).permute(0, 3, 1, 2, 4, 5).contiguous()
+
+    @staticmethod
+    def unrows(rows: Tensor, e_minus_s: int) -> Tensor:
+        """(H, n_chunks, 2, B, C, f) -> (H, 2, B, e - s, f) (a view, padding cut off)."""
+        h, n, two, b, c, f = rows.shape
+        return rows.permute(0, 2, 3, 1, 4, 5).reshape(h, two, b, n * c, f)[:, :, :, :e_minus_s]
+
+    @staticmethod
+    def forward(xs: Tensor, omega: Tensor, weights: Tensor, xg: Tensor | None, gw: Tensor | None, out: Tensor) -> None:
+        """Fill out (2, B, H, L, R); weights (n, H, J d, R) in x's dtype."""
+        h, _, b, _, d = xs.shape
+        chunk, j, r = omega.shape[2], omega.shape[3], weights.shape[-1]
+        om = omega[:, None, :, None]  # (H, 1, 2, 1, C, J, d)
+        for c0, c1, s, e in _Batched.groups(xs, omega):
+            n = c1 - c0
+            a = _Batched.rows(xs, s, e, n, chunk).unsqueeze(5) * om  # (H, n, 2, B, C, J, d)
+            w = weights[c0:c1].transpose(0, 1).reshape(h * n, j * d, r)
+            y = torch.bmm(a.view(h * n, 2 * b * chunk, j * d), w).view(h, n * 2 * b * chunk, r)
+            del a
+            if xg is not None:
+                y.baddbmm_(_Batched.rows(xg, s, e, n, chunk).view(h, -1, d), gw)
+            rows = _Batched.unrows(y.view(h, n, 2, b, chunk, r), e - s)  # (H, 2, B, e-s, R)
+            out[:, :, :, s:e] = rows.permute(1, 2, 0, 3, 4)
+
+    @staticmethod
+    def backward(xs: Tensor, omega: Tensor, weights: Tensor, xg: Tensor | None, gw: Tensor | None, g_all: Tensor,
+                 dx: Tensor | None, dxg: Tensor | None, d_omega: Tensor | None, need_w: bool, need_gw: bool,
+                 ) -> tuple[Tensor | None, Tensor | None]:
+        """Fill dx, dxg, d_omega (when given); return the weight gradient (n, H, J d, R) and the gate weights'."""
+        h, _, b, _, d = xs.shape
+        chunk, j, r = omega.shape[2], omega.shape[3], weights.shape[-1]
+        om = omega[:, None, :, None]  # (H, 1, 2, 1, C, J, d)
+        d_w = torch.empty_like(weights) if need_w else None
+        d_gw = torch.zeros_like(gw) if need_gw else None
+        g_t = g_all.permute(2, 0, 1, 3, 4)  # (H, 2, B, L, R) view
+        for c0, c1, s, e in _Batched.groups(xs, omega):
+            n = c1 - c0
+            rows = h * n, 2 * b * chunk
+            g = _Batched.rows(g_t, s, e, n, chunk).view(*rows, r)  # (H n, 2 B C, R)
+            xc = _Batched.rows(xs, s, e, n, chunk).unsqueeze(5)  # (H, n, 2, B, C, 1, d)
+            if need_w:
+                a = (xc * om).view(*rows, j * d)
+                d_w[c0:c1] = torch.bmm(a.transpose(1, 2), g).view(h, n, j * d, r).transpose(0, 1)
+                del a
+            if xg is not None and (need_gw or dxg is not None):
+                g_h = g.view(h, -1, r)
+                if need_gw:
+                    d_gw.baddbmm_(_Batched.rows(xg, s, e, n, chunk).view(h, -1, d).transpose(1, 2), g_h)
+                if dxg is not None:
+                    dxg[:, :, :, s:e] = _Batched.unrows(torch.bmm(g_h, gw.transpose(1, 2)).view(h, n, 2, b, chunk, d),
+                                                        e - s)
+            if dx is not None or d_omega is not None:
+                w_t = weights[c0:c1].transpose(0, 1).reshape(h * n, j * d, r).transpose(1, 2)
+                da = torch.bmm(g, w_t).view(h, n, 2, b, chunk, j, d)
+                if dx is not None:
+                    dx[:, :, :, s:e] = _Batched.unrows((da * om).sum(5), e - s)
+                if d_omega is not None:
+                    d_omega += (da * xc).sum((1, 3))
+        return d_w, d_gw
+
+
+def _batched_default(device: torch.device) -> bool:
+    """The chunks-as-batch form on CUDA (launch-bound loop there), the cache-friendly loop elsewhere."""
+    return device.type == "cuda"
+
+
 def sine_filter(
-    x: Tensor, omega: Tensor, weights: Tensor, x_gate: Tensor | None = None, gate_weight: Tensor | None = None
+    x: Tensor, omega: Tensor, weights: Tensor, x_gate: Tensor | None = None, gate_weight: Tensor | None = None,
+    batched: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Filter queries and keys with factorised SineSPE codes -> qhat, khat, each (B, H, L, R).
 
     x: (H, 2, B, L, d) queries and keys (already scaled by sqrt(1 - g) when gated);
     omega: (H, 2, C, J, d) local bases; weights: (n_chunks, H, J, d, R) (:func:`rotate_chunks`);
     x_gate (H, 2, B, L, d) and gate_weight (H, d, R) = sqrt(g) eps: the gating term, or None.
+    ``batched``: all chunks in one batched GEMM (default on CUDA) or the chunk loop (default elsewhere);
+    same maths, different summation order.
     """
     if (x_gate is None) != (gate_weight is None):
         raise ValueError("x_gate and gate_weight go together")
-    out = _SineFilter.apply(x, omega, weights, x_gate, gate_weight)
+    if batched is None:
+        batched = _batched_default(x.device)
+    out = _SineFilter.apply(x, omega, weights, x_gate, gate_weight, bool(batched))
     return out[0], out[1]
