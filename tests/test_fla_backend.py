@@ -11,6 +11,9 @@ Two kinds of tests, labelled as such:
   a whole model on the fla path against the torch kernel. They do not check fla itself.
 * The GPU form of the SineSPE filter (all chunks in one batched GEMM, ``sine_filter(batched=True)``, the
   default on CUDA) is plain torch: it is tested here on the CPU against the chunk loop and by gradcheck.
+* The CUDA-graph generation step (``model.step_graphs``): its capture is CUDA-only (tests/test_model_cuda.py);
+  here, that the step body it records takes the position as a device tensor with the eager step's numbers, and
+  that the option does nothing on a CPU.
 * CUDA **kernel parity** tests: the real kernels against the torch backend, values and gradients, fp32 and
   bf16, with and without decay, SPE and an initial state, lengths not a multiple of fla's 64-token chunk.
   Skipped without CUDA or without fla (``pip install .[gpu]``).
@@ -250,6 +253,41 @@ def test_batched_sine_filter_whole_model(monkeypatch: pytest.MonkeyPatch) -> Non
     assert any("freqs" in n for n in ga) and any("gate" in n for n in ga)
     for n in ga:
         assert _rel(gb[n], ga[n]) < 1e-4, n
+
+
+# the CUDA-graph step's body, on a CPU -----------------------------------------------------------------------------
+@pytest.mark.parametrize("pe", ["spe_sine", "ape"])
+def test_lean_body_with_a_tensor_position_equals_the_eager_step(pe: str) -> None:
+    """The graph records ``_lean_body`` with the position in a float64 0-d tensor (SPE phases, sinusoidal APE):
+    the logits equal the eager lean step's, bit for bit, far from position 0 too."""
+    torch.manual_seed(0)
+    model = build_model(small_cfg(pe__kind=pe, attention__feature_map="elu", attention__decay="learned"), VOCAB).eval()
+    toks = torch.randint(1, VOCAB, (2, 12))
+    with torch.inference_mode():
+        a = model.init_state(2, generator=torch.Generator().manual_seed(1))
+        b = model.init_state(2, generator=torch.Generator().manual_seed(1))
+        a.position = b.position = 100_003
+        for t in range(12):
+            la, a = model.step(toks[:, t], a)
+            plan = model.step_plan(b)
+            lb = model._lean_body(plan, toks[:, t], torch.tensor(float(b.position), dtype=torch.float64))
+            b.position += 1
+            assert torch.equal(la, lb), t
+    assert a.plan is not None and a.graph is None
+
+
+def test_step_graphs_option_is_inert_on_cpu() -> None:
+    torch.manual_seed(0)
+    model = build_model(small_cfg(attention__decay="learned"), VOCAB).eval()
+    toks = torch.randint(1, VOCAB, (1, 8))
+    outs = []
+    for graphs in (False, True):
+        model.step_graphs = graphs
+        with torch.inference_mode():
+            st = model.init_state(1, generator=torch.Generator().manual_seed(1))
+            outs.append(torch.stack([model.step(toks[:, t], st)[0] for t in range(8)]))
+        assert st.graph is None
+    assert torch.equal(outs[0], outs[1])
 
 
 # CUDA: the real kernels -----------------------------------------------------------------------------------------

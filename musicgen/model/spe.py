@@ -180,8 +180,9 @@ class SineStepPlan:
         _, _, h, _, r = self.filters.shape
         return self.filters[j].view(2 * h, -1, r)
 
-    def advance(self, position: int) -> None:
-        """Write the codes at ``position`` into every layer's filter matrices."""
+    def advance(self, position: int | Tensor) -> None:
+        """Write the codes at ``position`` into every layer's filter matrices. ``position``: an int, or a
+        float64 0-d tensor on the device (the CUDA-graph step, :mod:`..graphs`): the same float64 product."""
         k = self.freqs.shape[-1]
         phase = torch.frac(self.freqs * position).to(torch.float32).mul_(2 * math.pi).view(-1, 1, k)
         torch.cos(phase, out=self.omega[..., :k])

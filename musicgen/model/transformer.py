@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from .attention import AttentionStepPlan, CausalSelfAttention, LayerNoise
 from .config import ModelConfig
 from .embeddings import build_ape
+from .graphs import StepGraph, graphs_apply
 from .lean import TransposedWeights, autocast_on, linear_t, parameter_versions
 from .spe import build_code_generator
 
@@ -43,6 +45,9 @@ class GenerationState:
     caches: list[dict] = field(default_factory=list)
     #: per-sequence constants of the lean step (:class:`StepPlan`), built on the first step
     plan: Any = field(default=None, repr=False, compare=False)
+    #: the lean step captured as a CUDA graph (:class:`~.graphs.StepGraph`) when ``model.step_graphs``;
+    #: False after a failed capture (this state then keeps the eager lean step)
+    graph: Any = field(default=None, repr=False, compare=False)
 
     def nbytes(self) -> int:
         """Bytes held by tensors of the state (noise, SPE ring buffers, attention states/caches)."""
@@ -191,6 +196,8 @@ class MusicTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.head = None if cfg.tie_embeddings else nn.Linear(d, v, bias=False)
         self._weights_t = TransposedWeights()  # shared by the lean steps of every generated batch
+        #: replay the lean step as a CUDA graph on CUDA (:mod:`.graphs`); off by default, no effect elsewhere
+        self.step_graphs = False
         self._init_weights()
 
     # ------------------------------------------------------------------------------------
@@ -307,6 +314,10 @@ class MusicTransformer(nn.Module):
         attention states updated in place); same maths as the generic path below.
         """
         if self.lean_step_applies(state):  # eval + no grad + linear attention: lean path, same maths
+            if self.step_graphs and graphs_apply(tokens, self):
+                logits = self._graphed_step(tokens, state)
+                if logits is not None:
+                    return logits, state
             return self._lean_step(tokens, state), state
         n = state.position
         x = self._embed(tokens.unsqueeze(1), torch.tensor([n], device=tokens.device))[:, 0]
@@ -369,16 +380,42 @@ class MusicTransformer(nn.Module):
         """One token for every sequence: tokens (B,) -> logits (B, V); advances ``state`` in place."""
         plan = self.step_plan(state)
         n = state.position
+        logits = self._lean_body(plan, tokens, n)
+        state.position = n + 1
+        return logits
+
+    def _lean_body(self, plan: StepPlan, tokens: Tensor, position: int | Tensor) -> Tensor:
+        """The lean step's device work at ``position`` (an int, or a float64 0-d device tensor when captured in
+        a CUDA graph: then nothing here may read a value back to the host)."""
         x = F.embedding(tokens, plan.embed)
         if self.ape is not None:
-            x = x + self.ape(torch.tensor([n], device=tokens.device)).to(x.dtype)
+            pos = position.view(1).long() if isinstance(position, Tensor) else torch.tensor([position], device=tokens.device)
+            x = x + self.ape(pos).to(x.dtype)
         for codes in plan.codes:  # SPE codes at n, once per code generator for all the layers using it
-            codes.advance(n)
+            codes.advance(position)
         for blk in plan.blocks:
             x = blk(x)
         y = F.layer_norm(x, (x.shape[1],), *plan.lnf[:2], plan.lnf[2])
-        state.position = n + 1
         return torch.mm(y, plan.head)
+
+    def _graphed_step(self, tokens: Tensor, state: GenerationState) -> Tensor | None:
+        """The lean step replayed from a CUDA graph (captured on first use for this plan), or None when the
+        capture failed (then the caller runs the eager lean step; the failure is reported once)."""
+        if state.graph is False:
+            return None
+        plan = self.step_plan(state)
+        if state.graph is None or not state.graph.fits(plan, tokens):
+            try:
+                state.graph = StepGraph(plan, self._lean_body, tokens.shape[0], tokens.device)
+            except Exception as exc:  # noqa: BLE001 - any capture failure: keep generating, eagerly
+                state.graph = False
+                warnings.warn(f"CUDA-graph capture of the generation step failed ({type(exc).__name__}: {exc}); "
+                              "using the eager lean step", RuntimeWarning, stacklevel=3)
+                return None
+        n = state.position
+        logits = state.graph(tokens, n)
+        state.position = n + 1
+        return logits
 
 
 def build_model(model_cfg: Any, vocab_size: int) -> MusicTransformer:
