@@ -14,6 +14,8 @@ How position N is reached (`--reach`):
   a fixed size and its values do not change the cost, so this is exact for timing; for softmax the KV cache
   is filled with N random keys/values, which is what its per-step cost depends on (attention over N keys).
 - `step`: the model is really stepped N times first (the honest way, and much slower for softmax).
+`--device cuda` runs the models on a GPU (peak GPU memory reported too); `--graphs` sets `model.step_graphs`
+(the lean step replayed from a CUDA graph, CUDA only).
 Every (model, batch) pair runs in its own process so its peak RSS (`ru_maxrss`) is its own. Results go to
 a table on stdout and to benchmarks/results/generate.json.
 
@@ -47,13 +49,14 @@ def _load_models(spec: dict[str, Any]):
     from musicgen.tokenizer import REMITokenizer
     from musicgen.inference import load_model
 
+    device = spec.get("device", "cpu")
     if spec.get("checkpoint"):
-        loaded = load_model(spec["checkpoint"], "cpu")
+        loaded = load_model(spec["checkpoint"], device)
         return loaded.model, loaded.tokenizer
     tokenizer = REMITokenizer(dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf/tokenizer/remi.yaml"))))
     torch.manual_seed(0)
     cfg = load_preset(spec["config"])  # a conf/model preset file, composed with _base.yaml
-    return build_model(cfg, len(tokenizer.vocab)).eval(), tokenizer
+    return build_model(cfg, len(tokenizer.vocab)).to(device).eval(), tokenizer
 
 
 def _to_position(state: Any, position: int) -> None:
@@ -67,9 +70,9 @@ def _to_position(state: Any, position: int) -> None:
             for key in ("k", "v"):
                 buf = cache[key]
                 if buf.shape[2] < need:
-                    grown = torch.zeros(*buf.shape[:2], need + 1024, buf.shape[3], dtype=buf.dtype)
+                    grown = torch.zeros(*buf.shape[:2], need + 1024, buf.shape[3], dtype=buf.dtype, device=buf.device)
                     cache[key] = buf = grown
-                buf[:, :, :position] = torch.randn(buf[:, :, :position].shape, generator=gen)
+                buf[:, :, :position] = torch.randn(buf[:, :, :position].shape, generator=gen).to(buf.device)
             cache["len"] = position
     state.position = position
 
@@ -90,16 +93,19 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(spec["threads"])
     model, tokenizer = _load_models(spec)
+    device = torch.device(spec.get("device", "cpu"))
+    model.step_graphs = bool(spec.get("graphs"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batch, window, warmup = spec["batch"], spec["window"], spec["warmup"]
     rows = []
     for position in spec["positions"]:
         row: dict[str, Any] = {"model": spec["name"], "batch": batch, "position": position}
         for mode in ("model", "full"):
             session = GenerationSession(model, tokenizer, SamplingConfig(), StopConfig(
-                tokens=position + window + warmup + 10, allow_eos=False), seed=0,
+                tokens=position + window + warmup + 10, allow_eos=False), seed=0, device=device,
                 guards=GuardConfig(enabled=spec.get("guards", True)))
             logits, tracks, _ = session.feed_prompt(unconditional_prompt(tokenizer), batch)
-            tokens = torch.full((batch,), tokenizer.vocab.bar_id, dtype=torch.long)
+            tokens = torch.full((batch,), tokenizer.vocab.bar_id, dtype=torch.long, device=device)
             with torch.inference_mode():
                 if spec["reach"] == "step":
                     for _ in range(position - session.state.position):
@@ -108,11 +114,13 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
                     _to_position(session.state, position)
                 for i in range(warmup + window):
                     if i == warmup:
+                        sync()
                         began = time.perf_counter()
                     if mode == "model":
                         logits, session.state = model.step(tokens, session.state)
                     else:
                         logits = session.step(logits, tracks)
+            sync()
             seconds = time.perf_counter() - began
             row[f"{mode}_tok_s"] = round(batch * window / seconds, 1)
             row[f"{mode}_ms_step"] = round(1000 * seconds / window, 3)
@@ -121,6 +129,9 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     for row in rows:
         row["peak_rss_mb"] = round(peak, 1)
+        if device.type == "cuda":
+            row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        row["graphs"] = model.step_graphs
     return {"rows": rows, "parameters": sum(p.numel() for p in model.parameters()), "config": model.config}
 
 
@@ -154,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps before each window")
     parser.add_argument("--reach", choices=("jump", "step"), default="jump")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads in each worker")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--graphs", action="store_true", help="model.step_graphs: CUDA-graph replay of the lean step")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/generate.json"))
     args = parser.parse_args(argv)
 
@@ -174,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         for batch in args.batch:
             spec = dict(model, batch=batch, positions=args.positions, window=args.window, warmup=args.warmup,
-                        reach=args.reach, threads=args.threads)
+                        reach=args.reach, threads=args.threads, device=args.device, graphs=args.graphs)
             print(f"timing {model['name']} batch {batch} ...", file=sys.stderr, flush=True)
             result = run(spec)
             rows += result["rows"]
@@ -216,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({
         "benchmark": "generate", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-                    "device": "cpu", "threads_per_worker": args.threads},
+                    "device": args.device, "threads_per_worker": args.threads},
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "checkpoint_found": have_ckpt,
         "models": info, "rows": rows, "summary": summary, "wall_seconds": round(time.time() - began, 1),
     }, indent=1))
