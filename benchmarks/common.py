@@ -31,10 +31,12 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return text
 
 
-def write_results(name: str, payload: dict[str, Any], out: str | Path | None = None) -> Path:
-    """Write ``payload`` to ``out``, by default benchmarks/results/<name>.json."""
+def write_results(name: str, payload: dict[str, Any], out: str | Path | None = None, quiet: bool = False) -> Path:
+    """Write ``payload`` to ``out``, by default benchmarks/results/<name>.json (``quiet``: no message, for the
+    partial results a long run rewrites after every row, so a run cut short still leaves its rows)."""
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=str))
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
     return path

@@ -136,6 +136,8 @@ def main() -> None:
                 print(f"{name} L={length}: failed: {error[-300:]}", flush=True)
                 continue
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            write_results("train_throughput", {"device": args.device, "precision": args.precision, "complete": False,
+                                               "results": results, "failures": failures}, args.out, quiet=True)
             r = results[-1]
             print(f"  {name:>16} L={length:<5} {r['tokens_per_s']:8.0f} tokens/s  {r['peak_mb']:7.0f} MB", flush=True)
     rows, ratios = [], {}
@@ -158,7 +160,8 @@ def main() -> None:
         print(f"{key}: {value:.2f}x")
     for f in failures:
         print(f"failed: {f['model']} L={f['length']}: {f['error']}")
-    write_results("train_throughput", {"device": args.device, "precision": args.precision, "tokens_per_step": args.tokens,
+    write_results("train_throughput", {"device": args.device, "precision": args.precision, "complete": True,
+                                       "tokens_per_step": args.tokens,
                                        "backend": args.backend, "warmup": args.warmup, "repeats": args.repeats,
                                        "overrides": args.override, "results": results, "failures": failures,
                                        "ratios": ratios, "table": table, "machine": _machine(args.device)}, args.out)
