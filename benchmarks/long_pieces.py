@@ -8,8 +8,8 @@
    notes per bar, H4, groove, share of notes in the best diatonic scale, loop detectors; bars reached; how often
    the decoding guards acted. The first piece's piano roll is written beside the JSON.
 2. **Continuations**: the first ``--prompts`` POP909 test songs (id % 20 == 0) with at least 24 bars; prompt =
-   their first 8 bars, 2 continuations of 16 bars each; key / register / density / groove distances to the
-   prompt (musicgen/evaluation/continuation.py) next to the same distances for the song's own next 16 bars.
+   their first 8 bars, ``--samples`` continuations of 16 bars each; key / register / density / groove /
+   out-of-scale distances to the prompt (musicgen/evaluation/continuation.py) next to the same distances for the song's own next 16 bars.
 3. The same window statistics of those POP909 test songs, for reference.
 
 Prints tables and writes benchmarks/results/<name>.json (+ <name>_piece.png).
@@ -47,11 +47,12 @@ def _window_summary(stats) -> dict:
     return out
 
 
-def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str) -> dict:
+def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str, options: dict) -> dict:
     pieces = {}
     for i, seed in enumerate(seeds):
         began = time.perf_counter()
-        piece = generate(checkpoint, tokens=tokens, bars=None, allow_eos=False, seed=seed, progress=True, log=None)[0]
+        piece = generate(checkpoint, tokens=tokens, bars=None, allow_eos=False, seed=seed, progress=True, log=None,
+                         **options)[0]
         elapsed = time.perf_counter() - began
         stats = bar_window_statistics(piece.midi)
         beats = max((n.start for inst in piece.midi.instruments for n in inst.notes), default=0) / piece.midi.ticks_per_beat
@@ -89,13 +90,13 @@ def _test_songs(count: int, tokenizer: REMITokenizer) -> list[Path]:
     return songs
 
 
-def continuations(checkpoint: str, count: int, seed: int) -> dict:
+def continuations(checkpoint: str, count: int, seed: int, samples: int, options: dict) -> dict:
     tokenizer = REMITokenizer()
     rows, real_rows = [], []
     for path in _test_songs(count, tokenizer):
         song = tokenizer.decode(load_prompt(path, tokenizer, time_signature="index").ids)
-        pieces = generate(checkpoint, path, prompt_bars=8, prompt_time_signature="index", bars=16, num_samples=2,
-                          seed=seed, progress=False, log=None)
+        pieces = generate(checkpoint, path, prompt_bars=8, prompt_time_signature="index", bars=16,
+                          num_samples=samples, seed=seed, progress=False, log=None, **options)
         start = pieces[0].start_tick
         span = 2 * start  # 16 bars of the song's metre = twice the 8-bar prompt
         prompt = note_arrays(song, 0, start)
@@ -116,6 +117,19 @@ def reference_windows(count: int) -> dict:
     return _window_summary(stats)
 
 
+def _parse_options(items: list[str]) -> dict:
+    """``NAME=VALUE`` pairs -> generate() keyword arguments (VALUE read as YAML: 0, 0.5, null, true)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"error: --option {item!r}: expected NAME=VALUE")
+        options[name] = yaml.safe_load(value)
+    return options
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/musicgen-small.pt")
@@ -123,11 +137,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[5, 7, 9])
     p.add_argument("--prompts", type=int, default=12, help="POP909 test songs to continue (0 = skip)")
     p.add_argument("--seed", type=int, default=1, help="seed of the continuations")
+    p.add_argument("--samples", type=int, default=4, help="continuations per prompt")
     p.add_argument("--name", default="long_pieces")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a generate option for every piece, e.g. --option tonal_memory=0 (repeatable)")
     args = p.parse_args()
+    options = _parse_options(args.option)
 
-    result = {"checkpoint": args.checkpoint, "tokens": args.tokens,
-              "free": free_generation(args.checkpoint, args.tokens, args.seeds, args.name)}
+    result = {"checkpoint": args.checkpoint, "tokens": args.tokens, "options": options,
+              "free": free_generation(args.checkpoint, args.tokens, args.seeds, args.name, options)}
     rows = []
     for seed, r in result["free"].items():
         s, check = r["summary"], r["summary"]["range_check"]
@@ -139,7 +157,7 @@ def main() -> None:
     print_table(["seed", "bars", "notes/bar (min-max)", "H4 max", "groove min", "scale min", "same (onset,pitch) max",
                  "notes/onset max", "all windows in range", "guard actions"], rows)
     if args.prompts and (shared_data() / "pop909").is_dir():
-        result["continuation"] = continuations(args.checkpoint, args.prompts, args.seed)
+        result["continuation"] = continuations(args.checkpoint, args.prompts, args.seed, args.samples, options)
         result["pop909_test_windows"] = reference_windows(args.prompts)
         c = result["continuation"]
         print_table(["distance to the prompt"] + list(FIDELITY_KEYS),

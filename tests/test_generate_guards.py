@@ -9,10 +9,11 @@ import torch
 
 from musicgen.config import UserError
 from musicgen.generation import GenerationSession, SamplingConfig, StopConfig, unconditional_prompt
-from musicgen.generation.guards import GuardConfig
+from musicgen.generation.guards import GuardConfig, MusicGuards
+from musicgen.generation.prompt import Prompt
 from musicgen.tokenizer import REMITokenizer, TokenType
 
-OFF = GuardConfig(no_repeated_pitch=False, max_notes_per_onset=0, max_empty_bars=0)
+OFF = GuardConfig(no_repeated_pitch=False, max_notes_per_onset=0, max_empty_bars=0, min_notes_per_bar=0)
 
 
 class FixedPreferenceModel:
@@ -94,7 +95,55 @@ def test_silent_model_is_made_to_play(tokenizer: REMITokenizer) -> None:
     assert result.guards["acted"]["empty_bars"] > 0 or result.guards["acted"]["empty_piece"] > 0
 
 
-@pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5},
+def _sparse_model(tokenizer: REMITokenizer) -> FixedPreferenceModel:
+    """Wants to end the bar after (almost) every event: under half a note per bar, a piece thinning out."""
+    vocab = tokenizer.vocab
+    logits = torch.zeros(1, len(vocab))
+    logits[0, vocab.bar_id] = 4.0
+    logits[0, list(vocab.ids_of_type(TokenType.POSITION))] = -1.0
+    for kind in (TokenType.CHORD, TokenType.TEMPO, TokenType.PROGRAM):
+        logits[0, list(vocab.ids_of_type(kind))] = -9.0
+    return FixedPreferenceModel(logits)
+
+
+def _notes_per_bar(tokenizer: REMITokenizer, result) -> float:
+    return sum(len(i.notes) for i in tokenizer.decode(result.ids).instruments) / max(result.n_bars, 1)
+
+
+def test_thinning_piece_is_nudged_denser(tokenizer: REMITokenizer) -> None:
+    """The soft rule: a model that thins out gets several times the notes per bar, and the .json says how often."""
+    model = _sparse_model(tokenizer)
+    plain = [_notes_per_bar(tokenizer, r) for r in _run(model, tokenizer, GuardConfig(min_notes_per_bar=0), 1500)]
+    guarded = _run(model, tokenizer, GuardConfig(), 1500)
+    assert max(plain) < 0.6
+    for result in guarded:
+        assert _notes_per_bar(tokenizer, result) > 2.5 * max(plain)
+        assert result.guards["acted"]["sparse"] > 100
+        assert result.guards["probability_removed"]["sparse"] > 10  # probability moved to starting notes
+        assert result.guards["min_notes_per_bar"] == 5.0
+
+
+def test_dense_piece_never_triggers_the_sparse_rule(tokenizer: REMITokenizer) -> None:
+    for result in _run(_looping_model(tokenizer), tokenizer, GuardConfig()):
+        assert result.guards["acted"]["sparse"] == 0
+
+
+def test_sparse_prompt_lowers_the_floor(tokenizer: REMITokenizer) -> None:
+    """A prompt of 1 note per bar may be continued at that density: the floor drops to half the prompt's."""
+    sparse_piece = _run(_sparse_model(tokenizer), tokenizer, OFF, 400)[0]
+    ids = sparse_piece.ids[:-1]  # drop EOS: a prompt
+    guards = MusicGuards(tokenizer.vocab, GuardConfig(sparse_window_bars=8), 1)
+    for step in tokenizer.grammar.walk(ids):
+        guards.observe(0, step.state, step.token, continuation=False)
+    row = guards.rows[0]
+    assert row.prompt_bars >= 8 and row.prompt_notes < 0.6 * row.prompt_bars
+    assert guards.sparse_floor(0) == pytest.approx(0.5 * row.prompt_notes / row.prompt_bars)
+    fresh = MusicGuards(tokenizer.vocab, GuardConfig(), 1)
+    assert fresh.sparse_floor(0) == 5.0 and not fresh.is_sparse(0)  # no window of bars yet
+
+
+@pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5}, {"min_notes_per_bar": -1},
+                                    {"sparse_window_bars": 0},
                                     {"max_notes_per_onset": True}])
 def test_bad_guard_options(kwargs: dict) -> None:
     with pytest.raises(UserError):

@@ -69,10 +69,11 @@ def test_fidelity_zero_for_a_repeat_and_large_for_a_transposed_sparse_copy() -> 
     span = 8 * 4 * TPB
     prompt = note_arrays(midi, 0, span)
     same = fidelity(prompt, 8, note_arrays(midi, span, 3 * span), 16)
-    assert same == {"key": 0.0, "register": 0.0, "density": 0.0, "groove": 0.0}
+    assert same == {"key": 0.0, "register": 0.0, "density": 0.0, "groove": 0.0, "out_of_scale": 0.0}
     moved = _midi([(s, p + 6) for s, p in notes if (s // TPB) % 2 == 0])  # tritone up, half the notes
     far = fidelity(prompt, 8, note_arrays(moved, span, 3 * span), 16)
     assert far["register"] > 5 and far["density"] == pytest.approx(1.0) and far["key"] > 0.5 and far["groove"] > 0
+    assert far["out_of_scale"] > 0.5  # C, E, G a tritone up: F#, A#, C#, none in the prompt's scale
 
 
 def test_song_continues_closer_to_itself_than_to_another_song(pop909_dir: Path) -> None:

@@ -9,6 +9,9 @@ distances, each 0 when the continuation matches the prompt (non-drum notes, bars
 * ``density``: |log2| of the ratio of notes per bar (1 = twice or half as dense);
 * ``groove``: 1 - the mean grooving similarity between the prompt's bars and the continuation's bars
   (16 cells per beat, as GS).
+* ``out_of_scale``: share of the continuation's notes outside the diatonic scale that fits the prompt's notes
+  best (0..1): the part of ``key`` that is wrong notes, where ``key`` also counts a different use of the
+  same scale (more fifths, fewer thirds).
 
 The song's own continuation is the yardstick: real music moves too (a chorus changes register), so a
 model is "about as faithful as the song" when its distances are near the song's, not when they are 0.
@@ -21,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from .bar_windows import DIATONIC
+
 __all__ = ["note_arrays", "fidelity", "FIDELITY_KEYS"]
 
-FIDELITY_KEYS = ("key", "register", "density", "groove")
+FIDELITY_KEYS = ("key", "register", "density", "groove", "out_of_scale")
 
 
 def note_arrays(midi: Any, lo_tick: int, hi_tick: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -62,4 +67,10 @@ def fidelity(prompt: tuple[np.ndarray, np.ndarray, int], prompt_bars: int,
         "register": float(abs(pp.mean() - cp.mean())),
         "density": float(abs(math.log2((len(cp) / continuation_bars) / (len(pp) / prompt_bars)))),
         "groove": float(np.mean(xor / gp.shape[1])),
+        "out_of_scale": float(1.0 - hc[(DIATONIC + _best_root(hp)) % 12].sum()),
     }
+
+
+def _best_root(hist: np.ndarray) -> int:
+    """Root of the major scale (= its relative natural minor) holding most of a pitch-class histogram."""
+    return int(np.argmax([hist[(DIATONIC + root) % 12].sum() for root in range(12)]))

@@ -50,6 +50,7 @@ class GeneratedPiece:
     files: dict[str, Path] = field(default_factory=dict)
     guards: dict[str, Any] = field(default_factory=dict)  # how often each musical rule acted (guards.py)
     controls: dict[str, Any] = field(default_factory=dict)  # chord chart, bpm, ... as applied (controls.py)
+    tonal_memory: dict[str, Any] = field(default_factory=dict)  # the pitch-class prior as applied (tonal.py)
     continuation_notes: int = 0  # notes the model wrote after the prompt (one Duration token per note)
     warnings: list[str] = field(default_factory=list)  # e.g. a continuation without a single note
 
@@ -108,6 +109,7 @@ def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_p
         "skipped": piece.report.skipped,
         "guards": piece.guards,
         "controls": piece.controls or options.controls.to_dict(),
+        "tonal_memory": piece.tonal_memory,
         "n_notes": piece.n_notes,
         "continuation_notes": piece.continuation_notes,
         "no_notes": piece.continuation_notes == 0,
@@ -278,7 +280,8 @@ def generate_with(options: GenerateOptions, log: Log | None = print,
         notes = int((vocab.types[result.ids[result.prompt_length:]] == TokenType.DURATION).sum())
         piece = GeneratedPiece(index, f"{options.name}_{index:0{width}d}", result.ids, result.prompt_length, midi,
                                report, start_tick, result.stop_reason, result.n_bars, midi_seconds(midi),
-                               guards=result.guards, controls=result.controls, continuation_notes=notes)
+                               guards=result.guards, controls=result.controls, tonal_memory=result.tonal_memory,
+                               continuation_notes=notes)
         warning = no_notes_warning(piece, vocab)
         if warning:
             piece.warnings.append(warning)

@@ -14,27 +14,46 @@ The grammar guarantees a piece *decodes*; these guarantee it is *playable* and c
   stretches are at most 3 bars.
 * **No empty piece**: EOS is masked until the continuation has at least one note (greedy decoding used
   to end a piece of nothing but Bar tokens).
+* **No thinning out** (``min_notes_per_bar`` over the last ``sparse_window_bars`` bars): the one soft rule.
+  While the finished bars of that window average fewer notes than the floor, the odds of starting another
+  note wherever the piece could instead move on (after Tempo, Chord or Duration: the points the ``density``
+  control biases) are multiplied by 3, and those of ending the bar (a Bar token) divided by 3, until the
+  window recovers. The shipped model sometimes thins a
+  20,000-token piece out to 3-5 notes per bar for dozens of bars (POP909's sparsest 16-bar window of a test
+  song holds 8 per bar). A prompt sparser than the floor lowers it to half the prompt's own density, so a
+  sparse prompt may be continued sparsely: the rule stops a collapse, not a style.
 
-Each guard counts how often it acted (a step where it removed at least one token the grammar allowed)
+Each hard guard counts how often it acted (a step where it removed at least one token the grammar allowed)
 and the probability mass it removed (the model's probability of the forbidden choices, summed over
-steps: how many times the model would have broken the rule); the counts go into each piece's .json.
+steps: how many times the model would have broken the rule); for the soft rule, the steps it biased and the
+probability it moved to starting a note. The counts go into each piece's .json.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
-from ..config import check_int
+from ..config import check_float, check_int
 from ..tokenizer import GrammarState, Phase, TokenType, Vocabulary
 
-__all__ = ["GuardConfig", "GuardCounts", "MusicGuards", "DEFAULT_MAX_NOTES_PER_ONSET", "DEFAULT_MAX_EMPTY_BARS"]
+__all__ = ["GuardConfig", "GuardCounts", "MusicGuards", "DEFAULT_MAX_NOTES_PER_ONSET", "DEFAULT_MAX_EMPTY_BARS",
+           "DEFAULT_MIN_NOTES_PER_BAR", "DEFAULT_SPARSE_WINDOW_BARS", "SPARSE_FACTOR"]
 
 DEFAULT_MAX_NOTES_PER_ONSET = 15
 DEFAULT_MAX_EMPTY_BARS = 4
-_GUARDS = ("repeated_pitch", "onset_full", "empty_bars", "empty_piece")
+#: the floor of the thinning-out rule: the lower end of POP909's range used by the long-piece checks (5-45)
+DEFAULT_MIN_NOTES_PER_BAR = 5.0
+DEFAULT_SPARSE_WINDOW_BARS = 8
+#: factor on the odds of starting a note while a piece is too sparse (the ``density=high`` factor)
+SPARSE_FACTOR = 3.0
+_GUARDS = ("repeated_pitch", "onset_full", "empty_bars", "empty_piece", "sparse")
 
 
 @dataclass(frozen=True)
@@ -44,12 +63,18 @@ class GuardConfig:
     no_repeated_pitch: bool = True
     max_notes_per_onset: int = DEFAULT_MAX_NOTES_PER_ONSET
     max_empty_bars: int = DEFAULT_MAX_EMPTY_BARS
+    min_notes_per_bar: float = DEFAULT_MIN_NOTES_PER_BAR  # 0 = off
+    sparse_window_bars: int = DEFAULT_SPARSE_WINDOW_BARS
     enabled: bool = True  # False: no guard at all (benchmarks time the loop with and without them)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "no_repeated_pitch", bool(self.no_repeated_pitch))
         for name in ("max_notes_per_onset", "max_empty_bars"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=0))
+        object.__setattr__(self, "min_notes_per_bar", check_float("min_notes_per_bar", self.min_notes_per_bar,
+                                                                  minimum=0.0))
+        object.__setattr__(self, "sparse_window_bars", check_int("sparse_window_bars", self.sparse_window_bars,
+                                                                 minimum=1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +82,8 @@ class GuardConfig:
 
 @dataclass
 class GuardCounts:
-    """How often each guard acted for one sequence, and the model probability it removed."""
+    """How often each guard acted for one sequence, and the model probability it removed (for the soft
+    ``sparse`` rule: the probability it moved to starting a note, before the grammar mask)."""
 
     acted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_GUARDS, 0))
     mass: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_GUARDS, 0.0))
@@ -74,6 +100,9 @@ class _Row:
     notes_in_bar: int = 0
     empty_bars: int = 0  # consecutive finished bars without a note
     notes: int = 0  # notes of the continuation so far
+    bar_notes: deque = field(default_factory=deque)  # notes of the last finished bars (the sparse window)
+    prompt_notes: int = 0  # notes and finished bars of the prompt (a sparse prompt lowers the floor)
+    prompt_bars: int = 0
 
 
 class MusicGuards:
@@ -89,7 +118,9 @@ class MusicGuards:
             span = vocab.ranges[kind]
             self._note_start[span.start:span.stop] = True
         self._bar_id, self._eos_id = vocab.bar_id, vocab.eos_id
-        self.rows = [_Row() for _ in range(batch_size)]
+        window = config.sparse_window_bars
+        self.rows = [_Row(bar_notes=deque(maxlen=window)) for _ in range(batch_size)]
+        self._sparse_bias = np.where(self._note_start, math.log(SPARSE_FACTOR), 0.0).astype(np.float32)
         self.counts = [GuardCounts() for _ in range(batch_size)]
 
     # --- bookkeeping -------------------------------------------------------------------------------
@@ -101,6 +132,10 @@ class MusicGuards:
         if kind == TokenType.BAR:
             if state.bar_start > 0:  # a bar ended (the piece's first Bar ends none)
                 r.empty_bars = 0 if r.notes_in_bar else r.empty_bars + 1
+                r.bar_notes.append(r.notes_in_bar)
+                if not continuation:
+                    r.prompt_bars += 1
+                    r.prompt_notes += r.notes_in_bar
             r.notes_in_bar = 0
             r.onset, r.started, r.notes_at_onset = -1, set(), 0
         elif kind == TokenType.POSITION:
@@ -112,6 +147,46 @@ class MusicGuards:
             r.empty_bars = 0
             if continuation:
                 r.notes += 1
+
+    def sparse_floor(self, row: int) -> float:
+        """The notes-per-bar floor of the thinning-out rule for one sequence (0 = off): the configured one,
+        or half the prompt's own density when a prompt of at least a window of bars is sparser."""
+        r, cfg = self.rows[row], self.config
+        floor = cfg.min_notes_per_bar
+        if r.prompt_bars >= cfg.sparse_window_bars:
+            floor = min(floor, 0.5 * r.prompt_notes / r.prompt_bars)
+        return floor
+
+    def is_sparse(self, row: int) -> bool:
+        """Whether the last ``sparse_window_bars`` finished bars average fewer notes than the floor."""
+        r = self.rows[row]
+        floor = self.sparse_floor(row)
+        return (floor > 0 and len(r.bar_notes) == self.config.sparse_window_bars
+                and sum(r.bar_notes) < floor * len(r.bar_notes))
+
+    # --- logits (the soft rule) ----------------------------------------------------------------------
+    def logit_bias(self, states: Sequence[GrammarState], logits: torch.Tensor, temperature: float,
+                   done: Sequence[bool]) -> torch.Tensor | None:
+        """(B, V) additive bias of the thinning-out rule (None when no row needs it at this step), scaled by
+        the temperature so the odds change by exactly SPARSE_FACTOR; counts the steps and the probability moved
+        to starting a note (``logits``: this step's raw logits, for that count only)."""
+        if not self.config.min_notes_per_bar:
+            return None
+        rows = [row for row, s in enumerate(states) if not done[row] and self.is_sparse(row)]
+        if not rows:
+            return None
+        scale = float(temperature) if temperature > 0 else 1.0
+        bias = np.zeros(tuple(logits.shape), dtype=np.float32)
+        for row in rows:
+            if states[row].phase in (Phase.TEMPO, Phase.CHORD, Phase.DURATION):
+                bias[row] = self._sparse_bias  # here a note competes with moving on (Position, Bar)
+            bias[row, self._bar_id] = -math.log(SPARSE_FACTOR)  # wherever a bar may end, it is less likely to
+            bias[row] *= scale
+            before = torch.softmax(logits[row].float(), -1).numpy()
+            after = torch.softmax(logits[row].float() + torch.from_numpy(bias[row]), -1).numpy()
+            self.counts[row].acted["sparse"] += 1
+            self.counts[row].mass["sparse"] += float(after[self._note_start].sum() - before[self._note_start].sum())
+        return torch.from_numpy(bias)
 
     # --- masks -------------------------------------------------------------------------------------
     def forbidden(self, row: int, state: GrammarState, allowed: np.ndarray) -> dict[str, np.ndarray]:

@@ -52,10 +52,14 @@ class GenerateOptions:
     top_p: float = SamplingConfig.top_p
     repetition_penalty: float = SamplingConfig.repetition_penalty
     repetition_window: int = SamplingConfig.repetition_window
+    tonal_memory: float = SamplingConfig.tonal_memory
+    tonal_half_life: float = SamplingConfig.tonal_half_life
     # GuardConfig
     no_repeated_pitch: bool = GuardConfig.no_repeated_pitch
     max_notes_per_onset: int = GuardConfig.max_notes_per_onset
     max_empty_bars: int = GuardConfig.max_empty_bars
+    min_notes_per_bar: float = GuardConfig.min_notes_per_bar
+    sparse_window_bars: int = GuardConfig.sparse_window_bars
     # ControlConfig
     chords: str | None = ControlConfig.chords
     bpm: float | None = ControlConfig.bpm

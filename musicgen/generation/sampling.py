@@ -1,6 +1,7 @@
 """Next-token sampling over logits: the one implementation used by generation, evaluation and benchmarks.
 
-Order of operations for a batch of logits (B, V):
+Order of operations for a batch of logits (B, V) (the session first adds its logit biases: the tonal memory
+on the Pitch logits, :mod:`.tonal`; the density control; the guards' soft rule):
 1. repetition guard (optional): the logits of the pitch tokens that occur among the last
    `repetition_window` *pitch* tokens of a sequence are divided by `repetition_penalty` when positive and
    multiplied by it when negative (the CTRL rule). Only pitches are guarded because REMI repeats
@@ -36,6 +37,8 @@ class SamplingConfig:
     top_p: float = 1.0  # 1.0 = off
     repetition_penalty: float = 1.0  # 1.0 = off
     repetition_window: int = 16  # last N pitch tokens of each sequence
+    tonal_memory: float = 0.5  # strength of the pitch-class prior from the piece's own notes (tonal.py); 0 = off
+    tonal_half_life: float = 256.0  # notes after which a note weighs half in that prior
 
     def __post_init__(self) -> None:
         """Validated (and typed: `top_k="3"` becomes 3) here, once, for the API, the CLI and the studio."""
@@ -44,7 +47,9 @@ class SamplingConfig:
                 ("top_k", check_int("top_k", self.top_k, minimum=0)),
                 ("top_p", check_float("top_p", self.top_p, minimum=0.0, maximum=1.0, exclusive_min=True)),
                 ("repetition_penalty", check_float("repetition_penalty", self.repetition_penalty, minimum=1.0)),
-                ("repetition_window", check_int("repetition_window", self.repetition_window, minimum=1))):
+                ("repetition_window", check_int("repetition_window", self.repetition_window, minimum=1)),
+                ("tonal_memory", check_float("tonal_memory", self.tonal_memory, minimum=0.0)),
+                ("tonal_half_life", check_float("tonal_half_life", self.tonal_half_life, minimum=1.0))):
             object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:

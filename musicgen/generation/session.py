@@ -30,12 +30,13 @@ import torch
 from tqdm import tqdm
 
 from ..config import UserError, check_float, check_int
-from ..tokenizer import Bins, GrammarState, Phase, REMITokenizer, TokenType
+from ..tokenizer import DRUM_PROGRAM, Bins, GrammarState, Phase, REMITokenizer, TokenType
 from .controls import ControlConfig, Controls
 from .guards import GuardConfig, MusicGuards
 from .prompt import Prompt
 from .sampling import PitchHistory, SamplingConfig, grammar_mask, sample_next
 from .timeline import TokenClock, event_step, follow_tempo
+from .tonal import TonalMemory
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -82,6 +83,7 @@ class SampleResult:
     continuation_seconds: float  # onset of its last event, from the continuation start
     guards: dict[str, Any] = field(default_factory=dict)  # how often each musical rule acted (guards.py)
     controls: dict[str, Any] = field(default_factory=dict)  # the controls applied and what they did (controls.py)
+    tonal_memory: dict[str, Any] = field(default_factory=dict)  # the pitch-class prior and its use (tonal.py)
 
 
 @dataclass
@@ -150,6 +152,7 @@ class GenerationSession:
         self.tokens_per_second = 0.0
         self.state: Any = None  # the model's recurrent state, set by feed_prompt
         self.history: PitchHistory | None = None
+        self.tonal: TonalMemory | None = None
 
     def _mask_of(self, ids: list[int]) -> np.ndarray:
         mask = np.zeros(len(self.vocab), dtype=bool)
@@ -196,10 +199,16 @@ class GenerationSession:
         active = config is not None and (config.active if isinstance(config, ControlConfig)
                                          else any(c.active for c in config))
         self.controls = Controls(self.vocab, config, batch_size) if active else None
+        pitches = self.vocab.ids_of_type(TokenType.PITCH)
+        self.tonal = TonalMemory(batch_size, pitches, self.sampling.tonal_memory, self.sampling.tonal_half_life)
         if self.guards is not None:
             for token, state in zip(prompt.ids, states):
                 self.guards.observe(0, state, token, continuation=False)
+        for token, state in zip(prompt.ids, states):
+            if token in pitches and state.program != DRUM_PROGRAM:
+                self.tonal.observe(0, token)
         for row in range(batch_size):
+            self.tonal.copy_row(0, row)
             if self.guards is not None:
                 self.guards.rows[row] = copy.deepcopy(self.guards.rows[0])
             for token in prompt.ids:
@@ -276,6 +285,8 @@ class GenerationSession:
         track.tokens.append(token)
         follow_tempo(track.clock, state, int(self.vocab.values[token]), self._bins)
         self.history.push(row, token)
+        if state.phase == Phase.PITCH and state.program != DRUM_PROGRAM:
+            self.tonal.observe(row, token)
         if self.guards is not None:
             self.guards.observe(row, state, token, continuation=True)
         if self.controls is not None:
@@ -291,8 +302,18 @@ class GenerationSession:
         assert self.history is not None, "call feed_prompt first"
         guarded = self.history.mask() if self.sampling.repetition_penalty != 1.0 else None
         logits = logits.float().cpu()
+        pitch_rows = [row for row, t in enumerate(tracks)
+                      if not t.done and t.state.phase == Phase.VELOCITY and t.state.program != DRUM_PROGRAM]
+        bias = self.tonal.bias(pitch_rows, logits.shape[0], logits.shape[1], self.sampling.temperature)
+        if bias is not None:  # the tonal memory: stay in the pitch classes the piece has been using
+            logits = logits + bias
         if self.controls is not None:  # density: a logit bias where a note may start or the piece move on
             bias = self.controls.logit_bias([t.state for t in tracks], self.sampling.temperature)
+            if bias is not None:
+                logits = logits + bias
+        if self.guards is not None:  # the one soft rule: a piece thinning out is nudged to start notes
+            bias = self.guards.logit_bias([t.state for t in tracks], logits, self.sampling.temperature,
+                                          [t.done for t in tracks])
             if bias is not None:
                 logits = logits + bias
         tokens = sample_next(logits, self.allowed(tracks, logits), self.sampling, self._sample_gen, guarded)
@@ -341,5 +362,5 @@ class GenerationSession:
         return [SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
                              t.last_seconds, {**self.guard_config.to_dict(),
                                               **(self.guards.counts[row].to_dict() if self.guards else {})},
-                             self.controls.report(row) if self.controls else {})
+                             self.controls.report(row) if self.controls else {}, self.tonal.report(row))
                 for row, t in enumerate(tracks)]
