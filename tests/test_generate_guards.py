@@ -120,7 +120,7 @@ def test_thinning_piece_is_nudged_denser(tokenizer: REMITokenizer) -> None:
         assert _notes_per_bar(tokenizer, result) > 2.5 * max(plain)
         assert result.guards["acted"]["sparse"] > 100
         assert result.guards["probability_removed"]["sparse"] > 10  # probability moved to starting notes
-        assert result.guards["min_notes_per_bar"] == 5.0
+        assert result.guards["min_notes_per_bar"] == 6.0
 
 
 def test_dense_piece_never_triggers_the_sparse_rule(tokenizer: REMITokenizer) -> None:
@@ -139,7 +139,7 @@ def test_sparse_prompt_lowers_the_floor(tokenizer: REMITokenizer) -> None:
     assert row.prompt_bars >= 8 and row.prompt_notes < 0.6 * row.prompt_bars
     assert guards.sparse_floor(0) == pytest.approx(0.5 * row.prompt_notes / row.prompt_bars)
     fresh = MusicGuards(tokenizer.vocab, GuardConfig(), 1)
-    assert fresh.sparse_floor(0) == 5.0 and not fresh.is_sparse(0)  # no window of bars yet
+    assert fresh.sparse_floor(0) == 6.0 and not fresh.is_sparse(0)  # no window of bars yet
 
 
 @pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5}, {"min_notes_per_bar": -1},

@@ -1,4 +1,4 @@
-"""Tonal memory (musicgen/generation/tonal.py): a continuation is pulled towards the pitch classes of its piece."""
+"""Tonal memory (musicgen/generation/tonal.py): a continuation is pulled towards the pitch classes of its prompt."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from musicgen.config import UserError
-from musicgen.generation import GenerationSession, SamplingConfig, StopConfig
+from musicgen.generation import GenerationSession, SamplingConfig, StopConfig, unconditional_prompt
 from musicgen.generation.prompt import load_prompt
 from musicgen.generation.tonal import TonalMemory
 from musicgen.tokenizer import REMITokenizer, TokenType
@@ -29,8 +29,7 @@ def tokenizer() -> REMITokenizer:
 def test_bias_follows_the_history_and_is_off_without_one(tokenizer: REMITokenizer) -> None:
     pitches = tokenizer.vocab.ids_of_type(TokenType.PITCH)
     memory = TonalMemory(2, pitches, strength=0.5, half_life=1e9)
-    bias = memory.bias([0, 1], 2, len(tokenizer.vocab), temperature=1.0)
-    assert bias is not None and torch.all(bias == 0)  # nothing heard yet: a uniform profile, no bias
+    assert memory.bias([0, 1], 2, len(tokenizer.vocab), temperature=1.0) is None  # no prompt note: no bias
     for pitch in [60, 64, 67] * 10:  # C, E, G
         memory.observe(0, tokenizer.vocab.id_of(TokenType.PITCH, pitch))
     bias = memory.bias([0, 1], 2, len(tokenizer.vocab), temperature=1.0)
@@ -94,6 +93,9 @@ def test_continuation_of_a_c_major_prompt_stays_in_c_major(tokenizer: REMITokeni
             assert results[0].tonal_memory["biased_steps"] > 100
             profile = results[0].tonal_memory["final_profile"]
             assert sum(profile[pc] for pc in C_MAJOR) > 0.7
+    unconditional = GenerationSession(model, tokenizer, SamplingConfig(), StopConfig(tokens=300, allow_eos=False),
+                                      seed=3).run(unconditional_prompt(tokenizer), 1, progress=False)[0]
+    assert unconditional.tonal_memory["biased_steps"] == 0  # nothing to remember without a prompt
     assert shares[0.0] == pytest.approx(7 / 12, abs=0.08)
     assert shares[0.5] > shares[0.0] + 0.1 and shares[1.0] > shares[0.5]
 

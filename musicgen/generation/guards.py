@@ -48,8 +48,10 @@ __all__ = ["GuardConfig", "GuardCounts", "MusicGuards", "DEFAULT_MAX_NOTES_PER_O
 
 DEFAULT_MAX_NOTES_PER_ONSET = 15
 DEFAULT_MAX_EMPTY_BARS = 4
-#: the floor of the thinning-out rule: the lower end of POP909's range used by the long-piece checks (5-45)
-DEFAULT_MIN_NOTES_PER_BAR = 5.0
+#: the floor of the thinning-out rule. The long-piece checks want every 16-bar window at >= 5 notes per bar; the
+#: rule acts only once its 8-bar window is below the floor, so the floor sits above 5 (POP909's sparsest 16-bar
+#: test window holds 8 per bar)
+DEFAULT_MIN_NOTES_PER_BAR = 6.0
 DEFAULT_SPARSE_WINDOW_BARS = 8
 #: factor on the odds of starting a note while a piece is too sparse (the ``density=high`` factor)
 SPARSE_FACTOR = 3.0

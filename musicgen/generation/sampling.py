@@ -37,8 +37,8 @@ class SamplingConfig:
     top_p: float = 1.0  # 1.0 = off
     repetition_penalty: float = 1.0  # 1.0 = off
     repetition_window: int = 16  # last N pitch tokens of each sequence
-    tonal_memory: float = 0.5  # strength of the pitch-class prior from the piece's own notes (tonal.py); 0 = off
-    tonal_half_life: float = 256.0  # notes after which a note weighs half in that prior
+    tonal_memory: float = 0.5  # strength of the prompt's pitch-class prior on continuations (tonal.py); 0 = off
+    tonal_half_life: float = 256.0  # a prompt note this many notes before its end weighs half
 
     def __post_init__(self) -> None:
         """Validated (and typed: `top_k="3"` becomes 3) here, once, for the API, the CLI and the studio."""

@@ -285,8 +285,6 @@ class GenerationSession:
         track.tokens.append(token)
         follow_tempo(track.clock, state, int(self.vocab.values[token]), self._bins)
         self.history.push(row, token)
-        if state.phase == Phase.PITCH and state.program != DRUM_PROGRAM:
-            self.tonal.observe(row, token)
         if self.guards is not None:
             self.guards.observe(row, state, token, continuation=True)
         if self.controls is not None:

@@ -1,21 +1,24 @@
-"""Tonal memory: a decode-time prior that keeps a piece in the pitch classes it has been using.
+"""Tonal memory: a decode-time prior that keeps a continuation in the pitch classes of its prompt.
 
 Why: teacher-forced, the model predicts pitch classes well (a pitch-class prior barely changes its NLL on
 real songs), yet its free-running continuations of POP909 prompts wander out of the prompt's key much more
 than the songs do (total-variation distance of the pitch-class histograms 0.32 against the songs' 0.19,
 ``benchmarks/long_pieces.py``): each sampled out-of-key note is evidence, to the model, of a new key, and
-the errors compound. A cache of the piece's own pitch classes, combined with the model as a product of
-experts (the "neural cache" of language models), pulls the samples back towards the key the piece is in.
+the errors compound. The prompt is what the musician gave; its pitch-class profile, combined with the model
+as a product of experts, pulls the samples back towards the prompt's key.
 
-How: per sequence, an exponentially decayed count c of the pitch classes of its non-drum notes (the
-prompt's, then the continuation's; half-life ``tonal_half_life`` notes, so a modulation the piece makes is
-followed). Where a pitched note's Pitch comes next, every pitch's logit gets
+How: the prompt's non-drum notes give an exponentially weighted pitch-class count c (a note ``tonal_half_life``
+notes before the prompt's end weighs half as much as its last one, so a prompt that modulates is continued in
+its latest key). Where a pitched note's Pitch comes next in the continuation, every pitch's logit gets
 
     strength * log(12 (c[pc] + 1) / (sum(c) + 12))
 
-(add-one smoothing: a pitch class never heard keeps a finite, smaller chance; a uniform history gives no
-bias, so a piece without a prompt starts free). The bias is multiplied by the temperature so that the
-probability ratios it imposes do not depend on it. ``tonal_memory=0`` turns it off. Drums are never biased.
+(add-one smoothing: a pitch class the prompt never played keeps a finite, smaller chance). The profile is
+the prompt's alone and stays fixed: fed with the piece's own notes the prior reinforces itself, and 20,000-token
+pieces lost pitch-class variety (4-bar pitch-class entropy from a median of 2.65 to 2.23 bits, below POP909's
+sparsest window). Without a prompt there is no profile and no bias. The bias is multiplied by the temperature
+so that the probability ratios it imposes do not depend on it. ``tonal_memory=0`` turns it off; drums are
+never biased.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class TonalMemory:
         self.biased_steps = [0] * batch_size
 
     def observe(self, row: int, pitch_token: int) -> None:
-        """Record the Pitch token of one pitched (non-drum) note of sequence ``row``."""
+        """Record the Pitch token of one pitched (non-drum) prompt note (in order) for sequence ``row``."""
         self.counts[row] *= self._keep
         self.counts[row, (pitch_token - self._lo) % 12] += 1.0
 
@@ -54,8 +57,8 @@ class TonalMemory:
 
     def bias(self, rows: list[int], batch_size: int, vocab_size: int, temperature: float) -> torch.Tensor | None:
         """(B, V) additive bias on the Pitch logits of ``rows`` (those whose next token is a pitched note's
-        Pitch), None when there is nothing to bias."""
-        if not self.strength or not rows:
+        Pitch), None when there is nothing to bias (off, no such row, or no prompt note to remember)."""
+        if not self.strength or not rows or not self.counts.any():
             return None
         scale = float(temperature) if temperature > 0 else 1.0
         out = np.zeros((batch_size, vocab_size), dtype=np.float32)
