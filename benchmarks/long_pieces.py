@@ -1,7 +1,8 @@
 """Long pieces and continuations, measured the way a listener would: do they stay music, and in the prompt's world?
 
     python benchmarks/long_pieces.py [--checkpoint checkpoints/musicgen-small.pt] [--tokens 20000]
-                                     [--seeds 5 7 9] [--prompts 12] [--name long_pieces]
+                                     [--seeds 5 7 9] [--prompts 12] [--samples 4] [--name long_pieces]
+                                     [--option tonal_memory=0 ...]
 
 1. **Free generation**: one piece per seed of ``--tokens`` tokens with EOS off and no bar limit (the README's
    long-piece command), then statistics per window of 16 four-beat bars (musicgen/evaluation/bar_windows.py):
@@ -9,7 +10,8 @@
    the decoding guards acted. The first piece's piano roll is written beside the JSON.
 2. **Continuations**: the first ``--prompts`` POP909 test songs (id % 20 == 0) with at least 24 bars; prompt =
    their first 8 bars, ``--samples`` continuations of 16 bars each; key / register / density / groove /
-   out-of-scale distances to the prompt (musicgen/evaluation/continuation.py) next to the same distances for the song's own next 16 bars.
+   out-of-scale distances to the prompt (musicgen/evaluation/continuation.py) next to the same distances for
+   the song's own next 16 bars.
 3. The same window statistics of those POP909 test songs, for reference.
 
 Prints tables and writes benchmarks/results/<name>.json (+ <name>_piece.png).
@@ -47,12 +49,12 @@ def _window_summary(stats) -> dict:
     return out
 
 
-def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str, options: dict) -> dict:
+def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str, options: dict | None = None) -> dict:
     pieces = {}
     for i, seed in enumerate(seeds):
         began = time.perf_counter()
         piece = generate(checkpoint, tokens=tokens, bars=None, allow_eos=False, seed=seed, progress=True, log=None,
-                         **options)[0]
+                         **(options or {}))[0]
         elapsed = time.perf_counter() - began
         stats = bar_window_statistics(piece.midi)
         beats = max((n.start for inst in piece.midi.instruments for n in inst.notes), default=0) / piece.midi.ticks_per_beat
@@ -90,13 +92,13 @@ def _test_songs(count: int, tokenizer: REMITokenizer) -> list[Path]:
     return songs
 
 
-def continuations(checkpoint: str, count: int, seed: int, samples: int, options: dict) -> dict:
+def continuations(checkpoint: str, count: int, seed: int, samples: int = 2, options: dict | None = None) -> dict:
     tokenizer = REMITokenizer()
     rows, real_rows = [], []
     for path in _test_songs(count, tokenizer):
         song = tokenizer.decode(load_prompt(path, tokenizer, time_signature="index").ids)
         pieces = generate(checkpoint, path, prompt_bars=8, prompt_time_signature="index", bars=16,
-                          num_samples=samples, seed=seed, progress=False, log=None, **options)
+                          num_samples=samples, seed=seed, progress=False, log=None, **(options or {}))
         start = pieces[0].start_tick
         span = 2 * start  # 16 bars of the song's metre = twice the 8-bar prompt
         prompt = note_arrays(song, 0, start)

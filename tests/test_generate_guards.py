@@ -138,6 +138,11 @@ def test_sparse_prompt_lowers_the_floor(tokenizer: REMITokenizer) -> None:
     row = guards.rows[0]
     assert row.prompt_bars >= 8 and row.prompt_notes < 0.6 * row.prompt_bars
     assert guards.sparse_floor(0) == pytest.approx(0.5 * row.prompt_notes / row.prompt_bars)
+    bars, notes = row.prompt_bars, row.prompt_notes
+    state = list(tokenizer.grammar.walk(ids + [tokenizer.vocab.bar_id]))[-1].state
+    guards.observe(0, state, tokenizer.vocab.bar_id, continuation=True)  # the continuation's first Bar ends the
+    assert row.prompt_bars == bars + 1  # prompt's last bar: that bar is the prompt's
+    assert row.prompt_notes >= notes
     fresh = MusicGuards(tokenizer.vocab, GuardConfig(), 1)
     assert fresh.sparse_floor(0) == 6.0 and not fresh.is_sparse(0)  # no window of bars yet
 

@@ -252,6 +252,8 @@ def test_bad_option_values_give_the_library_message(tiny_checkpoint: Path) -> No
         assert status == 400 and "seed" in answer["error"], answer
         status, answer = submit(base, {"bars": "100000"})
         assert status == 400 and "at most 512 bars" in answer["error"], answer
+        status, answer = submit(base, {"bars": "2", "tonal_memory": "-1"})
+        assert status == 400 and "tonal_memory" in answer["error"], answer
         status, answer = submit(base, {"bars": "2", "colour": "blue"})
         assert status == 400 and "colour" in answer["error"], answer
         status, answer = request(base + "api/jobs/nope")

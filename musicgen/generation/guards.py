@@ -105,6 +105,7 @@ class _Row:
     bar_notes: deque = field(default_factory=deque)  # notes of the last finished bars (the sparse window)
     prompt_notes: int = 0  # notes and finished bars of the prompt (a sparse prompt lowers the floor)
     prompt_bars: int = 0
+    bar_of_prompt: bool = False  # the current bar was started by the prompt (the continuation's first Bar ends it)
 
 
 class MusicGuards:
@@ -135,9 +136,10 @@ class MusicGuards:
             if state.bar_start > 0:  # a bar ended (the piece's first Bar ends none)
                 r.empty_bars = 0 if r.notes_in_bar else r.empty_bars + 1
                 r.bar_notes.append(r.notes_in_bar)
-                if not continuation:
+                if r.bar_of_prompt:
                     r.prompt_bars += 1
                     r.prompt_notes += r.notes_in_bar
+            r.bar_of_prompt = not continuation
             r.notes_in_bar = 0
             r.onset, r.started, r.notes_at_onset = -1, set(), 0
         elif kind == TokenType.POSITION:

@@ -13,10 +13,11 @@ from typing import Mapping
 
 from ..config import UserError
 from ..generation.options import GenerateOptions
+from ..generation.sampling import SamplingConfig
 
 #: fields the page may send (the prompt file comes separately)
 FIELDS = ("prompt_bars", "prompt_time_signature", "include_prompt", "bars", "allow_eos", "temperature", "top_p",
-          "seed", "num_samples", "chords", "chord_tones", "bpm", "time_signature", "density", "key")
+          "seed", "num_samples", "chords", "chord_tones", "bpm", "time_signature", "density", "key", "tonal_memory")
 #: a rough count of tokens per bar of the shipped model (4/4, no density control), only for the progress bar
 TOKENS_PER_BAR = 45
 DENSITY_TOKENS = {"low": 0.5, "medium": 1.0, "high": 2.2}
@@ -65,6 +66,7 @@ def build_options(form: Mapping[str, str], prompt_path: str | None, checkpoint: 
         "num_samples": get["num_samples"] or "1", "seed": get["seed"],
         "chords": get["chords"], "chord_tones": get["chord_tones"] or "only", "bpm": get["bpm"],
         "time_signature": get["time_signature"], "density": get["density"], "key": get["key"],
+        "tonal_memory": get["tonal_memory"] or SamplingConfig.tonal_memory,
         "include_prompt": _flag("include_prompt", form.get("include_prompt"), True),
         "allow_eos": _flag("allow_eos", form.get("allow_eos"), True),
     }
