@@ -60,7 +60,7 @@ def test_repetition_guard_penalises_recent_pitches(tokenizer: REMITokenizer) -> 
     guarded = history.mask()[0]
     assert [bool(guarded[vocab.id_of(TokenType.PITCH, p)]) for p in (60, 62, 64)] == [False, True, True]
     logits = torch.full((1, len(vocab)), 2.0)
-    out = filter_logits(logits, None, SamplingConfig(repetition_penalty=2.0), history.mask())
+    out = filter_logits(logits, None, SamplingConfig(repetition_penalty=2.0, top_p=1.0), history.mask())
     assert out[0, vocab.id_of(TokenType.PITCH, 64)] == 1.0 and out[0, vocab.id_of(TokenType.PITCH, 60)] == 2.0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import UserError, check_float, check_int, require_known_keys
+from ..generation.sampling import SamplingConfig
 
 
 @dataclass
@@ -29,8 +30,8 @@ class EvaluateOptions:
     drift_tokens: int | None = None
     drift_samples: int = 4
     drift_window: int = 1000
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float = SamplingConfig.temperature  # the drift pieces sample as generate.py does
+    top_p: float = SamplingConfig.top_p
     output_dir: str | None = None
     progress: bool = True
 

@@ -15,13 +15,14 @@ The grammar guarantees a piece *decodes*; these guarantee it is *playable* and c
 * **No empty piece**: EOS is masked until the continuation has at least one note (greedy decoding used
   to end a piece of nothing but Bar tokens).
 * **No thinning out** (``min_notes_per_bar`` over the last ``sparse_window_bars`` bars): the one soft rule.
-  While the finished bars of that window average fewer notes than the floor, the odds of starting another
-  note wherever the piece could instead move on (after Tempo, Chord or Duration: the points the ``density``
-  control biases) are multiplied by 3, and those of ending the bar (a Bar token) divided by 3, until the
-  window recovers. The shipped model sometimes thins a
+  While the finished bars of that window (in a piece's first bars, at least half a window of them) average
+  fewer notes than the floor, the odds of starting another note wherever the piece could instead move on
+  (after Tempo, Chord or Duration: the points the ``density`` control biases) are multiplied by 3, and those
+  of ending the bar (a Bar token) divided by 3, until the window recovers. The shipped model sometimes thins a
   20,000-token piece out to 3-5 notes per bar for dozens of bars (POP909's sparsest 16-bar window of a test
-  song holds 8 per bar). A prompt sparser than the floor lowers it to half the prompt's own density, so a
-  sparse prompt may be continued sparsely: the rule stops a collapse, not a style.
+  song holds 8 per bar). A prompt of at least half a window of bars that is sparser than the floor lowers it
+  to half the prompt's own density, so a sparse prompt may be continued sparsely: the rule stops a collapse,
+  not a style.
 
 Each hard guard counts how often it acted (a step where it removed at least one token the grammar allowed)
 and the probability mass it removed (the model's probability of the forbidden choices, summed over
@@ -154,18 +155,19 @@ class MusicGuards:
 
     def sparse_floor(self, row: int) -> float:
         """The notes-per-bar floor of the thinning-out rule for one sequence (0 = off): the configured one,
-        or half the prompt's own density when a prompt of at least a window of bars is sparser."""
+        or half the prompt's own density when a prompt of at least half a window of bars is sparser."""
         r, cfg = self.rows[row], self.config
         floor = cfg.min_notes_per_bar
-        if r.prompt_bars >= cfg.sparse_window_bars:
+        if 2 * r.prompt_bars >= cfg.sparse_window_bars:
             floor = min(floor, 0.5 * r.prompt_notes / r.prompt_bars)
         return floor
 
     def is_sparse(self, row: int) -> bool:
-        """Whether the last ``sparse_window_bars`` finished bars average fewer notes than the floor."""
+        """Whether the last ``sparse_window_bars`` finished bars (at least half that many: the opening bars of a
+        piece count too) average fewer notes than the floor."""
         r = self.rows[row]
         floor = self.sparse_floor(row)
-        return (floor > 0 and len(r.bar_notes) == self.config.sparse_window_bars
+        return (floor > 0 and 2 * len(r.bar_notes) >= self.config.sparse_window_bars
                 and sum(r.bar_notes) < floor * len(r.bar_notes))
 
     # --- logits (the soft rule) ----------------------------------------------------------------------

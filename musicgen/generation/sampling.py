@@ -34,7 +34,7 @@ class SamplingConfig:
 
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
+    top_p: float = 0.95  # 1.0 = off (see conf/generate.yaml: why 0.95)
     repetition_penalty: float = 1.0  # 1.0 = off
     repetition_window: int = 16  # last N pitch tokens of each sequence
     tonal_memory: float = 0.5  # strength of the prompt's pitch-class prior on continuations (tonal.py); 0 = off

@@ -62,7 +62,7 @@ def build_options(form: Mapping[str, str], prompt_path: str | None, checkpoint: 
     values: dict[str, object] = {
         "checkpoint": checkpoint, "device": device, "bars": bars, "progress": False, "pianoroll": False,
         "render": "none", "name": "variation",
-        "temperature": get["temperature"] or "1.0", "top_p": get["top_p"] or "0.9",
+        "temperature": get["temperature"] or "1.0", "top_p": get["top_p"] or SamplingConfig.top_p,
         "num_samples": get["num_samples"] or "1", "seed": get["seed"],
         "chords": get["chords"], "chord_tones": get["chord_tones"] or "only", "bpm": get["bpm"],
         "time_signature": get["time_signature"], "density": get["density"], "key": get["key"],
