@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,8 @@ from musicgen.generation.guards import GuardConfig, MusicGuards
 from musicgen.generation.prompt import Prompt
 from musicgen.tokenizer import REMITokenizer, TokenType
 
-OFF = GuardConfig(no_repeated_pitch=False, max_notes_per_onset=0, max_empty_bars=0, min_notes_per_bar=0)
+OFF = GuardConfig(no_repeated_pitch=False, max_notes_per_onset=0, max_empty_bars=0, min_notes_per_bar=0,
+                  register_window_notes=0)
 
 
 class FixedPreferenceModel:
@@ -147,8 +149,54 @@ def test_sparse_prompt_lowers_the_floor(tokenizer: REMITokenizer) -> None:
     assert fresh.sparse_floor(0) == 6.0 and not fresh.is_sparse(0)  # no window of bars yet
 
 
+def _climbing_model(tokenizer: REMITokenizer) -> FixedPreferenceModel:
+    """Prefers the top of the keyboard: odds x e per octave up (the drift the register rule works against)."""
+    vocab = tokenizer.vocab
+    logits = torch.zeros(1, len(vocab))
+    span = vocab.ids_of_type(TokenType.PITCH)
+    logits[0, span.start:span.stop] = torch.as_tensor(vocab.values[span.start:span.stop], dtype=torch.float32) / 12
+    for kind in (TokenType.CHORD, TokenType.TEMPO, TokenType.PROGRAM):
+        logits[0, list(vocab.ids_of_type(kind))] = -9.0
+    return FixedPreferenceModel(logits)
+
+
+def _mean_pitch(tokenizer: REMITokenizer, result) -> float:
+    vocab = tokenizer.vocab
+    return float(np.mean([vocab.values[t] for t in result.ids[result.prompt_length:]
+                          if vocab.types[t] == TokenType.PITCH]))
+
+
+def test_piece_climbing_off_the_keyboard_is_brought_back(tokenizer: REMITokenizer) -> None:
+    model = _climbing_model(tokenizer)
+    free = _run(model, tokenizer, GuardConfig(register_window_notes=0), 1500)
+    held = _run(model, tokenizer, GuardConfig(), 1500)
+    top = min(_mean_pitch(tokenizer, r) for r in free)
+    assert top > 105
+    for result in held:
+        assert _mean_pitch(tokenizer, result) < top - 10
+        assert result.guards["acted"]["register"] > 50
+        assert result.guards["probability_removed"]["register"] > 10  # probability moved away from the top
+    for result in _run(_sparse_model(tokenizer), tokenizer, GuardConfig(), 600):  # pitches uniform: mean ~64
+        assert result.guards["acted"]["register"] == 0
+
+
+def test_high_prompt_moves_the_register_bound(tokenizer: REMITokenizer) -> None:
+    guards = MusicGuards(tokenizer.vocab, GuardConfig(), 1)
+    assert guards.register_bounds(0) == (46.0, 78.0)
+    high = [tokenizer.vocab.bos_id]
+    piece = _run(_climbing_model(tokenizer), tokenizer, OFF, 400)[0]
+    high = piece.ids[:-1]
+    for step in tokenizer.grammar.walk(high):
+        guards.observe(0, step.state, step.token, continuation=False)
+    row = guards.rows[0]
+    mean = row.prompt_pitch_sum / row.prompt_pitch_notes
+    assert mean > 90 and guards.register_bounds(0) == (46.0, pytest.approx(mean + 6))
+    assert guards.register_excursion(0) is None  # the prompt's own register is not an excursion
+
+
 @pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5}, {"min_notes_per_bar": -1},
-                                    {"sparse_window_bars": 0},
+                                    {"sparse_window_bars": 0}, {"max_mean_pitch": 40.0}, {"register_window_notes": -1},
+                                    {"min_mean_pitch": 200},
                                     {"max_notes_per_onset": True}])
 def test_bad_guard_options(kwargs: dict) -> None:
     with pytest.raises(UserError):

@@ -26,9 +26,14 @@ def tokenizer() -> REMITokenizer:
     return REMITokenizer()
 
 
+def _values(tokenizer: REMITokenizer) -> np.ndarray:
+    span = tokenizer.vocab.ids_of_type(TokenType.PITCH)
+    return np.asarray(tokenizer.vocab.values[span.start:span.stop])
+
+
 def test_bias_follows_the_history_and_is_off_without_one(tokenizer: REMITokenizer) -> None:
     pitches = tokenizer.vocab.ids_of_type(TokenType.PITCH)
-    memory = TonalMemory(2, pitches, strength=0.5, half_life=1e9)
+    memory = TonalMemory(2, pitches, _values(tokenizer), strength=0.5, half_life=1e9)
     assert memory.bias([0, 1], 2, len(tokenizer.vocab), temperature=1.0) is None  # no prompt note: no bias
     for pitch in [60, 64, 67] * 10:  # C, E, G
         memory.observe(0, tokenizer.vocab.id_of(TokenType.PITCH, pitch))
@@ -38,13 +43,13 @@ def test_bias_follows_the_history_and_is_off_without_one(tokenizer: REMITokenize
     assert row[60] == pytest.approx(0.5 * np.log(12 * 11 / 42))  # strength x log(12 (c + 1) / (sum c + 12))
     assert torch.all(bias[1] == 0) and torch.all(bias[:, :pitches.start] == 0)  # other rows, other tokens
     assert memory.bias([], 2, len(tokenizer.vocab), 1.0) is None
-    assert TonalMemory(1, pitches, 0.0, 256).bias([0], 1, len(tokenizer.vocab), 1.0) is None  # off
+    assert TonalMemory(1, pitches, _values(tokenizer), 0.0, 256).bias([0], 1, len(tokenizer.vocab), 1.0) is None  # off
 
 
 def test_half_life_forgets(tokenizer: REMITokenizer) -> None:
     """A modulation is followed: after many notes in a new key, the old key weighs little."""
     pitches = tokenizer.vocab.ids_of_type(TokenType.PITCH)
-    memory = TonalMemory(1, pitches, strength=0.5, half_life=16)
+    memory = TonalMemory(1, pitches, _values(tokenizer), strength=0.5, half_life=16)
     for _ in range(64):
         memory.observe(0, tokenizer.vocab.id_of(TokenType.PITCH, 60))  # C
     for _ in range(64):

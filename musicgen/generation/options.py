@@ -60,6 +60,9 @@ class GenerateOptions:
     max_empty_bars: int = GuardConfig.max_empty_bars
     min_notes_per_bar: float = GuardConfig.min_notes_per_bar
     sparse_window_bars: int = GuardConfig.sparse_window_bars
+    max_mean_pitch: float = GuardConfig.max_mean_pitch
+    min_mean_pitch: float = GuardConfig.min_mean_pitch
+    register_window_notes: int = GuardConfig.register_window_notes
     # ControlConfig
     chords: str | None = ControlConfig.chords
     bpm: float | None = ControlConfig.bpm

@@ -200,7 +200,8 @@ class GenerationSession:
                                          else any(c.active for c in config))
         self.controls = Controls(self.vocab, config, batch_size) if active else None
         pitches = self.vocab.ids_of_type(TokenType.PITCH)
-        self.tonal = TonalMemory(batch_size, pitches, self.sampling.tonal_memory, self.sampling.tonal_half_life)
+        self.tonal = TonalMemory(batch_size, pitches, np.asarray(self.vocab.values[pitches.start:pitches.stop]),
+                                 self.sampling.tonal_memory, self.sampling.tonal_half_life)
         if self.guards is not None:
             for token, state in zip(prompt.ids, states):
                 self.guards.observe(0, state, token, continuation=False)

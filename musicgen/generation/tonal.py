@@ -38,18 +38,20 @@ __all__ = ["TonalMemory"]
 class TonalMemory:
     """Decayed pitch-class counts of each sequence of a batch, and the pitch-logit bias they give."""
 
-    def __init__(self, batch_size: int, pitch_ids: range, strength: float, half_life: float) -> None:
+    def __init__(self, batch_size: int, pitch_ids: range, pitch_values: np.ndarray, strength: float,
+                 half_life: float) -> None:
+        """``pitch_ids``: the vocabulary's Pitch tokens; ``pitch_values``: the MIDI pitch of each of them."""
         self.strength = float(strength)
         self._lo, self._n = pitch_ids.start, len(pitch_ids)
         self._keep = 0.5 ** (1.0 / float(half_life))
         self.counts = np.zeros((batch_size, 12))
-        self._classes = np.arange(self._n) % 12
+        self._classes = np.asarray(pitch_values, dtype=np.int64) % 12
         self.biased_steps = [0] * batch_size
 
     def observe(self, row: int, pitch_token: int) -> None:
         """Record the Pitch token of one pitched (non-drum) prompt note (in order) for sequence ``row``."""
         self.counts[row] *= self._keep
-        self.counts[row, (pitch_token - self._lo) % 12] += 1.0
+        self.counts[row, self._classes[pitch_token - self._lo]] += 1.0
 
     def copy_row(self, source: int, target: int) -> None:
         self.counts[target] = self.counts[source]
