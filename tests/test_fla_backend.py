@@ -10,7 +10,8 @@ Two kinds of tests, labelled as such:
   gradient needed), the initial / final state in our (B, H, F, D+1) layout, the dtype policy, the errors, and
   a whole model on the fla path against the torch kernel. They do not check fla itself.
 * The GPU form of the SineSPE filter (all chunks in one batched GEMM, ``sine_filter(batched=True)``, the
-  default on CUDA) is plain torch: it is tested here on the CPU against the chunk loop and by gradcheck.
+  default on CUDA) is plain torch: the whole model with it is tested here; its gradcheck and its equality with
+  the chunk loop are in tests/test_model_sine_filter.py.
 * The CUDA-graph generation step (``model.step_graphs``): its capture is CUDA-only (tests/test_model_cuda.py);
   here, that the step body it records takes the position as a device tensor with the eager step's numbers, and
   that the option does nothing on a CPU.
@@ -28,7 +29,6 @@ import torch.nn.functional as F
 from musicgen.model import build_model
 from musicgen.model.ops.linear_attention import FlaMissing, FlaUnsupported, causal_linear_attention, fla_available
 from musicgen.model.ops.linear_attention import fla as fla_mod
-from musicgen.model.ops.sine_filter import sine_filter
 
 from reference_kernels import simple_gla_contract
 from test_model_parity import VOCAB, small_cfg
@@ -214,25 +214,6 @@ def test_fla_backend_without_fla_is_one_clear_error() -> None:
 
 
 # the SineSPE filter's GPU form (plain torch: runs here) ---------------------------------------------------------
-@pytest.mark.parametrize("budget", [1 << 30, 1])
-def test_batched_sine_filter_gradcheck(budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The chunks-as-batch filter against finite differences, every input, gating term included, a length
-    that is not a multiple of the chunk; budget=1 forces one chunk per group (the memory-bounded split)."""
-    monkeypatch.setattr("musicgen.model.ops.sine_filter.BATCHED_BYTES", budget)
-    torch.manual_seed(0)
-    h, b, length, j, d, r, chunk = 2, 3, 7, 4, 3, 2, 3
-    dt = torch.float64
-    x = torch.randn(h, 2, b, length, d, dtype=dt, requires_grad=True)
-    omega = torch.randn(h, 2, chunk, j, d, dtype=dt, requires_grad=True)
-    weights = torch.randn(3, h, j, d, r, dtype=dt, requires_grad=True)
-    xg = torch.randn(h, 2, b, length, d, dtype=dt, requires_grad=True)
-    gw = torch.randn(h, d, r, dtype=dt, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: torch.cat(sine_filter(*a, batched=True)), (x, omega, weights, xg, gw))
-    assert torch.autograd.gradcheck(lambda *a: torch.cat(sine_filter(*a, batched=True)), (x, omega, weights))
-    loop = torch.cat(sine_filter(x, omega, weights, xg, gw, batched=False))
-    assert torch.allclose(torch.cat(sine_filter(x, omega, weights, xg, gw, batched=True)), loop, rtol=1e-12, atol=1e-12)
-
-
 def test_batched_sine_filter_whole_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped architecture with the GPU form of the filter forced on the CPU: logits and gradients equal the
     chunk loop's (float32 summation order only)."""

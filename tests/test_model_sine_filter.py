@@ -66,11 +66,15 @@ def test_sine_filter_parity_values_and_gradients(gated: bool) -> None:
         assert pa[name] is not None and torch.allclose(pa[name], pb[name], rtol=1e-8, atol=1e-10), name
 
 
-@pytest.mark.parametrize("group", [1, 2])
-def test_sine_filter_parity_gradcheck(group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("group, batched, budget", [(1, False, 0), (2, False, 0), (1, True, 1 << 30), (1, True, 1)])
+def test_sine_filter_parity_gradcheck(group: int, batched: bool, budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hand-written backward against finite differences, every input, gating term included.
-    group=2 runs the GPU layout (several batch rows per product, here with a short last group)."""
+    group=2 runs the GPU layout (several batch rows per product, here with a short last group); batched=True the
+    CUDA form (all chunks as one batched GEMM; budget=1 forces one chunk per group, the memory-bounded split),
+    which must also equal the chunk loop."""
     monkeypatch.setattr("musicgen.model.ops.sine_filter._batch_group", lambda device, chunk, batch: min(batch, group))
+    if batched:
+        monkeypatch.setattr("musicgen.model.ops.sine_filter.BATCHED_BYTES", budget)
     torch.manual_seed(0)
     h, b, length, j, d, r, chunk = 2, 3, 7, 4, 3, 2, 3
     dt = torch.float64
@@ -79,8 +83,12 @@ def test_sine_filter_parity_gradcheck(group: int, monkeypatch: pytest.MonkeyPatc
     weights = torch.randn(3, h, j, d, r, dtype=dt, requires_grad=True)
     xg = torch.randn(h, 2, b, length, d, dtype=dt, requires_grad=True)
     gw = torch.randn(h, d, r, dtype=dt, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: torch.cat(sine_filter(*a)), (x, omega, weights, xg, gw))
-    assert torch.autograd.gradcheck(lambda *a: torch.cat(sine_filter(*a)), (x, omega, weights))
+    assert torch.autograd.gradcheck(lambda *a: torch.cat(sine_filter(*a, batched=batched)), (x, omega, weights, xg, gw))
+    assert torch.autograd.gradcheck(lambda *a: torch.cat(sine_filter(*a, batched=batched)), (x, omega, weights))
+    if batched:
+        loop = torch.cat(sine_filter(x, omega, weights, xg, gw, batched=False))
+        assert torch.allclose(torch.cat(sine_filter(x, omega, weights, xg, gw, batched=True)), loop,
+                              rtol=1e-12, atol=1e-12)
 
 
 def test_sine_filter_keeps_half_precision_inputs() -> None:
