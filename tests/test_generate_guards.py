@@ -130,11 +130,28 @@ def test_dense_piece_never_triggers_the_sparse_rule(tokenizer: REMITokenizer) ->
         assert result.guards["acted"]["sparse"] == 0
 
 
+def test_cramming_piece_is_thinned(tokenizer: REMITokenizer) -> None:
+    """The mirror image: a model that piles notes into every bar gets fewer once past the ceiling."""
+    vocab = tokenizer.vocab
+    logits = torch.zeros(1, len(vocab))
+    logits[0, list(vocab.ids_of_type(TokenType.VELOCITY))] = 1.0
+    logits[0, vocab.bar_id] = -2.0
+    for kind in (TokenType.CHORD, TokenType.TEMPO, TokenType.PROGRAM):
+        logits[0, list(vocab.ids_of_type(kind))] = -9.0
+    model = FixedPreferenceModel(logits)
+    plain = [_notes_per_bar(tokenizer, r) for r in _run(model, tokenizer, GuardConfig(max_notes_per_bar=0), 3000)]
+    held = _run(model, tokenizer, GuardConfig(max_notes_per_bar=20), 3000)
+    assert min(plain) > 40
+    for result in held:
+        assert _notes_per_bar(tokenizer, result) < 0.8 * min(plain)
+        assert result.guards["acted"]["dense"] > 50 and result.guards["acted"]["sparse"] == 0
+
+
 def test_sparse_prompt_lowers_the_floor(tokenizer: REMITokenizer) -> None:
     """A prompt of 1 note per bar may be continued at that density: the floor drops to half the prompt's."""
     sparse_piece = _run(_sparse_model(tokenizer), tokenizer, OFF, 400)[0]
     ids = sparse_piece.ids[:-1]  # drop EOS: a prompt
-    guards = MusicGuards(tokenizer.vocab, GuardConfig(sparse_window_bars=8), 1)
+    guards = MusicGuards(tokenizer.vocab, GuardConfig(density_window_bars=8), 1)
     for step in tokenizer.grammar.walk(ids):
         guards.observe(0, step.state, step.token, continuation=False)
     row = guards.rows[0]
@@ -195,8 +212,8 @@ def test_high_prompt_moves_the_register_bound(tokenizer: REMITokenizer) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5}, {"min_notes_per_bar": -1},
-                                    {"sparse_window_bars": 0}, {"max_mean_pitch": 40.0}, {"register_window_notes": -1},
-                                    {"min_mean_pitch": 200},
+                                    {"density_window_bars": 0}, {"max_mean_pitch": 40.0}, {"register_window_notes": -1},
+                                    {"min_mean_pitch": 200}, {"min_notes_per_bar": 50},
                                     {"max_notes_per_onset": True}])
 def test_bad_guard_options(kwargs: dict) -> None:
     with pytest.raises(UserError):

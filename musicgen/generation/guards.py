@@ -14,7 +14,8 @@ The grammar guarantees a piece *decodes*; these guarantee it is *playable* and c
   stretches are at most 3 bars.
 * **No empty piece**: EOS is masked until the continuation has at least one note (greedy decoding used
   to end a piece of nothing but Bar tokens).
-* **No thinning out** (``min_notes_per_bar`` over the last ``sparse_window_bars`` bars): the one soft rule.
+* **No thinning out, no cramming** (``min_notes_per_bar`` / ``max_notes_per_bar`` over the last
+  ``density_window_bars`` bars), a soft rule.
   While the finished bars of that window (in a piece's first bars, at least half a window of them) average
   fewer notes than the floor, the odds of starting another note wherever the piece could instead move on
   (after Tempo, Chord or Duration: the points the ``density`` control biases) are multiplied by 3, and those
@@ -22,9 +23,12 @@ The grammar guarantees a piece *decodes*; these guarantee it is *playable* and c
   20,000-token piece out to 3-5 notes per bar for dozens of bars (POP909's sparsest 16-bar window of a test
   song holds 8 per bar). A prompt of at least half a window of bars that is sparser than the floor lowers it
   to half the prompt's own density, so a sparse prompt may be continued sparsely: the rule stops a collapse,
-  not a style.
+  not a style. The mirror image above ``max_notes_per_bar`` (40; POP909's densest 16-bar test window holds 34
+  per bar): odds of another note divided by 3, of ending the bar multiplied by 3; a prompt denser than that
+  raises the ceiling to twice its own density. (A piece that climbs to the top of the keyboard tends to pile up
+  60-70 notes per bar there.)
 * **No drifting off the keyboard** (``max_mean_pitch`` / ``min_mean_pitch`` over the last
-  ``register_window_notes`` pitched notes): the other soft rule. While the mean pitch of that window is above
+  ``register_window_notes`` pitched notes), the other soft rule. While the mean pitch of that window is above
   the upper bound, every pitch above the bound is made 3x less likely per octave above it (below the lower
   bound, likewise downwards), until the window comes back. The shipped model sometimes climbs to the top of the
   keyboard and stays there (mean pitch 85-90 for hundreds of bars, chromatic, up to 68 notes per bar, in 4 of
@@ -53,8 +57,8 @@ from ..config import UserError, check_float, check_int
 from ..tokenizer import DRUM_PROGRAM, GrammarState, Phase, TokenType, Vocabulary
 
 __all__ = ["GuardConfig", "GuardCounts", "MusicGuards", "DEFAULT_MAX_NOTES_PER_ONSET", "DEFAULT_MAX_EMPTY_BARS",
-           "DEFAULT_MIN_NOTES_PER_BAR", "DEFAULT_SPARSE_WINDOW_BARS", "SPARSE_FACTOR", "DEFAULT_MAX_MEAN_PITCH",
-           "DEFAULT_MIN_MEAN_PITCH", "DEFAULT_REGISTER_WINDOW_NOTES", "REGISTER_FACTOR"]
+           "DEFAULT_MIN_NOTES_PER_BAR", "DEFAULT_MAX_NOTES_PER_BAR", "DEFAULT_DENSITY_WINDOW_BARS", "DENSITY_FACTOR",
+           "DEFAULT_MAX_MEAN_PITCH", "DEFAULT_MIN_MEAN_PITCH", "DEFAULT_REGISTER_WINDOW_NOTES", "REGISTER_FACTOR"]
 
 DEFAULT_MAX_NOTES_PER_ONSET = 15
 DEFAULT_MAX_EMPTY_BARS = 4
@@ -62,9 +66,13 @@ DEFAULT_MAX_EMPTY_BARS = 4
 #: rule acts only once its 8-bar window is below the floor, so the floor sits above 5 (POP909's sparsest 16-bar
 #: test window holds 8 per bar)
 DEFAULT_MIN_NOTES_PER_BAR = 6.0
-DEFAULT_SPARSE_WINDOW_BARS = 8
-#: factor on the odds of starting a note while a piece is too sparse (the ``density=high`` factor)
-SPARSE_FACTOR = 3.0
+DEFAULT_DENSITY_WINDOW_BARS = 8
+#: the ceiling of the density rule: above POP909's densest 16-bar test window (34 notes per bar), below the 45
+#: the long-piece checks allow
+DEFAULT_MAX_NOTES_PER_BAR = 40.0
+#: factor on the odds of starting a note while a piece is too sparse (divisor while too dense; the
+#: ``density=high`` factor)
+DENSITY_FACTOR = 3.0
 #: the register rule's bounds on the mean pitch of the last notes: past POP909's 99.9th / 0.1st percentiles
 #: (75.7 / 52.3 over 64 notes), which transposition by +-6 in training widens
 DEFAULT_MAX_MEAN_PITCH = 78.0
@@ -72,7 +80,7 @@ DEFAULT_MIN_MEAN_PITCH = 46.0
 DEFAULT_REGISTER_WINDOW_NOTES = 64
 #: factor per octave by which the register rule makes a pitch beyond the bound less likely
 REGISTER_FACTOR = 3.0
-_GUARDS = ("repeated_pitch", "onset_full", "empty_bars", "empty_piece", "sparse", "register")
+_GUARDS = ("repeated_pitch", "onset_full", "empty_bars", "empty_piece", "sparse", "dense", "register")
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,8 @@ class GuardConfig:
     max_notes_per_onset: int = DEFAULT_MAX_NOTES_PER_ONSET
     max_empty_bars: int = DEFAULT_MAX_EMPTY_BARS
     min_notes_per_bar: float = DEFAULT_MIN_NOTES_PER_BAR  # 0 = off
-    sparse_window_bars: int = DEFAULT_SPARSE_WINDOW_BARS
+    max_notes_per_bar: float = DEFAULT_MAX_NOTES_PER_BAR  # 0 = off
+    density_window_bars: int = DEFAULT_DENSITY_WINDOW_BARS
     max_mean_pitch: float = DEFAULT_MAX_MEAN_PITCH
     min_mean_pitch: float = DEFAULT_MIN_MEAN_PITCH
     register_window_notes: int = DEFAULT_REGISTER_WINDOW_NOTES  # 0 = off
@@ -93,9 +102,12 @@ class GuardConfig:
         object.__setattr__(self, "no_repeated_pitch", bool(self.no_repeated_pitch))
         for name in ("max_notes_per_onset", "max_empty_bars"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=0))
-        object.__setattr__(self, "min_notes_per_bar", check_float("min_notes_per_bar", self.min_notes_per_bar,
-                                                                  minimum=0.0))
-        object.__setattr__(self, "sparse_window_bars", check_int("sparse_window_bars", self.sparse_window_bars,
+        for name in ("min_notes_per_bar", "max_notes_per_bar"):
+            object.__setattr__(self, name, check_float(name, getattr(self, name), minimum=0.0))
+        if self.max_notes_per_bar and self.min_notes_per_bar >= self.max_notes_per_bar:
+            raise UserError(f"min_notes_per_bar={self.min_notes_per_bar} must be below "
+                            f"max_notes_per_bar={self.max_notes_per_bar}")
+        object.__setattr__(self, "density_window_bars", check_int("density_window_bars", self.density_window_bars,
                                                                  minimum=1))
         for name in ("max_mean_pitch", "min_mean_pitch"):
             object.__setattr__(self, name, check_float(name, getattr(self, name), minimum=0.0, maximum=127.0))
@@ -150,11 +162,11 @@ class MusicGuards:
             span = vocab.ranges[kind]
             self._note_start[span.start:span.stop] = True
         self._bar_id, self._eos_id = vocab.bar_id, vocab.eos_id
-        window = config.sparse_window_bars
+        window = config.density_window_bars
         self.rows = [_Row(bar_notes=deque(maxlen=window), pitches=deque(maxlen=max(config.register_window_notes, 1)))
                      for _ in range(batch_size)]
         self._pitch_values = self._values[self._pitch.start:self._pitch.stop].astype(np.float32)  # MIDI pitches
-        self._sparse_bias = np.where(self._note_start, math.log(SPARSE_FACTOR), 0.0).astype(np.float32)
+        self._note_bias = np.where(self._note_start, math.log(DENSITY_FACTOR), 0.0).astype(np.float32)
         self.counts = [GuardCounts() for _ in range(batch_size)]
 
     # --- bookkeeping -------------------------------------------------------------------------------
@@ -194,17 +206,36 @@ class MusicGuards:
         or half the prompt's own density when a prompt of at least half a window of bars is sparser."""
         r, cfg = self.rows[row], self.config
         floor = cfg.min_notes_per_bar
-        if 2 * r.prompt_bars >= cfg.sparse_window_bars:
+        if 2 * r.prompt_bars >= cfg.density_window_bars:
             floor = min(floor, 0.5 * r.prompt_notes / r.prompt_bars)
         return floor
 
-    def is_sparse(self, row: int) -> bool:
-        """Whether the last ``sparse_window_bars`` finished bars (at least half that many: the opening bars of a
-        piece count too) average fewer notes than the floor."""
+    def density_ceiling(self, row: int) -> float:
+        """The notes-per-bar ceiling of the density rule (0 = off): the configured one, or twice the prompt's own
+        density when a prompt of at least half a window of bars is denser."""
+        r, cfg = self.rows[row], self.config
+        ceiling = cfg.max_notes_per_bar
+        if ceiling and 2 * r.prompt_bars >= cfg.density_window_bars:
+            ceiling = max(ceiling, 2.0 * r.prompt_notes / r.prompt_bars)
+        return ceiling
+
+    def density_excursion(self, row: int) -> int:
+        """-1 while the last ``density_window_bars`` finished bars (in a piece's first bars, at least half that
+        many) average fewer notes than the floor, +1 while more than the ceiling, else 0."""
         r = self.rows[row]
-        floor = self.sparse_floor(row)
-        return (floor > 0 and 2 * len(r.bar_notes) >= self.config.sparse_window_bars
-                and sum(r.bar_notes) < floor * len(r.bar_notes))
+        if 2 * len(r.bar_notes) < self.config.density_window_bars:
+            return 0
+        mean = sum(r.bar_notes) / len(r.bar_notes)
+        floor, ceiling = self.sparse_floor(row), self.density_ceiling(row)
+        if floor > 0 and mean < floor:
+            return -1
+        if ceiling > 0 and mean > ceiling:
+            return 1
+        return 0
+
+    def is_sparse(self, row: int) -> bool:
+        """Whether the density window is below the floor (see :meth:`density_excursion`)."""
+        return self.density_excursion(row) == -1
 
     def register_bounds(self, row: int) -> tuple[float, float]:
         """(lower, upper) bound of the register rule for one sequence: the configured ones, moved to 6 semitones
@@ -236,23 +267,24 @@ class MusicGuards:
         temperature so the odds change by exactly the documented factors; counts the steps and the probability
         each moved (``logits``: this step's raw logits, for that count only)."""
         cfg = self.config
-        sparse_rows = [row for row, s in enumerate(states)
-                       if cfg.min_notes_per_bar and not done[row] and self.is_sparse(row)]
+        density_rows = [(row, ex) for row in range(len(states))
+                        if not done[row] and (ex := self.density_excursion(row)) != 0]
         register_rows = [(row, ex) for row, s in enumerate(states)
                          if cfg.register_window_notes and not done[row] and s.phase == Phase.VELOCITY
                          and s.program != DRUM_PROGRAM and (ex := self.register_excursion(row)) is not None]
-        if not sparse_rows and not register_rows:
+        if not density_rows and not register_rows:
             return None
         scale = float(temperature) if temperature > 0 else 1.0
         bias = np.zeros(tuple(logits.shape), dtype=np.float32)
-        for row in sparse_rows:
+        for row, side in density_rows:  # side -1: too sparse (more notes), +1: too dense (fewer)
             if states[row].phase in (Phase.TEMPO, Phase.CHORD, Phase.DURATION):
-                bias[row] = self._sparse_bias * scale  # here a note competes with moving on (Position, Bar)
-            bias[row, self._bar_id] = -math.log(SPARSE_FACTOR) * scale  # wherever a bar may end, less likely
+                bias[row] = -side * self._note_bias * scale  # here a note competes with moving on (Position, Bar)
+            bias[row, self._bar_id] = side * math.log(DENSITY_FACTOR) * scale  # wherever a bar may end
             before = torch.softmax(logits[row].float(), -1).numpy()
             after = torch.softmax(logits[row].float() + torch.from_numpy(bias[row]), -1).numpy()
-            self.counts[row].acted["sparse"] += 1
-            self.counts[row].mass["sparse"] += float(after[self._note_start].sum() - before[self._note_start].sum())
+            name = "sparse" if side < 0 else "dense"
+            self.counts[row].acted[name] += 1
+            self.counts[row].mass[name] += abs(float(after[self._note_start].sum() - before[self._note_start].sum()))
         for row, (side, bound) in register_rows:
             beyond = np.maximum(side * (self._pitch_values - bound), 0.0) / 12.0  # octaves past the bound
             push = -math.log(REGISTER_FACTOR) * scale * beyond

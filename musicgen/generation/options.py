@@ -59,7 +59,8 @@ class GenerateOptions:
     max_notes_per_onset: int = GuardConfig.max_notes_per_onset
     max_empty_bars: int = GuardConfig.max_empty_bars
     min_notes_per_bar: float = GuardConfig.min_notes_per_bar
-    sparse_window_bars: int = GuardConfig.sparse_window_bars
+    max_notes_per_bar: float = GuardConfig.max_notes_per_bar
+    density_window_bars: int = GuardConfig.density_window_bars
     max_mean_pitch: float = GuardConfig.max_mean_pitch
     min_mean_pitch: float = GuardConfig.min_mean_pitch
     register_window_notes: int = GuardConfig.register_window_notes
