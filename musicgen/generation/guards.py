@@ -15,7 +15,8 @@ The grammar guarantees a piece *decodes*; these guarantee it is *playable* and c
 * **No empty piece**: EOS is masked until the continuation has at least one note (greedy decoding used
   to end a piece of nothing but Bar tokens).
 * **No thinning out, no cramming** (``min_notes_per_bar`` / ``max_notes_per_bar`` over the last
-  ``density_window_bars`` bars), a soft rule.
+  ``density_window_bars`` bars), a soft rule. Densities are per bar of four beats, whatever the metre (a 2/4 bar
+  counts half a bar), as in the long-piece checks.
   While the finished bars of that window (in a piece's first bars, at least half a window of them) average
   fewer notes than the floor, the odds of starting another note wherever the piece could instead move on
   (after Tempo, Chord or Duration: the points the ``density`` control biases) are multiplied by 3, and those
@@ -140,9 +141,11 @@ class _Row:
     notes_in_bar: int = 0
     empty_bars: int = 0  # consecutive finished bars without a note
     notes: int = 0  # notes of the continuation so far
-    bar_notes: deque = field(default_factory=deque)  # notes of the last finished bars (the sparse window)
-    prompt_notes: int = 0  # notes and finished bars of the prompt (a sparse prompt lowers the floor)
+    bar_notes: deque = field(default_factory=deque)  # (notes, grid steps) of the last finished bars: the window
+    prompt_notes: int = 0  # notes, finished bars and their steps in the prompt (a sparse prompt lowers the floor)
     prompt_bars: int = 0
+    prompt_steps: int = 0
+    bar_steps: int = 0  # length of the current bar in grid steps (its metre is known once its TimeSig is read)
     bar_of_prompt: bool = False  # the current bar was started by the prompt (the continuation's first Bar ends it)
     pitches: deque = field(default_factory=deque)  # the last pitched notes (the register window)
     prompt_pitch_sum: float = 0.0  # sum and count of the prompt's pitched notes (a high prompt moves the bound)
@@ -162,6 +165,7 @@ class MusicGuards:
             span = vocab.ranges[kind]
             self._note_start[span.start:span.stop] = True
         self._bar_id, self._eos_id = vocab.bar_id, vocab.eos_id
+        self._grid = int(vocab.config.grid)  # steps per whole note = per bar of four beats
         window = config.density_window_bars
         self.rows = [_Row(bar_notes=deque(maxlen=window), pitches=deque(maxlen=max(config.register_window_notes, 1)))
                      for _ in range(batch_size)]
@@ -175,13 +179,16 @@ class MusicGuards:
         (``continuation=False``) set the onset and bar context but do not count as continuation notes."""
         r = self.rows[row]
         kind = int(self._types[token])
+        if kind != TokenType.BAR:
+            r.bar_steps = state.bar_length  # after this bar's TimeSig, if any: the bar's true length
         if kind == TokenType.BAR:
             if state.bar_start > 0:  # a bar ended (the piece's first Bar ends none)
                 r.empty_bars = 0 if r.notes_in_bar else r.empty_bars + 1
-                r.bar_notes.append(r.notes_in_bar)
+                r.bar_notes.append((r.notes_in_bar, r.bar_steps or self._grid))
                 if r.bar_of_prompt:
                     r.prompt_bars += 1
                     r.prompt_notes += r.notes_in_bar
+                    r.prompt_steps += r.bar_steps or self._grid
             r.bar_of_prompt = not continuation
             r.notes_in_bar = 0
             r.onset, r.started, r.notes_at_onset = -1, set(), 0
@@ -207,7 +214,7 @@ class MusicGuards:
         r, cfg = self.rows[row], self.config
         floor = cfg.min_notes_per_bar
         if 2 * r.prompt_bars >= cfg.density_window_bars:
-            floor = min(floor, 0.5 * r.prompt_notes / r.prompt_bars)
+            floor = min(floor, 0.5 * r.prompt_notes * self._grid / r.prompt_steps)
         return floor
 
     def density_ceiling(self, row: int) -> float:
@@ -216,7 +223,7 @@ class MusicGuards:
         r, cfg = self.rows[row], self.config
         ceiling = cfg.max_notes_per_bar
         if ceiling and 2 * r.prompt_bars >= cfg.density_window_bars:
-            ceiling = max(ceiling, 2.0 * r.prompt_notes / r.prompt_bars)
+            ceiling = max(ceiling, 2.0 * r.prompt_notes * self._grid / r.prompt_steps)
         return ceiling
 
     def density_excursion(self, row: int) -> int:
@@ -225,7 +232,7 @@ class MusicGuards:
         r = self.rows[row]
         if 2 * len(r.bar_notes) < self.config.density_window_bars:
             return 0
-        mean = sum(r.bar_notes) / len(r.bar_notes)
+        mean = sum(n for n, _ in r.bar_notes) * self._grid / sum(steps for _, steps in r.bar_notes)
         floor, ceiling = self.sparse_floor(row), self.density_ceiling(row)
         if floor > 0 and mean < floor:
             return -1
