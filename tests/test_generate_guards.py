@@ -15,7 +15,7 @@ from musicgen.generation.prompt import Prompt
 from musicgen.tokenizer import REMITokenizer, TokenType
 
 OFF = GuardConfig(no_repeated_pitch=False, max_notes_per_onset=0, max_empty_bars=0, min_notes_per_bar=0,
-                  register_window_notes=0)
+                  register_window_notes=0, min_bars=0)
 
 
 class FixedPreferenceModel:
@@ -236,7 +236,22 @@ def test_high_prompt_moves_the_register_bound(tokenizer: REMITokenizer) -> None:
     assert guards.register_excursion(0) is None  # the prompt's own register is not an excursion
 
 
-@pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5}, {"min_notes_per_bar": -1},
+def test_piece_does_not_end_before_min_bars(tokenizer: REMITokenizer) -> None:
+    """A model that would end the piece at its first chance plays at least `min_bars` bars."""
+    vocab = tokenizer.vocab
+    logits = torch.zeros(1, len(vocab))
+    logits[0, vocab.eos_id] = 12.0
+    model = FixedPreferenceModel(logits)
+    stub = GenerationSession(model, tokenizer, SamplingConfig(temperature=0), StopConfig(tokens=2000), 0,
+                             guards=GuardConfig(min_bars=0)).run(unconditional_prompt(tokenizer), 1, progress=False)[0]
+    assert stub.stop_reason == "eos" and stub.n_bars < 8  # as soon as it has a note
+    full = GenerationSession(model, tokenizer, SamplingConfig(temperature=0), StopConfig(tokens=2000), 0,
+                             guards=GuardConfig(min_bars=8)).run(unconditional_prompt(tokenizer), 1, progress=False)[0]
+    assert full.stop_reason == "eos" and full.n_bars == 8  # it ends at the first chance once 8 bars have begun
+    assert full.guards["acted"]["too_short"] > 0 and full.guards["min_bars"] == 8
+
+
+@pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5}, {"min_bars": -2}, {"min_notes_per_bar": -1},
                                     {"density_window_bars": 0}, {"max_mean_pitch": 40.0}, {"register_window_notes": -1},
                                     {"min_mean_pitch": 200}, {"min_notes_per_bar": 50},
                                     {"max_notes_per_onset": True}])

@@ -58,6 +58,7 @@ class GenerateOptions:
     no_repeated_pitch: bool = GuardConfig.no_repeated_pitch
     max_notes_per_onset: int = GuardConfig.max_notes_per_onset
     max_empty_bars: int = GuardConfig.max_empty_bars
+    min_bars: int = GuardConfig.min_bars
     min_notes_per_bar: float = GuardConfig.min_notes_per_bar
     max_notes_per_bar: float = GuardConfig.max_notes_per_bar
     density_window_bars: int = GuardConfig.density_window_bars
