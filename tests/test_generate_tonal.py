@@ -96,7 +96,7 @@ def test_continuation_of_a_c_major_prompt_stays_in_c_major(tokenizer: REMITokeni
         shares[strength] = _in_scale_share(tokenizer, results)
         if strength:
             assert results[0].tonal_memory["biased_steps"] > 100
-            profile = results[0].tonal_memory["final_profile"]
+            profile = results[0].tonal_memory["prompt_profile"]
             assert sum(profile[pc] for pc in C_MAJOR) > 0.7
     unconditional = GenerationSession(model, tokenizer, SamplingConfig(), StopConfig(tokens=300, allow_eos=False),
                                       seed=3).run(unconditional_prompt(tokenizer), 1, progress=False)[0]

@@ -304,13 +304,13 @@ class GenerationSession:
         pitch_rows = [row for row, t in enumerate(tracks)
                       if not t.done and t.state.phase == Phase.VELOCITY and t.state.program != DRUM_PROGRAM]
         bias = self.tonal.bias(pitch_rows, logits.shape[0], logits.shape[1], self.sampling.temperature)
-        if bias is not None:  # the tonal memory: stay in the pitch classes the piece has been using
+        if bias is not None:  # the tonal memory: stay in the pitch classes of the prompt
             logits = logits + bias
         if self.controls is not None:  # density: a logit bias where a note may start or the piece move on
             bias = self.controls.logit_bias([t.state for t in tracks], self.sampling.temperature)
             if bias is not None:
                 logits = logits + bias
-        if self.guards is not None:  # the one soft rule: a piece thinning out is nudged to start notes
+        if self.guards is not None:  # the soft rules: a piece thinning out, cramming or climbing is nudged back
             bias = self.guards.logit_bias([t.state for t in tracks], logits, self.sampling.temperature,
                                           [t.done for t in tracks])
             if bias is not None:

@@ -15,8 +15,8 @@ its latest key). Where a pitched note's Pitch comes next in the continuation, ev
 
 (add-one smoothing: a pitch class the prompt never played keeps a finite, smaller chance). The profile is
 the prompt's alone and stays fixed: fed with the piece's own notes the prior reinforces itself, and 20,000-token
-pieces lost pitch-class variety (4-bar pitch-class entropy from a median of 2.65 to 2.23 bits, below POP909's
-sparsest window). Without a prompt there is no profile and no bias. The bias is multiplied by the temperature
+pieces lost pitch-class variety (4-bar pitch-class entropy from a median of 2.65 to 2.23 bits, below every
+POP909 test window's, >= 2.30). Without a prompt there is no profile and no bias. The bias is multiplied by the temperature
 so that the probability ratios it imposes do not depend on it. ``tonal_memory=0`` turns it off; drums are
 never biased. Strength 1 is the plain product of the two experts; measured on 12 POP909 test prompts x 4
 continuations of 16 bars at top_p=0.95: pitch-class distance to the prompt 0.33 / 0.25 / 0.19 at strength
@@ -36,7 +36,7 @@ __all__ = ["TonalMemory"]
 
 
 class TonalMemory:
-    """Decayed pitch-class counts of each sequence of a batch, and the pitch-logit bias they give."""
+    """The prompt's decayed pitch-class counts for each sequence of a batch, and the pitch-logit bias they give."""
 
     def __init__(self, batch_size: int, pitch_ids: range, pitch_values: np.ndarray, strength: float,
                  half_life: float) -> None:
@@ -57,7 +57,7 @@ class TonalMemory:
         self.counts[target] = self.counts[source]
 
     def profile(self, row: int) -> np.ndarray:
-        """The smoothed pitch-class distribution of the sequence's history (12,), summing to 1."""
+        """The smoothed pitch-class distribution of the sequence's prompt (12,), summing to 1."""
         c = self.counts[row]
         return (c + 1.0) / (c.sum() + 12.0)
 
@@ -75,7 +75,7 @@ class TonalMemory:
         return torch.from_numpy(out)
 
     def report(self, row: int) -> dict[str, float | int | list[float]]:
-        """What the .json records: the settings, how many Pitch steps were biased, the final profile."""
+        """What the .json records: the settings, how many Pitch steps were biased, the prompt's profile."""
         return {"strength": self.strength, "half_life_notes": round(math.log(0.5) / math.log(self._keep), 3),
                 "biased_steps": self.biased_steps[row],
-                "final_profile": [round(float(x), 4) for x in self.profile(row)]}
+                "prompt_profile": [round(float(x), 4) for x in self.profile(row)]}
