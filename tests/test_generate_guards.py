@@ -251,7 +251,8 @@ def test_piece_does_not_end_before_min_bars(tokenizer: REMITokenizer) -> None:
     assert full.guards["acted"]["too_short"] > 0 and full.guards["min_bars"] == 8
 
 
-@pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5}, {"min_bars": -2}, {"min_notes_per_bar": -1},
+@pytest.mark.parametrize("kwargs", [{"max_notes_per_onset": -1}, {"max_empty_bars": 1.5}, {"min_bars": -2},
+                                    {"min_notes_per_bar": -1},
                                     {"density_window_bars": 0}, {"max_mean_pitch": 40.0}, {"register_window_notes": -1},
                                     {"min_mean_pitch": 200}, {"min_notes_per_bar": 50},
                                     {"max_notes_per_onset": True}])

@@ -35,10 +35,11 @@ The grammar guarantees a piece *decodes*; these guarantee it is *playable* and c
   ``register_window_notes`` pitched notes), the other soft rule. While the mean pitch of that window is above
   the upper bound, every pitch above the bound is made 3x less likely per octave above it (below the lower
   bound, likewise downwards), until the window comes back. The shipped model sometimes climbs to the top of the
-  keyboard and stays there (mean pitch 85-90 for hundreds of bars, chromatic, up to 68 notes per bar, in 4 of
-  10 pieces of 5,000 tokens at top_p=1); POP909's mean pitch over 64 notes is 52-76 in 99.8% of its windows
-  (extremes 43 and 86). A prompt whose own mean pitch lies beyond a bound moves that bound to 6 semitones past
-  the prompt's mean, so a high prompt may be continued high.
+  keyboard and stays there (mean pitch 85-90 for hundreds of bars, chromatic, in 4 of 10 pieces of 5,000
+  tokens at top_p=1; at top_p=0.95 one 20,000-token piece of 3 climbed there and piled up 68 notes per bar).
+  POP909's mean pitch over 64 notes is 52-76 in 99.8% of its windows (extremes 43 and 86). A prompt whose own
+  mean pitch lies beyond a bound moves that bound to 6 semitones past the prompt's mean, so a high prompt may
+  be continued high.
 
 Each hard guard counts how often it acted (a step where it removed at least one token the grammar allowed)
 and the probability mass it removed (the model's probability of the forbidden choices, summed over

@@ -7,17 +7,18 @@ than the songs do (total-variation distance of the pitch-class histograms 0.32 a
 the errors compound. The prompt is what the musician gave; its pitch-class profile, combined with the model
 as a product of experts, pulls the samples back towards the prompt's key.
 
-How: the prompt's non-drum notes give an exponentially weighted pitch-class count c (a note ``tonal_half_life``
-notes before the prompt's end weighs half as much as its last one, so a prompt that modulates is continued in
-its latest key). Where a pitched note's Pitch comes next in the continuation, every pitch's logit gets
+How: the prompt's non-drum notes give an exponentially weighted pitch-class count c (a note
+``tonal_half_life`` notes before the prompt's end weighs half as much as its last one, so a prompt that
+modulates is continued in its latest key). Where a pitched note's Pitch comes next in the continuation,
+every pitch's logit gets
 
     strength * log(12 (c[pc] + 1) / (sum(c) + 12))
 
 (add-one smoothing: a pitch class the prompt never played keeps a finite, smaller chance). The profile is
-the prompt's alone and stays fixed: fed with the piece's own notes the prior reinforces itself, and 20,000-token
-pieces lost pitch-class variety (4-bar pitch-class entropy from a median of 2.65 to 2.23 bits, below every
-POP909 test window's, >= 2.30). Without a prompt there is no profile and no bias. The bias is multiplied by the temperature
-so that the probability ratios it imposes do not depend on it. ``tonal_memory=0`` turns it off; drums are
+the prompt's alone and stays fixed: fed with the piece's own notes the prior reinforces itself, and
+20,000-token pieces lost pitch-class variety (4-bar pitch-class entropy from a median of 2.65 to 2.23 bits,
+below every POP909 test window's, >= 2.30). Without a prompt there is no profile and no bias. The bias is
+multiplied by the temperature so that the probability ratios it imposes do not depend on it. ``tonal_memory=0`` turns it off; drums are
 never biased. Strength 1 is the plain product of the two experts; measured on 12 POP909 test prompts x 4
 continuations of 16 bars at top_p=0.95: pitch-class distance to the prompt 0.33 / 0.25 / 0.19 at strength
 0 / 0.5 / 1 (the songs' own next 16 bars: 0.19), notes outside the prompt's scale 5.9% / 1.9% / 0.8% (songs:
