@@ -12,7 +12,7 @@ import pytest
 
 from musicgen.data.sources import read_pop909_metres
 from musicgen.tokenizer import (MidiReadError, REMITokenizer, TokenType, TokenizerConfig, Vocabulary,
-                                output_ticks_per_beat)
+                                note_start_mask, output_ticks_per_beat)
 from musicgen.tokenizer.check import main as check_main
 
 TOK = REMITokenizer()
@@ -143,6 +143,24 @@ def test_grammar_mask_agrees_with_allows_and_accepts_real_music(pop909_dir: Path
     assert grammar.allowed_types(grammar.advance(grammar.initial_state(), v.bos_id)) == {TokenType.BAR, TokenType.EOS}
     ended = grammar.advance(grammar.advance(grammar.initial_state(), v.bos_id), v.eos_id)
     assert grammar.allowed_types(ended) == {TokenType.PAD}
+
+
+def test_note_start_mask_is_what_opens_a_note_in_real_music(pop909_dir: Path) -> None:
+    """The one mask the density rules bias (guards, controls) is exactly the tokens that open a note: every
+    note of a real song starts with one of them, right after which the grammar wants a Pitch (or a Velocity)."""
+    v, grammar = TOK.vocab, TOK.grammar
+    mask = note_start_mask(v)
+    assert mask.tolist() == [v.type_of(t) in (TokenType.PROGRAM, TokenType.VELOCITY) for t in range(len(v))]
+    ids = TOK.encode(pop909_dir / "010.mid", (2, 4))
+    state, openers, pitches, previous = grammar.initial_state(), 0, 0, -1
+    for token in ids:
+        state = grammar.advance(state, token)
+        openers += bool(mask[token] and not (previous >= 0 and mask[previous]))  # a note's first token
+        pitches += v.type_of(token) == TokenType.PITCH
+        if mask[token]:
+            assert grammar.allowed_types(state) <= {TokenType.VELOCITY, TokenType.PITCH}
+        previous = token
+    assert pitches > 100 and openers == pitches
 
 
 def test_positions_never_go_backwards_and_stay_in_the_bar() -> None:

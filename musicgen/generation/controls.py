@@ -66,7 +66,7 @@ import torch
 
 from ..config import UserError
 from ..tokenizer import (CHORD_QUALITIES, DRUM_PROGRAM, PITCH_CLASS_NAMES, Bins, GrammarState, Phase, TokenType,
-                         Vocabulary, chord_name, chord_pitch_classes, parse_time_signature)
+                         Vocabulary, chord_name, chord_pitch_classes, note_start_mask, parse_time_signature)
 
 __all__ = ["CHORD_TONES", "ChordChart", "ControlConfig", "Controls", "DENSITY_FACTORS", "PREFER_FACTOR", "chord_slots",
            "parse_chart", "parse_chord", "parse_key"]
@@ -344,10 +344,7 @@ class Controls:
         self._pitch = vocab.ranges[TokenType.PITCH]
         self._duration = vocab.ranges[TokenType.DURATION]
         self._duration_values = np.asarray(vocab.values[self._duration.start:self._duration.stop])
-        self._note_start = np.zeros(size, dtype=bool)
-        for kind in (TokenType.PROGRAM, TokenType.VELOCITY):
-            span = vocab.ranges[kind]
-            self._note_start[span.start:span.stop] = True
+        self._note_start = note_start_mask(vocab)
         self._pitch_masks: dict[frozenset[int], np.ndarray] = {}
         parsed: dict[ControlConfig, tuple[Any, ...]] = {}
         for cfg in configs:

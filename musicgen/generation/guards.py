@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from ..config import UserError, check_float, check_int
-from ..tokenizer import DRUM_PROGRAM, GrammarState, Phase, TokenType, Vocabulary
+from ..tokenizer import DRUM_PROGRAM, GrammarState, Phase, TokenType, Vocabulary, note_start_mask
 
 __all__ = ["GuardConfig", "GuardCounts", "MusicGuards", "DEFAULT_MAX_NOTES_PER_ONSET", "DEFAULT_MAX_EMPTY_BARS",
            "DEFAULT_MIN_BARS",
@@ -169,10 +169,7 @@ class MusicGuards:
         self._pitch = vocab.ranges[TokenType.PITCH]
         self._types = np.asarray(vocab.types)
         self._values = np.asarray(vocab.values)
-        self._note_start = np.zeros(len(vocab), dtype=bool)
-        for kind in (TokenType.PROGRAM, TokenType.VELOCITY):
-            span = vocab.ranges[kind]
-            self._note_start[span.start:span.stop] = True
+        self._note_start = note_start_mask(vocab)
         self._bar_id, self._eos_id = vocab.bar_id, vocab.eos_id
         self._grid = int(vocab.config.grid)  # steps per whole note = per bar of four beats
         window = config.density_window_bars

@@ -69,6 +69,18 @@ FOLLOWERS: dict[Phase, frozenset[TokenType]] = {
 }
 
 
+def note_start_mask(vocab: Vocabulary) -> np.ndarray:
+    """Boolean mask over ``vocab`` of the tokens that open a note (Program, Velocity).
+
+    Defined once, beside the grammar rule that says where a note may start, because decoding rules that make
+    a piece denser or sparser (musicgen.generation.guards, .controls) raise or lower exactly these odds."""
+    mask = np.zeros(len(vocab), dtype=bool)
+    for kind in _NOTE_START:
+        span = vocab.ranges[kind]
+        mask[span.start:span.stop] = True
+    return mask
+
+
 @dataclass(frozen=True)
 class GrammarState:
     """Everything the grammar (and the decoder) needs to know about a prefix. Immutable and cheap to copy.
