@@ -139,7 +139,7 @@ def _write(piece: GeneratedPiece, folder: Path, options: GenerateOptions, log: L
 def no_notes_warning(piece: GeneratedPiece, vocab: Any) -> str | None:
     """Why a continuation holds no note, in words (None when it has notes): which tokens it is made of.
 
-    (Greedy decoding of the shipped model, for instance, loops on `Position Chord` events: each bar gets chord
+    (Greedy decoding of an earlier shipped model, for instance, loops on `Position Chord` events: each bar gets chord
     symbols at two positions but never a Velocity-Pitch-Duration, so the MIDI file has no notes.)
     """
     if piece.continuation_notes:

@@ -19,27 +19,25 @@ The grammar guarantees a piece *decodes*; these guarantee it is *playable* and c
   sounds like an ending: 3 of 12 default pieces (`python generate.py`, seeds 0-11) stopped after 1-9 bars.
 * **No thinning out, no cramming** (``min_notes_per_bar`` / ``max_notes_per_bar`` over the last
   ``density_window_bars`` bars), a soft rule. Densities are per bar of four beats, whatever the metre (a 2/4 bar
-  counts half a bar), as in the long-piece checks.
-  While the finished bars of that window (in a piece's first bars, at least half a window of them) average
-  fewer notes than the floor, the odds of starting another note wherever the piece could instead move on
-  (after Tempo, Chord or Duration: the points the ``density`` control biases) are multiplied by 3, and those
-  of ending the bar (a Bar token) divided by 3, until the window recovers. The shipped model sometimes thins a
-  20,000-token piece out to 3-5 notes per bar for dozens of bars (POP909's sparsest 16-bar window of a test
-  song holds 8 per bar). A prompt of at least half a window of bars that is sparser than the floor lowers it
-  to half the prompt's own density, so a sparse prompt may be continued sparsely: the rule stops a collapse,
-  not a style. The mirror image above ``max_notes_per_bar`` (40; POP909's densest 16-bar test window holds 34
-  per bar): odds of another note divided by 3, of ending the bar multiplied by 3; a prompt denser than that
-  raises the ceiling to twice its own density. (A piece that climbs to the top of the keyboard tends to pile up
+  counts half a bar), as in the long-piece checks. While the finished bars of that window (in a piece's first bars, at
+  least half a window of them) average fewer notes than the floor, the odds of starting another note wherever the
+  piece could instead move on (after Tempo, Chord or Duration: the points the ``density`` control biases) are
+  multiplied by 3, and those of ending the bar (a Bar token) divided by 3, until the window recovers. The previous
+  shipped model (fine-tuned) sometimes thinned a 20,000-token piece out to 3-5 notes per bar for dozens of bars
+  (POP909's sparsest 16-bar window of a test song holds 8 per bar). A prompt of at least half a window of bars that is
+  sparser than the floor lowers it to half the prompt's own density, so a sparse prompt may be continued sparsely: the
+  rule stops a collapse, not a style. The mirror image above ``max_notes_per_bar`` (40; POP909's densest 16-bar test
+  window holds 34 per bar): odds of another note divided by 3, of ending the bar multiplied by 3; a prompt denser than
+  that raises the ceiling to twice its own density. (A piece that climbs to the top of the keyboard tends to pile up
   60-70 notes per bar there.)
-* **No drifting off the keyboard** (``max_mean_pitch`` / ``min_mean_pitch`` over the last
-  ``register_window_notes`` pitched notes), the other soft rule. While the mean pitch of that window is above
-  the upper bound, every pitch above the bound is made 3x less likely per octave above it (below the lower
-  bound, likewise downwards), until the window comes back. The shipped model sometimes climbs to the top of the
-  keyboard and stays there (mean pitch 85-90 for hundreds of bars, chromatic, in 4 of 10 pieces of 5,000
-  tokens at top_p=1; at top_p=0.95 one 20,000-token piece of 3 climbed there and piled up 68 notes per bar).
-  POP909's mean pitch over 64 notes is 52-76 in 99.8% of its windows (extremes 43 and 86). A prompt whose own
-  mean pitch lies beyond a bound moves that bound to 6 semitones past the prompt's mean, so a high prompt may
-  be continued high.
+* **No drifting off the keyboard** (``max_mean_pitch`` / ``min_mean_pitch`` over the last ``register_window_notes``
+  pitched notes), the other soft rule. While the mean pitch of that window is above the upper bound, every pitch above
+  the bound is made 3x less likely per octave above it (below the lower bound, likewise downwards), until the window
+  comes back. The previous shipped model sometimes climbed to the top of the keyboard and stayed there (mean pitch
+  85-90 for hundreds of bars, chromatic, in 4 of 10 pieces of 5,000 tokens at top_p=1; at top_p=0.95 one 20,000-token
+  piece of 3 climbed there and piled up 68 notes per bar). POP909's mean pitch over 64 notes is 52-76 in 99.8% of its
+  windows (extremes 43 and 86). A prompt whose own mean pitch lies beyond a bound moves that bound to 6 semitones past
+  the prompt's mean, so a high prompt may be continued high.
 
 Each hard guard counts how often it acted (a step where it removed at least one token the grammar allowed)
 and the probability mass it removed (the model's probability of the forbidden choices, summed over

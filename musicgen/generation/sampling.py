@@ -37,7 +37,7 @@ class SamplingConfig:
     top_p: float = 0.95  # 1.0 = off (see conf/generate.yaml: why 0.95)
     repetition_penalty: float = 1.0  # 1.0 = off
     repetition_window: int = 16  # last N pitch tokens of each sequence
-    tonal_memory: float = 0.5  # strength of the prompt's pitch-class prior on continuations (tonal.py); 0 = off
+    tonal_memory: float = 0.75  # strength of the prompt's pitch-class prior on continuations (tonal.py); 0 = off
     tonal_half_life: float = 256.0  # a prompt note this many notes before its end weighs half
 
     def __post_init__(self) -> None:
