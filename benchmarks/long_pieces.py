@@ -59,7 +59,8 @@ def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str, o
                          **(options or {}))[0]
         elapsed = time.perf_counter() - began
         stats = bar_window_statistics(piece.midi)
-        beats = max((n.start for inst in piece.midi.instruments for n in inst.notes), default=0) / piece.midi.ticks_per_beat
+        beats = (max((n.start for inst in piece.midi.instruments for n in inst.notes), default=0)
+                 / piece.midi.ticks_per_beat)
         pieces[str(seed)] = {"tokens": len(piece.ids), "bars_4_beats": int(beats // 4), "notes": piece.n_notes,
                              "seconds": round(piece.seconds, 1), "wall_s": round(elapsed, 1),
                              "guards": piece.guards, "windows": [s.to_dict() for s in stats],
@@ -188,11 +189,13 @@ def main() -> None:
               "free": free_generation(args.checkpoint, args.tokens, args.seeds, args.name, options)}
     rows = []
     for seed, r in result["free"].items():
-        s, check = r["summary"], r["summary"]["range_check"]
+        s, check, acted = r["summary"], r["summary"]["range_check"], sum(r["guards"]["acted"].values())
+        if s["notes_per_bar"] is None:  # shorter than one window (a small --tokens): nothing per window to show
+            rows.append([seed, r["bars_4_beats"], "no full 16-bar window", "", "", "", "", "", "no", acted])
+            continue
         rows.append([seed, r["bars_4_beats"], f"{s['notes_per_bar'][0]}-{s['notes_per_bar'][2]}",
                      s["h4"][2], s["groove"][0], s["scale_share"][0], s["max_same_onset_pitch"][2],
-                     s["max_notes_per_onset"][2], "yes" if check["all_inside"] else "no",
-                     sum(r["guards"]["acted"].values())])
+                     s["max_notes_per_onset"][2], "yes" if check["all_inside"] else "no", acted])
     write_results(args.name, result)  # the free pieces are kept even if the continuations fail
     print_table(["seed", "bars", "notes/bar (min-max)", "H4 max", "groove min", "scale min", "same (onset,pitch) max",
                  "notes/onset max", "all windows in range", "guard actions"], rows)
