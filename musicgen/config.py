@@ -154,3 +154,23 @@ def check_float(name: str, value: Any, minimum: float | None = None, maximum: fl
             parts.append(f"<= {maximum:g}")
         raise UserError(f"{name} must be a number {' and '.join(parts) or 'that is finite'}, got {value!r}")
     return number
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A yes/no option: a bool, or one of true/false, yes/no, on/off, 1/0 (any case); a one-line UserError
+    naming it otherwise (`allow_eos=no` once read as true, being a non-empty string)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise UserError(f"{name} must be true or false (or yes/no, on/off, 1/0), got {value!r}")

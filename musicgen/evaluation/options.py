@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import UserError, check_float, check_int, require_known_keys
+from ..config import UserError, check_bool, check_float, check_int, require_known_keys
 from ..generation.sampling import SamplingConfig
 
 
@@ -57,6 +57,7 @@ class EvaluateOptions:
         for name in ("length_factor", "batch_size", "drift_samples", "drift_window", "smooth"):
             setattr(self, name, check_int(name, getattr(self, name), minimum=1))
         self.max_files = check_int("max_files", self.max_files, minimum=1, allow_none=True)
+        self.progress = check_bool("progress", self.progress)
         self.drift_tokens = check_int("drift_tokens", self.drift_tokens, minimum=1, allow_none=True)
         self.seed = check_int("seed", self.seed)
         self.temperature = check_float("temperature", self.temperature, minimum=0.0)

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from ..config import UserError, check_float, check_int, require_known_keys
+from ..config import UserError, check_bool, check_float, check_int, require_known_keys
 from ..inference import DEFAULT_CHECKPOINT
 from .controls import ControlConfig
 from .guards import GuardConfig
@@ -89,7 +89,9 @@ class GenerateOptions:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        # Types first, each error naming its option (seed=abc, top_k=1.5, temperature=hot ...).
+        # Types first, each error naming its option (seed=abc, top_k=1.5, temperature=hot, allow_eos=maybe ...).
+        for name in ("include_prompt", "allow_eos", "no_repeated_pitch", "pianoroll", "progress"):
+            setattr(self, name, check_bool(name, getattr(self, name)))
         self.num_samples = check_int("num_samples", self.num_samples, minimum=1)
         self.seed = check_int("seed", self.seed, allow_none=True)
         self.prompt_bars = check_int("prompt_bars", self.prompt_bars, minimum=1, allow_none=True)

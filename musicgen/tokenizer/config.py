@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+#: sane upper bounds: a vocabulary (a stored one included) is built from these, so an absurd value such as
+#: tempo_bins=200000000 or a grid of 4,000,000 would allocate gigabytes before anything else could object
+MAX_GRID = 192
+MAX_TEMPO_BINS = 1024
+MAX_TEMPO = 10000.0
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -23,12 +29,25 @@ class TokenizerConfig:
     programs: bool = True
 
     def __post_init__(self) -> None:
-        if self.grid < 4 or self.grid % 4:
-            raise ValueError(f"tokenizer.grid must be a multiple of 4 (steps per whole note), got {self.grid}")
+        from ..config import UserError, check_bool, check_float, check_int
+
+        try:  # types first (`tokenizer.chords=no` is false, `grid=abc` an error naming it, not a TypeError)
+            for name in ("grid", "velocity_bins", "tempo_bins"):
+                object.__setattr__(self, name, check_int(f"tokenizer.{name}", getattr(self, name)))
+            for name in ("tempo_min", "tempo_max"):
+                object.__setattr__(self, name, check_float(f"tokenizer.{name}", getattr(self, name)))
+            for name in ("chords", "programs"):
+                object.__setattr__(self, name, check_bool(f"tokenizer.{name}", getattr(self, name)))
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        if self.grid < 4 or self.grid % 4 or self.grid > MAX_GRID:
+            raise ValueError(f"tokenizer.grid must be a multiple of 4 (steps per whole note) in 4..{MAX_GRID}, "
+                             f"got {self.grid}")
         if not 1 <= self.velocity_bins <= 127:
             raise ValueError(f"tokenizer.velocity_bins must be in 1..127, got {self.velocity_bins}")
-        if self.tempo_bins < 2 or not 0 < self.tempo_min < self.tempo_max:
-            raise ValueError("tokenizer.tempo_bins must be >= 2 and 0 < tempo_min < tempo_max")
+        if not 2 <= self.tempo_bins <= MAX_TEMPO_BINS or not 0 < self.tempo_min < self.tempo_max <= MAX_TEMPO:
+            raise ValueError(f"tokenizer.tempo_bins must be in 2..{MAX_TEMPO_BINS} and 0 < tempo_min < tempo_max <= "
+                             f"{MAX_TEMPO:g}, got {self.tempo_bins}, {self.tempo_min:g}, {self.tempo_max:g}")
 
     @property
     def steps_per_quarter(self) -> int:
