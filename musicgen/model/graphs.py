@@ -34,6 +34,8 @@ def graphs_apply(tokens: Tensor, model: Any) -> bool:
     the host during a step (the learned absolute positions check their range with ``int(positions.max())``)."""
     from .embeddings import LearnedPositions
 
+    if getattr(model, "cfg", None) is not None and model.cfg.attention.local_window:
+        return False  # the local window's ring-buffer slot is chosen on the host
     return tokens.is_cuda and not isinstance(getattr(model, "ape", None), LearnedPositions)
 
 

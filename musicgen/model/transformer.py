@@ -25,6 +25,7 @@ from .config import ModelConfig
 from .embeddings import build_ape
 from .graphs import StepGraph, graphs_apply
 from .lean import TransposedWeights, autocast_on, linear_t, parameter_versions
+from .local_attention import LocalAttention, LocalStepPlan
 from .spe import build_code_generator
 
 __all__ = ["MusicTransformer", "GenerationState", "build_model"]
@@ -84,6 +85,9 @@ class Block(nn.Module):
         d = cfg.d_model
         self.ln1 = nn.LayerNorm(d)
         self.attn = CausalSelfAttention(d, cfg.n_heads, cfg.attention, cfg.pe)
+        att = cfg.attention
+        #: the exact softmax window beside the attention (``attention.local_window``), or None
+        self.local = LocalAttention(d, att.local_heads, cfg.head_dim, att.local_window) if att.local_window else None
         self.ln2 = nn.LayerNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, d))
         self.drop = nn.Dropout(cfg.dropout)
@@ -93,22 +97,48 @@ class Block(nn.Module):
         return self.attn.proj, self.ff[2]
 
     def forward(self, x: Tensor, codes, noise: LayerNoise, return_state: bool = False):
-        a = self.attn(self.ln1(x), codes, noise, return_state=return_state)
+        h = self.ln1(x)
+        a = self.attn(h, codes, noise, return_state=return_state)
         state = None
         if return_state:
             a, state = a
+        if self.local is not None:
+            la = self.local(h, return_state=return_state)
+            if return_state:
+                la, local_state = la
+                state = (state, local_state)
+            a = a + la
         x = x + self.drop(a)
         x = x + self.drop(self.ff(self.ln2(x)))
         return (x, state) if return_state else x
 
-    def step(self, x: Tensor, codes, noise: LayerNoise, cache: dict) -> tuple[Tensor, dict]:
-        a, cache = self.attn.step(self.ln1(x), codes, noise, cache)
+    def init_cache(self, batch_size: int, device: torch.device, capacity: int, prefix: object | None = None,
+                   position: int = 0) -> dict:
+        """The block's recurrent cache: the attention's, plus the local window's ring buffer ('lk', 'lv')."""
+        if self.local is None:
+            return self.attn.init_cache(batch_size, device, capacity, prefix=prefix)
+        attn_prefix, local_prefix = prefix if prefix is not None else (None, None)  # type: ignore[misc]
+        cache = self.attn.init_cache(batch_size, device, capacity, prefix=attn_prefix)
+        cache.update(self.local.init_cache(batch_size, device, local_prefix, position))
+        return cache
+
+    def step(self, x: Tensor, codes, noise: LayerNoise, cache: dict, position: int) -> tuple[Tensor, dict]:
+        h = self.ln1(x)
+        a, new_cache = self.attn.step(h, codes, noise, cache)
+        if self.local is not None:
+            a = a + self.local.step(h, cache, position)  # the ring buffer is updated in place
+            new_cache = {**new_cache, "lk": cache["lk"], "lv": cache["lv"]}
         x = x + self.drop(a)
-        return x + self.drop(self.ff(self.ln2(x))), cache
+        return x + self.drop(self.ff(self.ln2(x))), new_cache
 
     def lean_step_fits(self, cache: dict, device: torch.device) -> bool:
         """Whether this block has a lean step (linear attention) that can update ``cache`` in place."""
-        return self.attn.has_lean_step and self.attn.lean_step_fits(cache, device)
+        if not (self.attn.has_lean_step and self.attn.lean_step_fits(cache, device)):
+            return False
+        if self.local is None:
+            return True
+        return all(cache[key].dtype == torch.float32 and cache[key].is_contiguous() and cache[key].device == device
+                   for key in ("lk", "lv"))
 
     @torch.no_grad()
     def step_plan(self, noise: LayerNoise, cache: dict, weights_t: TransposedWeights,
@@ -121,6 +151,7 @@ class Block(nn.Module):
             ln2=(self.ln2.weight, self.ln2.bias, self.ln2.eps),
             ff1_w=weights_t(ff1.weight), ff1_b=ff1.bias, ff2_w=weights_t(ff2.weight), ff2_b=ff2.bias,
             gelu=getattr(act, "approximate", "none"),
+            local=None if self.local is None else self.local.step_plan(cache, weights_t),
         )
 
 
@@ -136,10 +167,15 @@ class BlockStepPlan:
     ff2_w: Tensor
     ff2_b: Tensor | None
     gelu: str
+    local: LocalStepPlan | None = None
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, position: int | Tensor) -> Tensor:
         width = (x.shape[1],)
-        x = x + self.attn(F.layer_norm(x, width, *self.ln1[:2], self.ln1[2]))
+        h = F.layer_norm(x, width, *self.ln1[:2], self.ln1[2])
+        a = self.attn(h)
+        if self.local is not None:
+            a = a + self.local(h, int(position))
+        x = x + a
         y = F.layer_norm(x, width, *self.ln2[:2], self.ln2[2])
         y = F.gelu(linear_t(y, self.ff1_w, self.ff1_b), approximate=self.gelu)
         return x + linear_t(y, self.ff2_w, self.ff2_b)
@@ -216,6 +252,8 @@ class MusicTransformer(nn.Module):
         for blk in self.blocks:  # residual branches: GPT-2 style 1/sqrt(2 n_layers) scaling
             for proj in blk.residual_projections():
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * n))
+            if blk.local is not None:
+                blk.local.reset_output()
         nn.init.normal_(self.embed.weight, std=self.cfg.d_model ** -0.5)
         with torch.no_grad():
             self.embed.weight[0].zero_()
@@ -282,7 +320,7 @@ class MusicTransformer(nn.Module):
             position=0,
             code_states=[g.begin(n) for g, n in zip(self.code_generators, code_noise)],
             layer_noise=layer_noise,
-            caches=[blk.attn.init_cache(batch_size, device, cap) for blk in self.blocks],
+            caches=[blk.init_cache(batch_size, device, cap) for blk in self.blocks],
         )
 
     @torch.no_grad()
@@ -303,7 +341,8 @@ class MusicTransformer(nn.Module):
             position=length,
             code_states=[g.begin(n) for g, n in zip(self.code_generators, code_noise)],
             layer_noise=layer_noise,
-            caches=[blk.attn.init_cache(b, device, cap, prefix=st) for blk, st in zip(self.blocks, states)],
+            caches=[blk.init_cache(b, device, cap, prefix=st, position=length)
+                    for blk, st in zip(self.blocks, states)],
         )
 
     def step(self, tokens: Tensor, state: GenerationState) -> tuple[Tensor, GenerationState]:
@@ -329,7 +368,7 @@ class MusicTransformer(nn.Module):
         caches = []
         for i, blk in enumerate(self.blocks):
             c = codes[self._gen_index(i)] if codes else None
-            x, cache = blk.step(x, c, state.layer_noise[i], state.caches[i])
+            x, cache = blk.step(x, c, state.layer_noise[i], state.caches[i], n)
             caches.append(cache)
         new = GenerationState(n + 1, code_states, state.layer_noise, caches)
         return self._logits(x), new
@@ -394,7 +433,7 @@ class MusicTransformer(nn.Module):
         for codes in plan.codes:  # SPE codes at n, once per code generator for all the layers using it
             codes.advance(position)
         for blk in plan.blocks:
-            x = blk(x)
+            x = blk(x, position)
         y = F.layer_norm(x, (x.shape[1],), *plan.lnf[:2], plan.lnf[2])
         return torch.mm(y, plan.head)
 

@@ -1,0 +1,155 @@
+"""A short exact softmax window beside the linear attention: recall of the last few bars.
+
+Why: to restate a passage a model must find where the current context happened before and copy what
+followed (recall). Linear attention keeps a (F x (D+1)) summary per head: a few hundred tokens back, one
+earlier note is a smear in that summary, and the shipped model found a restated bar only 9% easier than a
+new one although its notes were in the context (``musicgen/evaluation/recall.py``). Hybrid models
+(Arora et al. 2024, "Simple linear attention language models balance the recall-throughput tradeoff";
+Griffin's local attention) restore recall with a sliding window of exact softmax attention beside the
+linear state. Generation stays constant in memory and time per token: the window is a ring buffer of the
+last ``window`` keys and values.
+
+Positions inside the window are rotary (RoPE): softmax needs exact relative scores, which SPE gives only
+in expectation (it is made for linear attention), and a rotation by the token index makes every score a
+function of the lag alone. The branch has ``heads`` heads of ``head_dim`` each and writes into the same
+residual stream as the linear attention (``Block``); its output projection starts at zero, so adding it to
+a trained model (``train.init_from``) starts from that model's function exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .lean import TransposedWeights, linear_t
+
+__all__ = ["LocalAttention", "LocalStepPlan", "rotary_tables", "rotate"]
+
+ROPE_BASE = 10000.0
+
+
+def rotary_tables(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+    """cos, sin (L, head_dim / 2) of the rotary angles positions x base^(-2i/head_dim), in float32."""
+    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    return torch.cos(angles), torch.sin(angles)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the pairs (x[..., i], x[..., i + d/2]) of x (..., L, d) by the angles of ``cos``/``sin`` (L, d/2)."""
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).to(x.dtype)
+
+
+def band_mask(length: int, window: int, device: torch.device) -> Tensor:
+    """(L, L) bool: query i sees key j when 0 <= i - j < window."""
+    lag = torch.arange(length, device=device)[:, None] - torch.arange(length, device=device)[None, :]
+    return (lag >= 0) & (lag < window)
+
+
+class LocalAttention(nn.Module):
+    """Causal softmax attention over the last ``window`` tokens, ``heads`` heads of ``head_dim``."""
+
+    def __init__(self, d_model: int, heads: int, head_dim: int, window: int) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"local attention head_dim={head_dim} must be even (rotary pairs)")
+        self.heads, self.head_dim, self.window = heads, head_dim, window
+        self.qkv = nn.Linear(d_model, 3 * heads * head_dim)
+        self.proj = nn.Linear(heads * head_dim, d_model)
+
+    def reset_output(self) -> None:
+        """Zero the output projection: the branch starts silent (see the module docstring)."""
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, length, _ = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        cos, sin = rotary_tables(positions, self.head_dim)
+        return rotate(q, cos, sin), rotate(k, cos, sin), v
+
+    def forward(self, x: Tensor, return_state: bool = False) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (B, L, D) -> (B, L, D); with ``return_state`` also the (rotated) keys and values of the last
+        ``window`` positions, to continue from (:meth:`init_cache`)."""
+        b, length, _ = x.shape
+        q, k, v = self._qkv(x, torch.arange(length, device=x.device))
+        if length <= self.window:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(length, self.window, x.device))
+        y = self.proj(out.transpose(1, 2).reshape(b, length, self.heads * self.head_dim))
+        if not return_state:
+            return y
+        keep = min(length, self.window)
+        return y, (k[:, :, length - keep:], v[:, :, length - keep:])
+
+    # recurrent form: a ring buffer of the last `window` keys and values --------------------------------
+    def init_cache(self, batch_size: int, device: torch.device, prefix: tuple[Tensor, Tensor] | None = None,
+                   position: int = 0) -> dict[str, Tensor]:
+        """{'lk', 'lv': (B, heads, window, head_dim)}; the key of position p lives in slot p % window.
+        ``prefix`` = the state of :meth:`forward` over positions [0, position)."""
+        shape = (batch_size, self.heads, self.window, self.head_dim)
+        dtype = torch.float64 if self.qkv.weight.dtype == torch.float64 else torch.float32
+        lk, lv = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        if prefix is not None:
+            pk, pv = prefix
+            slots = torch.arange(position - pk.shape[2], position, device=device) % self.window
+            lk[:, :, slots] = pk.to(dtype)
+            lv[:, :, slots] = pv.to(dtype)
+        return {"lk": lk, "lv": lv}
+
+    def step(self, x: Tensor, cache: dict[str, Tensor], position: int) -> Tensor:
+        """x (B, D) at ``position`` -> (B, D); writes its key and value into ``cache`` (in place)."""
+        q, k, v = self._qkv(x.unsqueeze(1), torch.tensor([position], device=x.device))
+        return _attend_ring(q[:, :, 0], k[:, :, 0], v[:, :, 0], cache, position, self.window,
+                            lambda o: self.proj(o))
+
+    @torch.no_grad()
+    def step_plan(self, cache: dict[str, Tensor], weights_t: TransposedWeights) -> "LocalStepPlan":
+        inv_freq = ROPE_BASE ** (-torch.arange(0, self.head_dim, 2, device=cache["lk"].device,
+                                               dtype=torch.float32) / self.head_dim)
+        return LocalStepPlan(qkv_w=weights_t(self.qkv.weight), qkv_b=self.qkv.bias,
+                             proj_w=weights_t(self.proj.weight), proj_b=self.proj.bias, cache=cache,
+                             inv_freq=inv_freq, heads=self.heads, head_dim=self.head_dim, window=self.window)
+
+
+def _attend_ring(q: Tensor, k: Tensor, v: Tensor, cache: dict[str, Tensor], position: int, window: int,
+                 project) -> Tensor:
+    """Write k, v (B, H, d) at slot position % window, attend q over the filled slots, project (B, H*d)."""
+    slot = position % window
+    cache["lk"][:, :, slot] = k
+    cache["lv"][:, :, slot] = v
+    filled = min(position + 1, window)
+    keys, values = cache["lk"][:, :, :filled], cache["lv"][:, :, :filled]
+    scores = torch.einsum("bhd,bhnd->bhn", q.to(keys.dtype), keys) * q.shape[-1] ** -0.5
+    out = torch.einsum("bhn,bhnd->bhd", torch.softmax(scores, dim=-1), values)
+    return project(out.reshape(out.shape[0], -1).to(q.dtype))
+
+
+@dataclass
+class LocalStepPlan:
+    """The local window's lean step for one generated batch (the cache is updated in place)."""
+
+    qkv_w: Tensor
+    qkv_b: Tensor | None
+    proj_w: Tensor
+    proj_b: Tensor | None
+    cache: dict[str, Tensor]
+    inv_freq: Tensor
+    heads: int
+    head_dim: int
+    window: int
+
+    def __call__(self, x: Tensor, position: int) -> Tensor:
+        b = x.shape[0]
+        q, k, v = linear_t(x, self.qkv_w, self.qkv_b).view(b, 3, self.heads, self.head_dim).unbind(1)
+        angles = position * self.inv_freq
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        return _attend_ring(q, k, v, self.cache, position, self.window,
+                            lambda o: linear_t(o, self.proj_w, self.proj_b))
