@@ -49,6 +49,8 @@ class AttentionConfig:
     decay: str = "none"
     decay_tau_min: float = 16.0
     decay_tau_max: float = 512.0
+    local_window: int = 0  # tokens of the exact softmax window beside the attention (0 = none; local_attention.py)
+    local_heads: int = 2  # heads of that window (head_dim = d_model / n_heads)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,12 @@ class ModelConfig:
             if not 1.0 <= att.decay_tau_min <= att.decay_tau_max:
                 raise ValueError(f"model.attention.decay_tau_min/max = {att.decay_tau_min}/{att.decay_tau_max}: "
                                  "need 1 <= min <= max (tokens)")
+        if att.local_window < 0:
+            raise ValueError(f"model.attention.local_window={att.local_window}: expected 0 (off) or a number of tokens")
+        if att.local_window and att.local_heads < 1:
+            raise ValueError(f"model.attention.local_heads={att.local_heads}: expected >= 1 with a local_window")
+        if att.local_window and self.head_dim % 2:
+            raise ValueError(f"model.attention.local_window needs an even head dim (d_model / n_heads = {self.head_dim})")
         if att.backend in ("fast_transformers", "fla") and att.kind != "linear":
             raise ValueError(f"attention.backend={att.backend} only applies to attention.kind=linear "
                              "(softmax attention uses F.scaled_dot_product_attention)")
