@@ -109,3 +109,121 @@ def test_hostile_allow_eos_no_really_never_ends(tiny_ckpt: Path, tmp_path: Path)
     assert meta["stop"]["allow_eos"] is False and meta["include_prompt"] is False
     assert meta["stop_reason"] == "tokens"
     assert not list(tmp_path.glob("*.png"))
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (2) impossible models, crafted checkpoints
+# --------------------------------------------------------------------------------------------------------- #
+@pytest.mark.parametrize("change, option", [
+    ({"n_layers": 0}, "n_layers"), ({"n_layers": -1}, "n_layers"), ({"d_ff": 0}, "d_ff"),
+    ({"d_model": 0}, "d_model"), ({"n_heads": 0}, "n_heads"), ({"n_heads": -2}, "n_heads"),
+    ({"d_model": 30, "n_heads": 4}, "n_heads"), ({"dropout": 1.5}, "dropout"), ({"dropout": -0.1}, "dropout"),
+])
+def test_hostile_impossible_model_options_are_refused_up_front(change: dict, option: str, tmp_path: Path) -> None:
+    from musicgen.model.config import ModelConfig
+
+    with pytest.raises(ValueError, match=option):
+        ModelConfig.from_mapping({**TINY, **change})
+    with pytest.raises(ValueError, match=option):
+        build_model({**TINY, **change}, 100)
+
+
+@pytest.mark.parametrize("override, option", [("model.n_layers=0", "model.n_layers"),
+                                              ("model.n_layers=-1", "model.n_layers"),
+                                              ("model.d_ff=0", "model.d_ff"), ("model.d_model=0", "model.d_model"),
+                                              ("model.n_heads=0", "model.n_heads")])
+def test_hostile_impossible_model_never_trains(override: str, option: str, tmp_path: Path) -> None:
+    """Refused by train.py before any data, folder or model exists (once: exit 0 and a checkpoint without
+    layers, or a ZeroDivisionError traceback)."""
+    proc = run_cli([str(REPO / "train.py"), override, f"data.root={tmp_path / 'no-data'}",
+                    f"data.cache_dir={tmp_path / 'cache'}", f"train.ckpt_dir={tmp_path / 'ckpt'}", "logger=none",
+                    "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert option in single_error_line(proc)
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "cache").exists()
+
+
+def _crafted(tiny_ckpt: Path, dest: Path, **edits) -> Path:
+    data = torch.load(tiny_ckpt, weights_only=True)
+    for key, value in edits.items():
+        data[key] = value(data[key]) if callable(value) else value
+    torch.save(data, dest)
+    return dest
+
+
+def test_hostile_nan_weights_are_refused_naming_the_file(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from musicgen.inference import load_checkpoint
+
+    for bad in (float("nan"), float("inf")):
+        def poison(state, bad=bad):
+            state = dict(state)
+            state["embed.weight"] = state["embed.weight"].clone()
+            state["embed.weight"][3, 1] = bad
+            return state
+
+        path = _crafted(tiny_ckpt, tmp_path / "nan.pt", model_state=poison)
+        with pytest.raises(ValueError, match="NaN or infinite") as info:
+            load_checkpoint(path)
+        assert str(path) in str(info.value) and "embed.weight" in str(info.value)
+    for tool in ("generate", "evaluate"):
+        proc = run_cli([str(REPO / f"{tool}.py"), f"checkpoint={path}", f"output_dir={tmp_path / tool}",
+                        "device=cpu", "progress=false"], tmp_path)
+        assert str(path) in single_error_line(proc)
+        assert not list((tmp_path / tool).glob("*.mid")) and not (tmp_path / tool / "nll.json").exists()
+
+
+_BOMB_SCRIPT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
+from musicgen.inference import load_model
+try:
+    load_model(sys.argv[1])
+except ValueError as exc:
+    print("REFUSED", exc)
+"""
+
+
+def _address_space_limit(extra_mb: int) -> int:
+    """This interpreter's address space with torch and musicgen imported, plus `extra_mb`."""
+    probe = ("import torch, musicgen.inference, musicgen.model;"
+             "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])")
+    proc = subprocess.run([sys.executable, "-c", probe], env=env(), capture_output=True, text=True, timeout=120)
+    return (int(proc.stdout.strip()) + extra_mb * 1024) * 1024
+
+
+@pytest.mark.parametrize("edit", ["deep_and_wide", "wide", "tempo_bins", "vocab_size"])
+def test_hostile_config_bomb_checkpoint_is_refused_before_allocating(edit: str, tiny_ckpt: Path,
+                                                                      tmp_path: Path) -> None:
+    """A small file whose stored config claims a model of gigabytes (or a vocabulary of 200 M tempo bins) is
+    refused before anything is built, under an address-space limit of 1 GiB above the interpreter's own."""
+    if edit == "deep_and_wide":
+        edits = {"model_config": lambda c: {**c, "n_layers": 400, "d_model": 4096, "d_ff": 16384}}
+    elif edit == "wide":
+        edits = {"model_config": lambda c: {**c, "d_model": 4096, "d_ff": 16384}}
+    elif edit == "tempo_bins":
+        edits = {"vocab": lambda v: {**v, "tokenizer": {**v["tokenizer"], "tempo_bins": 200_000_000}}}
+    else:
+        edits = {"model_config": lambda c: {**c, "vocab_size": 50_000_000}}
+    path = _crafted(tiny_ckpt, tmp_path / "bomb.pt", **edits)
+    assert path.stat().st_size < 2_000_000
+    proc = subprocess.run([sys.executable, "-c", _BOMB_SCRIPT, str(path), str(_address_space_limit(1024))],
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "REFUSED" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
+    assert str(path) in proc.stdout and "\n" not in proc.stdout.strip()
+
+
+def test_hostile_checkpoint_shapes_are_compared_before_building(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from musicgen.inference import load_model
+
+    path = _crafted(tiny_ckpt, tmp_path / "wide.pt", model_config=lambda c: {**c, "d_ff": 128})
+    with pytest.raises(ValueError, match=r"weights do not fit its model config \(blocks.0.ff.0.bias: \[64\] in the "
+                                         r"file, \[128\] in the config"):
+        load_model(path)
+    path = _crafted(tiny_ckpt, tmp_path / "zero.pt", model_config=lambda c: {**c, "n_layers": 0})
+    with pytest.raises(ValueError, match="impossible model config .*n_layers"):
+        load_model(path)
+    assert load_model(tiny_ckpt).model.config["n_layers"] == 1
+
+
+def test_hostile_grid_bomb_on_the_check_command_is_one_line(tmp_path: Path, pop909_dir: Path) -> None:
+    proc = run_cli(["-m", "musicgen.tokenizer", "check", str(pop909_dir / "001.mid"), "--grid", "4000000"], tmp_path)
+    assert "tokenizer.grid" in single_error_line(proc)

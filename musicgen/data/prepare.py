@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from ..config import UserError, make_dir
+from ..config import UserError, check_bool, make_dir
 from ..tokenizer import MidiReadError, REMITokenizer, TokenizerConfig, Vocabulary
 from .cache import TokenCache, cache_lock, write_cache
 from .download import download_pop909
@@ -148,7 +148,7 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
     if not isinstance(tokenizer_cfg, TokenizerConfig):
         tokenizer_cfg = TokenizerConfig.from_mapping(tokenizer_cfg)
     root = Path(str(data_cfg["root"]))
-    if data_cfg.get("download") and not any(root.glob("*.mid")):
+    if check_bool("data.download", data_cfg.get("download") or False) and not any(root.glob("*.mid")):
         if data_cfg.get("name") != "pop909":
             raise ValueError("data.download=true is only available for data=pop909")
         download_pop909(root)

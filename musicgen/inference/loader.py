@@ -145,6 +145,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     config = data.get("config") or {}
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {path}: damaged (config is not a dict)")
+    bad = next((name for name, tensor in state.items()
+                if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all())), None)
+    if bad is not None:  # a diverged run: it would score `nan` and write empty pieces blaming the seed
+        raise ValueError(f"checkpoint {path}: refused: its weights hold NaN or infinite values ({bad}); use an "
+                         "earlier checkpoint of that run")
     vocab = Vocabulary.from_dict(data["vocab"], source=f"checkpoint {path}")
     training = {k: data[k] for k in ("optimizer", "scheduler", "rng", "scaler", "positional_init") if k in data}
     return Checkpoint(path, model_config, state, vocab, config, int(data.get("step", 0)),
@@ -176,14 +181,64 @@ class LoadedModel:
         return ckpt.train_seq_len or int(((ckpt.config or {}).get("train") or {}).get("seq_len") or 0)
 
 
+#: sane bounds of a loaded checkpoint's model config (the shipped model: 4 layers, d_model 256, d_ff 1024): a
+#: 1.8 MB file claiming n_layers=400, d_model=4096 must not allocate gigabytes before its weights are compared
+MODEL_CONFIG_LIMITS = {"n_layers": 512, "d_model": 32768, "n_heads": 1024, "d_ff": 262144, "vocab_size": 65535,
+                       "attention.n_features": 16384, "pe.realizations": 16384, "pe.sines": 1024,
+                       "pe.kernel_size": 65536, "pe.max_len": 1 << 20}
+
+
+def check_model_fits(ckpt: Checkpoint) -> None:
+    """A checkpoint's model config checked before anything is built: valid, within `MODEL_CONFIG_LIMITS`, of
+    its vocabulary's size, and describing exactly the tensors its weights hold (names and shapes, compared on
+    the `meta` device, which allocates nothing). A one-line ValueError naming the file otherwise."""
+    from ..model import build_model
+    from ..model.config import ModelConfig
+
+    path, raw = ckpt.path, ckpt.model_config
+    try:
+        cfg = ModelConfig.from_mapping(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise ValueError(f"checkpoint {path}: impossible model config ({message})") from None
+    for key, limit in MODEL_CONFIG_LIMITS.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and value > limit:
+            raise ValueError(f"checkpoint {path}: model config {key}={value} is beyond any sane model "
+                             f"(at most {limit}); the file is damaged or crafted")
+    if cfg.vocab_size is None or cfg.vocab_size != len(ckpt.vocab):
+        raise ValueError(f"checkpoint {path}: model vocab_size {cfg.vocab_size} != vocabulary size {len(ckpt.vocab)}")
+    blocks = {int(m.group(1)) for name in ckpt.model_state if (m := re.match(r"blocks\.(\d+)\.", name))}
+    if blocks and blocks != set(range(cfg.n_layers)):
+        raise ValueError(f"checkpoint {path}: weights do not fit its model config (n_layers={cfg.n_layers}, the "
+                         f"weights hold {len(blocks)} layers)")
+    try:
+        with torch.device("meta"):
+            expected = {name: tuple(t.shape) for name, t in build_model(raw, cfg.vocab_size).state_dict().items()}
+    except (NotImplementedError, RuntimeError):  # a module that cannot be built without memory: strict load checks
+        return
+    held = {name: tuple(t.shape) for name, t in ckpt.model_state.items()}
+    missing, unexpected = sorted(set(expected) - set(held)), sorted(set(held) - set(expected))
+    wrong = sorted(name for name in set(expected) & set(held) if expected[name] != held[name])
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
+                  f"{wrong[0]}: {list(held[wrong[0]])} in the file, {list(expected[wrong[0]])} in the config")
+        raise ValueError(f"checkpoint {path}: weights do not fit its model config ({detail})")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """The model of a checkpoint file, in eval mode on `device`, with its tokenizer and checkpoint.
 
-    Half-precision exports are cast back to float32: generation and evaluation run in float32.
+    The model config is checked against sane bounds and the weights' shapes before the model is built
+    (`check_model_fits`). Half-precision exports are cast back to float32: generation and evaluation run in
+    float32.
     """
     from ..model import build_model
 
     ckpt = load_checkpoint(path)
+    check_model_fits(ckpt)
     model = build_model(ckpt.model_config, ckpt.model_config["vocab_size"])
     state = {k: v.float() if torch.is_floating_point(v) else v for k, v in ckpt.model_state.items()}
     try:

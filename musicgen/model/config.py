@@ -127,6 +127,12 @@ class ModelConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"model.{where}={value!r}; expected one of {allowed}")
+        for where, value in (("n_layers", self.n_layers), ("d_model", self.d_model), ("n_heads", self.n_heads),
+                             ("d_ff", self.d_ff), ("vocab_size", self.vocab_size)):
+            if value is not None and value < 1:  # 0 layers trained "fine"; d_model=0 divided by zero
+                raise ValueError(f"model.{where} must be an integer >= 1, got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not 0.0 <= att.redraw_prob <= 1.0:

@@ -207,7 +207,11 @@ class Vocabulary:
         if data.get("version") != VOCAB_VERSION:
             raise ValueError(f"{source}: vocabulary version {data.get('version')} is not supported "
                              f"(this musicgen reads version {VOCAB_VERSION})")
-        vocab = cls(TokenizerConfig.from_mapping(data["tokenizer"]))
+        try:  # bounded settings (tempo_bins=200000000 would build a list of 200 M tokens)
+            config = TokenizerConfig.from_mapping(data.get("tokenizer"))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{source}: damaged vocabulary ({exc})") from None
+        vocab = cls(config)
         if vocab.tokens != list(data.get("tokens", [])):
             raise ValueError(f"{source}: token list does not match its tokenizer settings (file edited or "
                              "written by another musicgen version)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import UserError, check_float, check_int
+from ..config import UserError, check_bool, check_float, check_int
 
 RESUME_CHOICES = "false (a fresh run), true (continue <ckpt_dir>/last.pt), auto (continue it when it exists, " \
                  "else start fresh) or the path of a checkpoint"
@@ -74,6 +74,14 @@ class TrainOptions:
             raise UserError(f"train.precision={t.get('precision')}: use fp32, bf16 or fp16")
         if not isinstance(t.get("resume"), (bool, str, type(None))):
             raise UserError(f"train.resume={t.get('resume')!r}: use {RESUME_CHOICES}")
+        if cfg.get("model") is not None:  # every model option now, not a checkpoint without layers later
+            from ..model.config import ModelConfig
+
+            try:
+                ModelConfig.from_mapping(cfg.model)
+            except (ValueError, KeyError, TypeError) as exc:
+                message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+                raise UserError(message) from None
         logger = cfg.get("logger") or {}
         log_every = 10
         if logger.get("log_every") is not None:
@@ -81,6 +89,8 @@ class TrainOptions:
         data = cfg.get("data") or {}
         check_int("data.max_files", data.get("max_files"), minimum=1, allow_none=True)
         check_int("data.num_workers", data.get("num_workers"), minimum=0, allow_none=True)
+        if data.get("download") is not None:
+            check_bool("data.download", data.get("download"))
         augment = data.get("augment") or {}
         shifts = {name: check_int(f"data.augment.{name}", augment.get(name), minimum=0, allow_none=True) or 0
                   for name in ("transpose", "tempo_shift")}
