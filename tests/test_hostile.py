@@ -227,3 +227,199 @@ def test_hostile_checkpoint_shapes_are_compared_before_building(tiny_ckpt: Path,
 def test_hostile_grid_bomb_on_the_check_command_is_one_line(tmp_path: Path, pop909_dir: Path) -> None:
     proc = run_cli(["-m", "musicgen.tokenizer", "check", str(pop909_dir / "001.mid"), "--grid", "4000000"], tmp_path)
     assert "tokenizer.grid" in single_error_line(proc)
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (3) the studio obeys only its own page
+# --------------------------------------------------------------------------------------------------------- #
+def _studio_server(config):
+    """(uvicorn server, thread, port) of the studio on a free port on 127.0.0.1."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from musicgen.studio import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 120
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "the studio server did not start"
+        time.sleep(0.05)
+    return app, server, thread, port
+
+
+def _http(port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None):
+    """(status, headers, JSON or bytes) of one raw request: any Host, Origin or Cookie header as given."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        headers = {"Host": f"127.0.0.1:{port}", **(headers or {})}
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+        for key, value in headers.items():
+            if value is not None:
+                conn.putheader(key, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        data = response.read()
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            parsed = data
+        return response.status, response.headers, parsed
+    finally:
+        conn.close()
+
+
+def _form(fields: dict[str, str], file: tuple[str, bytes] | None = None, close: bool = True) -> tuple[bytes, str]:
+    boundary = "hostileboundary1234"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    if file is not None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"; filename="{file[0]}"\r\n'
+                     "Content-Type: audio/midi\r\n\r\n".encode() + file[1] + b"\r\n")
+    if close:
+        parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture()
+def guarded_studio(tiny_ckpt: Path):
+    pytest.importorskip("uvicorn")
+    from musicgen.studio import StudioConfig
+
+    app, server, thread, port = _studio_server(StudioConfig(checkpoint=str(tiny_ckpt), device="cpu",
+                                                            token="s3cret-token", workers=1))
+    try:
+        yield app, port
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def test_hostile_studio_refuses_other_hosts_origins_and_missing_tokens(guarded_studio) -> None:
+    """CSRF and DNS rebinding: a wrong Host, a wrong Origin or no token is refused and starts no job; the page's
+    own way in (the printed URL sets a cookie, its requests carry it and its own Origin) still works."""
+    app, port = guarded_studio
+    manager = app.state.manager
+    own = f"http://127.0.0.1:{port}"
+    body, ctype = _form({"bars": "1", "seed": "1"})
+    # no token at all: the page, the API and the files are refused; the static assets are public
+    for method, path in (("GET", "/"), ("GET", "/api/info"), ("POST", "/api/jobs")):
+        status, _, answer = _http(port, method, path, {"Content-Type": ctype} if method == "POST" else None,
+                                  body if method == "POST" else None)
+        assert status == 403 and "token" in answer["error"], (path, answer)
+    assert _http(port, "GET", "/static/studio.js")[0] == 200
+    # the printed URL: the page, and a cookie for the page's own requests
+    status, headers, page = _http(port, "GET", "/?token=s3cret-token")
+    assert status == 200 and b"musicgen studio" in page
+    set_cookie = headers["set-cookie"]
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    cookie = set_cookie.split(";")[0]
+    assert _http(port, "GET", "/?token=wrong")[0] == 403
+    # DNS rebinding: the right token (cookie) but the attacker's host name
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+        status, _, answer = _http(port, "GET", "/api/info", {"Host": host, "Cookie": cookie})
+        assert status == 403 and "Host" in answer["error"]
+        status, _, _ = _http(port, "POST", "/api/jobs", {"Host": host, "Cookie": cookie, "Content-Type": ctype,
+                                                         "Origin": f"http://{host}"}, body)
+        assert status == 403
+    # CSRF: a page on another origin posts the form (a no-cors form post carries its Origin, no cookie)
+    for origin in ("http://evil.example", "null", f"http://localhost:{port + 1}"):
+        status, _, answer = _http(port, "POST", "/api/jobs", {"Origin": origin, "Content-Type": ctype,
+                                                              "Cookie": cookie}, body)
+        assert status == 403, origin
+    status, _, _ = _http(port, "POST", "/api/jobs", {"Origin": own, "Content-Type": ctype,
+                                                     "Sec-Fetch-Site": "cross-site", "Cookie": cookie}, body)
+    assert status == 403
+    status, _, _ = _http(port, "POST", "/api/jobs", {"Origin": own, "Content-Type": ctype,
+                                                     "Cookie": "musicgen-studio-1=nope"}, body)
+    assert status == 403
+    assert not manager._jobs, "no refused request started a job"
+    # the page itself: its Origin and its cookie; localhost names are the same machine
+    status, _, job = _http(port, "POST", "/api/jobs", {"Origin": own, "Content-Type": ctype, "Cookie": cookie,
+                                                       "Sec-Fetch-Site": "same-origin"}, body)
+    assert status == 202, job
+    assert _http(port, "GET", "/api/info", {"Host": f"localhost:{port}", "Cookie": cookie})[0] == 200
+    assert _http(port, "GET", "/api/info", {"Authorization": "token s3cret-token"})[0] == 200
+    assert _http(port, "GET", f"/api/jobs/{job['id']}", {"Host": "evil.example", "Cookie": cookie})[0] == 403
+
+
+def test_hostile_studio_prints_a_url_with_its_token(tiny_ckpt: Path, tmp_path: Path) -> None:
+    import os
+    import time
+    import urllib.request
+
+    pytest.importorskip("uvicorn")
+    proc = subprocess.Popen([sys.executable, "-m", "musicgen.studio", "--port", "0", "--checkpoint", str(tiny_ckpt),
+                             "--device", "cpu"], cwd=tmp_path, env=dict(env(), PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = line.split()[2]
+        assert "?token=" in url and len(url.split("?token=")[1]) >= 24, line
+        base = url.split("?")[0]
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    assert response.status == 200 and "HttpOnly" in response.headers["Set-Cookie"]
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+                time.sleep(0.2)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "api/info", timeout=30)
+        assert info.value.code == 403
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert os.path.isdir(tmp_path)
+
+
+def test_hostile_guarded_studio_page_still_works_in_a_browser(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The page opened from the token URL: its GETs carry the cookie, its POST its own Origin (skips where
+    headless Chromium is missing, as the studio's browser test does)."""
+    pytest.importorskip("uvicorn")
+    from test_studio import CHROMEDRIVER, chromium_or_skip
+
+    webdriver, binary = chromium_or_skip()
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from musicgen.studio import StudioConfig
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--mute-audio"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    app, server, thread, port = _studio_server(StudioConfig(checkpoint=str(tiny_ckpt), device="cpu",
+                                                            token="browser-token", workers=1))
+    not_midi = tmp_path / "notes.mid"
+    not_midi.write_text("these are my notes, not MIDI")
+    try:
+        driver.get(f"http://127.0.0.1:{port}/?token=browser-token")
+        wait = WebDriverWait(driver, 120)
+        wait.until(lambda d: d.find_element(By.ID, "synth").text not in ("", "…"))
+        driver.find_element(By.ID, "prompt").send_keys(str(not_midi))
+        driver.find_element(By.ID, "generate").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "error")))
+        assert "is not a MIDI file" in driver.find_element(By.ID, "error").text  # the POST reached the app
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(60)

@@ -365,7 +365,7 @@ def test_command_line_prints_its_url_and_serves(tiny_checkpoint: Path, capsys: p
             except (urllib.error.URLError, ConnectionError):
                 assert time.time() < deadline and proc.poll() is None, "the studio did not start serving"
                 time.sleep(0.2)
-        port = url.rstrip("/").rsplit(":", 1)[1]
+        port = url.split("?")[0].rstrip("/").rsplit(":", 1)[1]  # the URL carries the run's token (guard.py)
         assert main(["--port", port, "--checkpoint", str(tiny_checkpoint)]) == 2  # that port is taken now
         captured = capsys.readouterr()
         assert "cannot listen on 127.0.0.1:" in captured.err and "musicgen studio:" not in captured.out

@@ -185,7 +185,8 @@ class LoadedModel:
 #: 1.8 MB file claiming n_layers=400, d_model=4096 must not allocate gigabytes before its weights are compared
 MODEL_CONFIG_LIMITS = {"n_layers": 512, "d_model": 32768, "n_heads": 1024, "d_ff": 262144, "vocab_size": 65535,
                        "attention.n_features": 16384, "pe.realizations": 16384, "pe.sines": 1024,
-                       "pe.kernel_size": 65536, "pe.max_len": 1 << 20}
+                       "pe.kernel_size": 65536, "pe.max_len": 1 << 20, "attention.local_window": 1 << 16,
+                       "attention.local_heads": 1024}
 
 
 def check_model_fits(ckpt: Checkpoint) -> None:
@@ -204,8 +205,8 @@ def check_model_fits(ckpt: Checkpoint) -> None:
     for key, limit in MODEL_CONFIG_LIMITS.items():
         value: Any = cfg
         for part in key.split("."):
-            value = getattr(value, part)
-        if value is not None and value > limit:
+            value = getattr(value, part, None)
+        if isinstance(value, (int, float)) and value > limit:
             raise ValueError(f"checkpoint {path}: model config {key}={value} is beyond any sane model "
                              f"(at most {limit}); the file is damaged or crafted")
     if cfg.vocab_size is None or cfg.vocab_size != len(ckpt.vocab):

@@ -1,12 +1,15 @@
 """``python -m musicgen.studio [--port N] [--host 127.0.0.1] [--checkpoint PATH]``: start the local web studio.
 
-It listens on 127.0.0.1 (this machine only) unless told otherwise, and prints the URL to open.
+It listens on 127.0.0.1 (this machine only) unless told otherwise, and prints the URL to open: it carries a
+token made for this run, and only requests with it (the page gets a cookie from that URL), for this machine's
+address and, for POSTs, from the studio's own page are served (`guard.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import socket
 import sys
 
@@ -36,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-bars", type=int, default=Limits.max_bars, help="longest piece one Generate may ask")
     parser.add_argument("--max-variations", type=int, default=Limits.max_variations,
                         help="most variations per Generate")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests for this host name (default: the --host address and "
+                        "localhost/127.0.0.1/::1 only; other names are refused against DNS rebinding)")
     parser.add_argument("--soundfont", default=None, help="General MIDI .sf2 for fluidsynth (default: "
                         "$MUSICGEN_SOUNDFONT or a system soundfont)")
     return parser.parse_args(argv)
@@ -59,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--max-upload-mb, --workers, --max-bars and --max-variations must be positive")
         config = StudioConfig(checkpoint=checkpoint, device=device, workers=args.workers,
                               max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), soundfont=args.soundfont,
-                              limits=Limits(args.max_bars, args.max_variations))
+                              limits=Limits(args.max_bars, args.max_variations), host=args.host,
+                              token=secrets.token_urlsafe(24), allowed_hosts=tuple(args.allow_host))
         app = create_app(config)
     except (UserError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
               "pick another --port)", file=sys.stderr)
         return 2
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"musicgen studio: http://{shown}:{port}/  (checkpoint {os.path.basename(checkpoint)}, device {device}; "
+    print(f"musicgen studio: http://{shown}:{port}/?token={config.token}  (checkpoint {os.path.basename(checkpoint)}, device {device}; "
           f"audio: {app.state.synth.describe()}; Ctrl-C stops it)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: other machines on your network can reach the studio",

@@ -9,7 +9,8 @@ byte the page needs is served from ``static/`` by this app.
 Routes: ``GET /`` the page, ``GET /static/<file>`` its JS/CSS, ``GET /api/info`` the checkpoint, synthesis and
 limits, ``POST /api/jobs`` a Generate press (multipart form, optional ``prompt`` file) -> 202 ``{"id": ...}``,
 ``GET /api/jobs/<id>`` its progress and results, ``GET /api/jobs/<id>/files/<n>.<mid|wav|json>`` downloads.
-Every refusal is a 4xx JSON ``{"error": "one line"}`` that the page shows as it is.
+Every refusal is a 4xx JSON ``{"error": "one line"}`` that the page shows as it is. Every request first passes
+:mod:`.guard` (Host allow-list, Origin check on POST, the per-run token): only the studio's own page drives it.
 
 Uploads: the body is read into memory (refused past the size limit), parsed by python-multipart (which may spool
 a part over 1 MiB to an anonymous `tempfile.TemporaryFile` in the system temp folder), checked by
@@ -27,6 +28,7 @@ from typing import Any, AsyncIterator
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -34,6 +36,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..config import UserError
 from . import audio
+from .guard import StudioGuard
 from .jobs import KINDS, Busy, JobManager
 from .params import FIELDS, Limits, build_options
 from .upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, check_midi, size_text, too_large
@@ -55,6 +58,12 @@ class StudioConfig:
     keep_jobs: int = 24
     soundfont: str | None = None
     limits: Limits = field(default_factory=Limits)
+    #: the address it listens on (with localhost/127.0.0.1/::1, the Host names it answers: `guard.py`)
+    host: str = "127.0.0.1"
+    #: the per-run token its URL carries (None: no token check; the command line always makes one)
+    token: str | None = None
+    #: more Host names to answer (`--allow-host`, e.g. the machine's name on the network)
+    allowed_hosts: tuple[str, ...] = ()
 
 
 def error(message: str, status: int = 400) -> JSONResponse:
@@ -170,7 +179,9 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
         Route("/", page), Route("/static/{name}", asset), Route("/api/info", info),
         Route("/api/jobs", create_job, methods=["POST"]), Route("/api/jobs/{job}", job_status),
         Route("/api/jobs/{job}/files/{index:int}.{kind}", job_file),
-    ], exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
+    ], exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan,
+        middleware=[Middleware(StudioGuard, listen_host=config.host, token=config.token,
+                               allowed_hosts=config.allowed_hosts)])
     app.state.manager = manager
     app.state.config = config
     app.state.synth = synth
