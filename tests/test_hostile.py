@@ -423,3 +423,112 @@ def test_hostile_guarded_studio_page_still_works_in_a_browser(tiny_ckpt: Path, t
         driver.quit()
         server.should_exit = True
         thread.join(60)
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (4) tiny files that cost gigabytes
+# --------------------------------------------------------------------------------------------------------- #
+def _vlq(n: int) -> bytes:
+    out = [n & 0x7F]
+    n >>= 7
+    while n:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    return bytes(reversed(out))
+
+
+def gap_bomb(n_notes: int = 40, gap: int = 0x0FFFFFFF, ticks_per_beat: int = 1) -> bytes:
+    """A valid MIDI file of ~470 bytes: `n_notes` notes, each after the longest delta time MIDI allows, at one
+    tick per beat: 2.7 billion bars of 4/4 of silence."""
+    import struct
+
+    track = b""
+    for i in range(n_notes):
+        track += _vlq(gap) + bytes([0x90, 60 + i % 12, 100]) + _vlq(1) + bytes([0x80, 60 + i % 12, 0])
+    track += b"\x00\xff\x2f\x00"
+    return (b"MThd" + struct.pack(">IHHH", 6, 0, 1, ticks_per_beat) + b"MTrk" + struct.pack(">I", len(track))
+            + track)
+
+
+def _limited(extra_mb: int):
+    """A preexec_fn capping the child's address space at this interpreter's own plus `extra_mb`."""
+    import resource
+
+    limit = _address_space_limit(extra_mb)
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_hostile_gap_bomb_is_refused_in_one_line_within_bounded_memory(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.mid"
+    bomb.write_bytes(gap_bomb())
+    assert bomb.stat().st_size < 500
+    proc = subprocess.run([sys.executable, "-m", "musicgen.tokenizer", "check", str(bomb)], env=env(),
+                          capture_output=True, text=True, timeout=300, preexec_fn=_limited(512), cwd=tmp_path)
+    assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"{bomb}: ") and "beyond the limit of 8,192" in lines[0], proc.stdout
+    assert lines[-1] == "checked 1 files: 0 exact, 0 lossy, 1 unreadable"
+    # the library says the same, naming the file; a prompt is refused the same way
+    from musicgen.tokenizer import MidiReadError
+
+    with pytest.raises(MidiReadError, match="whole notes .* beyond the limit") as info:
+        REMITokenizer().encode(bomb)
+    assert str(bomb) in str(info.value)
+    from musicgen.generation.prompt import load_prompt
+
+    with pytest.raises(UserError, match="beyond the limit"):
+        load_prompt(bomb, REMITokenizer())
+
+
+def test_hostile_gap_bomb_upload_is_refused_by_the_studio(tmp_path: Path) -> None:
+    from musicgen.studio.upload import UploadError, check_midi
+
+    with pytest.raises(UploadError, match="'bomb.mid': its last note starts .* beyond the limit") as info:
+        check_midi(gap_bomb(), "bomb.mid")
+    assert info.value.status == 400 and "\n" not in str(info.value)
+    # just inside the limit is still a prompt (8,000 whole notes of 4/4 at 480 ticks per beat)
+    assert check_midi(gap_bomb(n_notes=2, gap=4000 * 4 * 480, ticks_per_beat=480), "long.mid") == 2
+
+
+def _slow_long_midi(path: Path, bars: int = 5000, bpm: float = 24.0) -> Path:
+    import miditoolkit
+
+    midi = miditoolkit.MidiFile(ticks_per_beat=480)
+    midi.tempo_changes = [miditoolkit.TempoChange(bpm, 0)]
+    piano = miditoolkit.Instrument(program=0)
+    for bar in range(0, bars, 10):
+        piano.notes.append(miditoolkit.Note(velocity=90, pitch=60 + bar % 12, start=bar * 1920,
+                                            end=bar * 1920 + 480))
+    midi.instruments = [piano]
+    midi.dump(str(path))
+    return path
+
+
+_RENDER_SCRIPT = """
+import sys, wave
+from pathlib import Path
+from musicgen.studio import audio
+from musicgen.generation.render import render_wav
+how = audio.render(sys.argv[1], sys.argv[2], audio.Synth(None, None))
+_, note = render_wav(sys.argv[1], sys.argv[3])
+for wav in sys.argv[2:4]:
+    with wave.open(wav) as handle:
+        print(handle.getnframes() / handle.getframerate())
+print(how)
+print(note)
+"""
+
+
+def test_hostile_wav_render_is_bounded_by_duration(tmp_path: Path) -> None:
+    """5,000 bars at 24 BPM (50,000 s, a file of a few KB): both renderers write the first 15 minutes, in
+    bounded memory, and say so."""
+    song = _slow_long_midi(tmp_path / "slow.mid")
+    assert song.stat().st_size < 50_000
+    proc = subprocess.run([sys.executable, "-c", _RENDER_SCRIPT, str(song), str(tmp_path / "a.wav"),
+                           str(tmp_path / "b.wav")], env=env(), capture_output=True, text=True, timeout=600,
+                          preexec_fn=_limited(1024), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert 800 <= float(lines[0]) <= 905 and 800 <= float(lines[1]) <= 905, lines  # notes every 100 s
+    assert "first 15 minutes only" in lines[2] and "first 15 minutes only" in lines[3]
+    assert not list(tmp_path.glob(".*.render-*.mid"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen.generation.render import write_wav
+from musicgen.generation.render import MAX_RENDER_SECONDS, clipped_copy, cut_note, load_for_render, write_wav
 
 #: where Debian and other distributions put General MIDI soundfonts (`apt-get install fluid-soundfont-gm`)
 SOUNDFONT_CANDIDATES = (
@@ -66,17 +66,22 @@ def find_synth(soundfont: str | Path | None = None) -> Synth:
 def render(midi_path: str | Path, wav_path: str | Path, synth: Synth) -> str:
     """Render `midi_path` to `wav_path`; returns how it was rendered (fluidsynth failing falls back, and says so)."""
     if synth.uses_fluidsynth:
-        cmd = [str(synth.fluidsynth), "-ni", "-q", "-F", str(wav_path), "-r", "44100", str(synth.soundfont),
-               str(midi_path)]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        source, cut = clipped_copy(midi_path, Path(wav_path).parent)
+        try:
+            cmd = [str(synth.fluidsynth), "-ni", "-q", "-F", str(wav_path), "-r", "44100", str(synth.soundfont),
+                   str(source)]
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        finally:
+            if cut:
+                source.unlink(missing_ok=True)
         if result.returncode == 0 and Path(wav_path).is_file() and Path(wav_path).stat().st_size > 44:
             normalize(wav_path)
-            return synth.describe()
+            return synth.describe() + cut_note(cut)
         why = " ".join((result.stderr or result.stdout).split())[:160]
-        synthesize(midi_path, wav_path)
-        return f"built-in synthesis (fluidsynth failed: {why})"
-    synthesize(midi_path, wav_path)
-    return synth.describe()
+        _, cut = synthesize(midi_path, wav_path)
+        return f"built-in synthesis (fluidsynth failed: {why}){cut_note(cut)}"
+    _, cut = synthesize(midi_path, wav_path)
+    return synth.describe() + cut_note(cut)
 
 
 def normalize(wav_path: str | Path, peak: float = 0.9) -> None:
@@ -109,12 +114,14 @@ def _voice(freq: float, n: int, hold: int, velocity: int, sample_rate: int) -> n
     return tone * envelope * (1.0 - tail) * (velocity / 127.0)
 
 
-def synthesize(midi_path: str | Path, wav_path: str | Path, sample_rate: int = SAMPLE_RATE) -> Path:
-    """The built-in synthesis: every note a decaying-harmonics voice (drums a noise burst), 16-bit mono WAV."""
+def synthesize(midi_path: str | Path, wav_path: str | Path, sample_rate: int = SAMPLE_RATE,
+               max_seconds: float = MAX_RENDER_SECONDS) -> tuple[Path, bool]:
+    """The built-in synthesis: every note a decaying-harmonics voice (drums a noise burst), 16-bit mono WAV of at
+    most `max_seconds` (a longer piece is cut there); returns (the WAV, whether it was cut)."""
     import pretty_midi
 
-    pm = pretty_midi.PrettyMIDI(str(midi_path))
-    length = int((pm.get_end_time() + MAX_RING_SECONDS / 2 + 0.5) * sample_rate) + 1
+    pm, cut = load_for_render(midi_path, max_seconds)
+    length = int((min(pm.get_end_time(), max_seconds) + MAX_RING_SECONDS / 2 + 0.5) * sample_rate) + 1
     audio = np.zeros(length)
     noise = np.random.default_rng(0)
     for inst in pm.instruments:
@@ -132,6 +139,11 @@ def synthesize(midi_path: str | Path, wav_path: str | Path, sample_rate: int = S
             end = min(length, start + len(voice))
             audio[start:end] += voice[:end - start]
     peak = float(np.abs(audio).max()) if audio.size else 0.0
-    pcm = (np.tanh(audio / peak * 1.2) / np.tanh(1.2) * 0.85 * 32767).astype(np.int16) if peak > 0 else \
-        np.zeros(sample_rate, np.int16)
-    return write_wav(wav_path, pcm, sample_rate)
+    if peak > 0:  # in place: one array of samples at a time
+        audio *= 1.2 / peak
+        np.tanh(audio, out=audio)
+        audio *= 0.85 * 32767 / np.tanh(1.2)
+        pcm = audio.astype(np.int16)
+    else:
+        pcm = np.zeros(sample_rate, np.int16)
+    return write_wav(wav_path, pcm, sample_rate), cut

@@ -61,4 +61,9 @@ def check_midi(data: bytes, filename: str, limit: int = DEFAULT_MAX_UPLOAD_BYTES
     notes = sum(len(inst.notes) for inst in midi.instruments)
     if notes == 0:
         raise UploadError(f"{label} holds no notes to continue; leave the prompt empty to start from scratch")
+    from ..tokenizer.score import MAX_WHOLE_NOTES, midi_span_whole_notes, span_message
+
+    span = midi_span_whole_notes(midi)
+    if span >= MAX_WHOLE_NOTES:  # a few hundred bytes with huge gaps: refused now, not gigabytes later
+        raise UploadError(f"{label}: {span_message(span)}")
     return notes

@@ -10,6 +10,7 @@ import miditoolkit
 
 from .config import TokenizerConfig
 from .grammar import GrammarState, Phase, RemiGrammar
+from .errors import MidiReadError
 from .midi_io import load_midi
 from .score import Bar, QNote, QuantizeReport, Quantizer, Score, score_to_midi
 from .vocab import TokenType, Vocabulary
@@ -51,9 +52,14 @@ class REMITokenizer:
     def quantize(self, midi: MidiLike, time_signature: tuple[int, int] | None = None
                  ) -> tuple[Score, QuantizeReport]:
         """The tokenizer's documented quantization (see `musicgen.tokenizer.score`)."""
-        if not isinstance(midi, miditoolkit.MidiFile):
-            midi = load_midi(midi)
-        return self.quantizer.quantize(midi, time_signature)
+        if isinstance(midi, miditoolkit.MidiFile):
+            return self.quantizer.quantize(midi, time_signature)
+        path = midi
+        midi = load_midi(path)
+        try:
+            return self.quantizer.quantize(midi, time_signature)
+        except MidiReadError as exc:  # too long a span: name the file
+            raise MidiReadError(path, exc.cause) from None
 
     # --- encoding --------------------------------------------------------------------------------------
     def encode(self, midi: MidiLike, time_signature: tuple[int, int] | None = None) -> list[int]:

@@ -25,9 +25,14 @@ from .bars import bar_lines
 from .bins import Bins
 from .chords import detect_chords
 from .config import TokenizerConfig
+from .errors import MidiReadError
 from .vocab import DRUM_PROGRAM, chord_name, supported_time_signatures
 
 DEFAULT_TEMPO = 120.0
+#: the longest span a MIDI file may have, in whole notes (8,192 bars of 4/4: 4.5 hours at 120 BPM). The work of
+#: quantizing and tokenizing grows with the span (every bar is a Bar token, every half bar a chord segment), not
+#: with the file's size: a 471-byte file of 40 notes with huge gaps once asked for 2.7 billion bars.
+MAX_WHOLE_NOTES = 8192
 
 
 @dataclass(frozen=True, order=True)
@@ -95,6 +100,20 @@ class QuantizeReport:
         return out
 
 
+def span_message(whole_notes: float) -> str:
+    """Why a file that spans `whole_notes` (more than `MAX_WHOLE_NOTES`) is refused, in one line."""
+    return (f"its last note starts {whole_notes:,.0f} whole notes (bars of 4/4) in, beyond the limit of "
+            f"{MAX_WHOLE_NOTES:,} (hours of music): the file is damaged or crafted, and its empty bars alone "
+            "would take gigabytes")
+
+
+def midi_span_whole_notes(midi: miditoolkit.MidiFile) -> float:
+    """Where the last note of `midi` starts, in whole notes (cheap: no bar is laid out)."""
+    tpb = midi.ticks_per_beat or 480
+    last = max((int(n.start) for inst in midi.instruments for n in inst.notes), default=0)
+    return max(last, 0) / (4 * tpb)
+
+
 def parse_time_signature(text: str) -> tuple[int, int]:
     """'3/4' -> (3, 4), with a clear error for anything else."""
     try:
@@ -157,6 +176,9 @@ class Quantizer:
                                    self.bins.velocity_bin(int(note.velocity))))
         notes.sort()
         report.notes_in = len(notes)
+        if notes and notes[-1].onset >= MAX_WHOLE_NOTES * cfg.grid:
+            raise MidiReadError(getattr(midi, "filename", None) or "MIDI file", span_message(
+                notes[-1].onset / cfg.grid))
         report.lyrics_and_markers = len(midi.lyrics) + len(midi.markers)
         if not notes:
             report.events_after_end = len(midi.tempo_changes) + len(midi.time_signature_changes)
