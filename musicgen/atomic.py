@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_savefig"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -37,6 +37,14 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a full disk, a quota: one line naming the file
+        # torch.save reports a failed write as `RuntimeError: [enforce fail at inline_container.cc:672] ...`,
+        # with the OSError (ENOSPC, EFBIG ...) as its context
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if not isinstance(cause, OSError) or cause.errno is None or str(path) in str(cause):
+            raise
+        raise OSError(cause.errno, f"{cause.strerror or cause} while writing {path} (the previous file, if any, "
+                                   "is unchanged)") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -46,3 +54,14 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """:func:`atomic_write` of a bytes object."""
     atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write` of UTF-8 text (result files: a full disk leaves the old file, never half a JSON)."""
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_savefig(fig, path: str | Path, **kwargs) -> None:
+    """``fig.savefig`` through :func:`atomic_write` (the format from the file's suffix)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, **kwargs))

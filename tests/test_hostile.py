@@ -532,3 +532,61 @@ def test_hostile_wav_render_is_bounded_by_duration(tmp_path: Path) -> None:
     assert 800 <= float(lines[0]) <= 905 and 800 <= float(lines[1]) <= 905, lines  # notes every 100 s
     assert "first 15 minutes only" in lines[2] and "first 15 minutes only" in lines[3]
     assert not list(tmp_path.glob(".*.render-*.mid"))
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (5) a full disk never leaves half a result file
+# --------------------------------------------------------------------------------------------------------- #
+_FULL_DISK_SCRIPT = """
+import json, resource, signal, sys
+from pathlib import Path
+import torch
+from musicgen.evaluation.report import write_json
+from musicgen.evaluation.plots import save_figure
+from musicgen.training.checkpoint import atomic_torch_save
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+out = Path(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+for name, write in (
+        ("nll.json", lambda p: write_json(p, {"nll": list(range(20000))})),
+        ("nll_by_position.png", lambda p: save_figure(plt.subplots(figsize=(30, 30))[0], p, dpi=200)),
+        ("last.pt", lambda p: atomic_torch_save({"w": torch.randn(100000)}, p))):
+    try:
+        write(out / name)
+        print(name, "WROTE")
+    except OSError as exc:
+        print(name, "ERROR", exc)
+"""
+
+
+def test_hostile_full_disk_leaves_every_result_file_whole(tmp_path: Path) -> None:
+    """evaluate's JSON and figures and the checkpoints: a write that fails half-way (RLIMIT_FSIZE stands for a
+    full disk) leaves the previous file as it was, no temp file, and one error naming the file."""
+    old = {"nll.json": b'{"old": true}', "nll_by_position.png": b"old png", "last.pt": b"old checkpoint"}
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK_SCRIPT, str(tmp_path)], env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3, proc.stdout
+    for line, name in zip(lines, old):
+        assert line.startswith(f"{name} ERROR") and f"while writing {tmp_path / name}" in line, line
+        assert "enforce fail" not in line
+    for name, data in old.items():
+        assert (tmp_path / name).read_bytes() == data, name
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_hostile_evaluate_and_generate_write_through_the_atomic_writer() -> None:
+    """No result file of evaluate (or of the pieces its drift part samples) is written in place."""
+    import re
+
+    for module in ("evaluation/report.py", "evaluation/plots.py", "evaluation/positional.py",
+                   "evaluation/music_report.py", "evaluation/drift_report.py", "evaluation/likelihood_report.py",
+                   "generation/api.py", "generation/pianoroll.py"):
+        source = (REPO / "musicgen" / module).read_text()
+        assert not re.search(r"\.write_text\(|\.write_bytes\(|\.savefig\(|\.dump\(str", source), module

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_savefig
 from .likelihood import PositionNLL
 
 DRIFT_PLOT_KEYS: tuple[str, ...] = ("H4", "GS", "note_density", "empty_bar_rate", "skipped_share")
@@ -20,9 +21,10 @@ def save_figure(fig, path: str | Path, dpi: int) -> Path:
 
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 

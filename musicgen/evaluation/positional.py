@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_savefig, atomic_write_text
 from ..config import report_user_errors
 
 __all__ = ["positional_kernels", "recent_attention_share", "parameter_movement", "main"]
@@ -216,7 +217,7 @@ def _plot(kernels: np.ndarray, lags: np.ndarray, share: dict[str, Any] | None, o
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     files = [str(out / "positional_kernel.png")]
-    fig.savefig(files[0], dpi=110)
+    atomic_savefig(fig, files[0], dpi=110)
     plt.close(fig)
     if share and share.get("share_by_layer_head"):
         arr = np.asarray(share["share_by_layer_head"])
@@ -230,7 +231,7 @@ def _plot(kernels: np.ndarray, lags: np.ndarray, share: dict[str, Any] | None, o
         ax.legend(fontsize=7)
         fig.tight_layout()
         files.append(str(out / "attention_recent.png"))
-        fig.savefig(files[-1], dpi=110)
+        atomic_savefig(fig, files[-1], dpi=110)
         plt.close(fig)
     return files
 
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         share = recent_attention_share(model, songs, 2 * length, 4 * length, args.recent)
         report["recent_attention"] = share
     report["files"] = _plot(kernels, lags.numpy(), share, out, length)
-    (out / "positional.json").write_text(json.dumps(report, indent=1))
+    atomic_write_text(out / "positional.json", json.dumps(report, indent=1))
     print(f"positional parameters ({report['movement']['initial_values']}):")
     for name, row in report["movement"]["parameters"].items():
         extra = {k: v for k, v in row.items() if k not in ("mean_abs_change", "max_abs_change")}

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..config import UserError, check_writable_dir
 from ..inference import load_model, resolve_checkpoint, resolve_device
 from .drift_report import DriftReport, drift_report
@@ -88,8 +89,7 @@ def _json_safe(obj: Any) -> Any:
 def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
     """JSON with NaN/inf as null (strict JSON readers reject NaN)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(dict(payload)), indent=1))
+    atomic_write_text(path, json.dumps(_json_safe(dict(payload)), indent=1))  # a full disk: old file or none
     return path
 
 

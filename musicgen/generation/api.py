@@ -20,6 +20,7 @@ from typing import Any, Callable
 import miditoolkit
 
 from .. import __version__
+from ..atomic import atomic_write, atomic_write_text
 from ..config import UserError, check_writable_dir, make_dir
 from ..tokenizer import DecodeReport, REMITokenizer, TokenType
 from ..inference import LoadedModel, file_sha256, load_model, resolve_checkpoint, resolve_device
@@ -123,7 +124,7 @@ def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_p
 
 def _write(piece: GeneratedPiece, folder: Path, options: GenerateOptions, log: Log) -> None:
     mid = folder / f"{piece.name}.mid"
-    piece.midi.dump(str(mid))
+    atomic_write(mid, lambda handle: piece.midi.dump(file=handle))
     piece.files["mid"] = mid
     if options.pianoroll:
         shade = piece.start_tick if len(piece.ids) and piece.prompt_length > 1 else 0
@@ -292,7 +293,7 @@ def generate_with(options: GenerateOptions, log: Log | None = print,
             json_path = folder / f"{piece.name}.json"
             piece.files["json"] = json_path
             meta["files"]["json"] = str(json_path)
-            json_path.write_text(json.dumps(meta, indent=1))
+            atomic_write_text(json_path, json.dumps(meta, indent=1))
         pieces.append(piece)
     log(f"seed={seed}: {len(pieces)} piece(s), {sum(len(p.ids) for p in pieces)} tokens at "
         f"{session.tokens_per_second:.0f} tokens/s")

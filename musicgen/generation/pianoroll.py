@@ -13,6 +13,7 @@ from pathlib import Path
 import miditoolkit
 import numpy as np
 
+from ..atomic import atomic_savefig
 from .timeline import bar_ticks, midi_end_tick, tick_to_seconds
 
 
@@ -64,6 +65,8 @@ def plot_pianoroll(midi: miditoolkit.MidiFile, path: str | Path, prompt_end_tick
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, path)
+    finally:
+        plt.close(fig)
     return path
