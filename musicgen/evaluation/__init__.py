@@ -24,6 +24,7 @@ _EXPORTS = {
     "skipped_token_share": "metrics",
     "STAT_KEYS": "metrics",
     "windowed_statistics": "drift",
+    "form_report": "form", "continuation_report": "form", "teacher_forced_recall": "recall",
 }
 
 __all__ = sorted(_EXPORTS)
