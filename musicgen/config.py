@@ -56,13 +56,71 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _is_hydra_override(arg: str) -> bool:
+    key = arg.lstrip("+~").split("=", 1)[0]
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def check_overrides(config_name: str, args: list[str]) -> None:
+    """Compose `config_name` with the command line's overrides before Hydra does, so that a mistake is one
+    `UserError` line instead of Hydra's 6-9 lines: an unknown key (`train.fo=1`), and a key added with `+`/`++`
+    that the config does not have (`+train.foo=1` would be accepted by Hydra and read by nothing). Command
+    lines with Hydra flags (`--multirun`, `-cn` ...) are left to Hydra."""
+    overrides = [a for a in args if not _is_hydra_override(a)]
+    if not overrides or any(a.startswith("-") for a in args):
+        return
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    missing = object()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            base = compose(config_name, overrides=[o for o in overrides if not o.startswith("+")])
+            for override in overrides:
+                key = override.lstrip("+").split("=", 1)[0]
+                if override.startswith("+") and OmegaConf.select(base, key, default=missing) is missing:
+                    raise UserError(f"{override}: there is no option {key} (conf/{config_name}.yaml and its groups "
+                                    "document every option; a + adds a key that nothing reads)")
+            compose(config_name, overrides=overrides)
+    except UserError:
+        raise
+    except Exception as exc:  # hydra.errors.ConfigCompositionException, OverrideParseException ...
+        text = " ".join(str(exc).split("\n")[0].split())
+        if text.startswith("Could not override '"):
+            key = text.split("'")[1]
+            given = next((o for o in overrides if o.split("=", 1)[0] == key), key)
+            text = f"{given}: there is no option {key} (conf/{config_name}.yaml and its groups document every option)"
+        elif type(exc).__name__ == "OverrideParseException":  # names no override: find the one that fails
+            bad = next((o for o in overrides if _unparsable(o)), None)
+            text = f"{bad}: not a valid override ({text})" if bad else text
+        raise UserError(text or type(exc).__name__) from None
+
+
+def _unparsable(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except Exception:  # noqa: BLE001 - any parse failure
+        return True
+    return False
+
+
 def hydra_main(config_name: str = "config") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """`hydra.main` bound to the project's conf/ folder, with user errors reported on one line."""
+    """`hydra.main` bound to the project's conf/ folder, with user errors reported on one line (the command
+    line's overrides included: `check_overrides`)."""
     import hydra
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        return hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(
+        main = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(
             report_user_errors(func))
+
+        @functools.wraps(main)
+        def entry(*args: Any, **kwargs: Any) -> Any:
+            report_user_errors(check_overrides)(config_name, sys.argv[1:])
+            return main(*args, **kwargs)
+
+        return entry
 
     return decorate
 

@@ -590,3 +590,32 @@ def test_hostile_evaluate_and_generate_write_through_the_atomic_writer() -> None
                    "generation/api.py", "generation/pianoroll.py"):
         source = (REPO / "musicgen" / module).read_text()
         assert not re.search(r"\.write_text\(|\.write_bytes\(|\.savefig\(|\.dump\(str", source), module
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (6) unknown options on the command line: one line, and `+` adds nothing silently
+# --------------------------------------------------------------------------------------------------------- #
+@pytest.mark.parametrize("tool, override, key", [
+    ("train", "+train.foo=1", "train.foo"), ("train", "+foo=1", "foo"), ("train", "++train.foo=1", "train.foo"),
+    ("train", "train.foo=1", "train.foo"), ("train", "foo=1", "foo"), ("train", "model.attention.fo=1",
+                                                                         "model.attention.fo"),
+    ("generate", "temprature=1", "temprature"), ("generate", "+foo=1", "foo"), ("evaluate", "+data.foo=1",
+                                                                                 "data.foo"),
+    ("train", "train.max_steps=[", "train.max_steps=["),
+])
+def test_hostile_unknown_or_added_keys_are_one_error_line(tool: str, override: str, key: str, tmp_path: Path) -> None:
+    proc = run_cli([str(REPO / f"{tool}.py"), override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    line = single_error_line(proc)
+    assert override in line and key in line, line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_hostile_override_check_keeps_what_hydra_accepts() -> None:
+    from musicgen.config import check_overrides
+
+    check_overrides("config", ["model=none", "++model.attention.decay=learned", "train.max_steps=5",
+                               "hydra.run.dir=/tmp/x", "+hydra.job.env_set.A=1"])
+    check_overrides("config", ["--cfg", "job", "+anything=1"])  # Hydra's own flags: left to Hydra
+    check_overrides("generate", ["seed=3", "chords='Am F C G'"])
+    with pytest.raises(UserError, match=r"^\+train.foo=1: there is no option train.foo"):
+        check_overrides("config", ["+train.foo=1"])
