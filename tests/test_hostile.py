@@ -619,3 +619,55 @@ def test_hostile_override_check_keeps_what_hydra_accepts() -> None:
     check_overrides("generate", ["seed=3", "chords='Am F C G'"])
     with pytest.raises(UserError, match=r"^\+train.foo=1: there is no option train.foo"):
         check_overrides("config", ["+train.foo=1"])
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (7) index.tsv metres; evaluate never writes in a checkpoint's cache folder
+# --------------------------------------------------------------------------------------------------------- #
+def _pop_corpus(dest: Path, pop909_dir: Path, ids=(1, 2, 3, 5)) -> Path:
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        shutil.copy(pop909_dir / f"{i:03d}.mid", dest / f"{i:03d}.mid")
+    shutil.copy(pop909_dir / "index.tsv", dest / "index.tsv")
+    return dest
+
+
+def _data_cfg(root: Path, cache: Path) -> dict:
+    return {"name": "pop909", "root": str(root), "download": False, "time_signature": "index", "split": "pop909",
+            "cache_dir": str(cache), "num_workers": 1, "max_files": None, "augment": {"transpose": 0}}
+
+
+@pytest.mark.parametrize("beats", ["0", "x", "-3", ""])
+def test_hostile_bad_metre_in_index_tsv_names_file_and_row(beats: str, tmp_path: Path, pop909_dir: Path) -> None:
+    from musicgen.data.sources import list_sources
+
+    root = _pop_corpus(tmp_path / "pop", pop909_dir)
+    lines = (root / "index.tsv").read_text(encoding="utf-8").splitlines()
+    col = lines[0].split("\t").index("num_beats_per_measure")
+    cells = lines[3].split("\t")  # song 003, line 4 of the file
+    cells[col] = beats
+    lines[3] = "\t".join(cells)
+    (root / "index.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        list_sources(_data_cfg(root, tmp_path / "cache"))
+    message = str(info.value)
+    assert f"{root / 'index.tsv'}, line 4 (song 003)" in message and "num_beats_per_measure" in message, message
+    assert "\n" not in message and "invalid literal" not in message
+
+
+def test_hostile_reading_a_checkpoints_cache_writes_nothing_there(tmp_path: Path, pop909_dir: Path) -> None:
+    """A cache without a lock file (copied, or shipped read-only): evaluate's reading it creates none."""
+    from musicgen.data import TokenCache, prepare_corpus
+    from musicgen.evaluation.eval_cache import open_eval_cache
+
+    root = _pop_corpus(tmp_path / "pop", pop909_dir)
+    cache_dir = tmp_path / "cache"
+    prepare_corpus(_data_cfg(root, cache_dir), {}, progress=False)
+    (cache_dir / ".lock").unlink()
+    before = sorted(p.name for p in cache_dir.iterdir())
+    cache = open_eval_cache({"data": _data_cfg(root, cache_dir)}, REMITokenizer().vocab, progress=False)
+    assert Path(cache.dir).resolve() == cache_dir.resolve()
+    TokenCache(cache_dir)
+    assert sorted(p.name for p in cache_dir.iterdir()) == before

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +64,9 @@ _HELD_EXCLUSIVE: set[str] = set()  # cache folders this process is writing (its 
 
 @contextlib.contextmanager
 def cache_lock(cache_dir: Path, exclusive: bool, message: str | None = None) -> Iterator[None]:
-    """flock on `cache_dir/.lock`: exclusive for writers, shared for readers (no-op without fcntl, or for a
-    read-only folder without a lock file). Re-entrant inside a process that holds the exclusive lock."""
+    """flock on `cache_dir/.lock`: exclusive for writers, shared for readers (no-op without fcntl, or when the
+    folder has no lock file: a reader never creates one, so reading a cache writes nothing in its folder).
+    Re-entrant inside a process that holds the exclusive lock."""
     key = str(Path(cache_dir).resolve())
     if key in _HELD_EXCLUSIVE:
         yield
@@ -78,7 +78,7 @@ def cache_lock(cache_dir: Path, exclusive: bool, message: str | None = None) -> 
         return
     path = Path(cache_dir) / ".lock"
     try:
-        handle = open(path, "a+" if exclusive or os.access(cache_dir, os.W_OK) else "r")
+        handle = open(path, "a+" if exclusive else "r")
     except OSError:
         if exclusive:
             raise

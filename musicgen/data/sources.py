@@ -46,11 +46,25 @@ def read_pop909_metres(root: Path) -> dict[int, tuple[int, int]]:
             "set data.time_signature=file (the files' events) or e.g. data.time_signature=4/4 instead")
     metres = {}
     with index.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            beats = int(row["num_beats_per_measure"])
-            quavers = int(row.get("num_quavers_per_beat") or 2)
+        reader = csv.DictReader(handle, delimiter="\t")
+        missing = {"song_id", "num_beats_per_measure"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{index}: no column {', '.join(sorted(missing))} in its header")
+        for row in reader:
+            where = f"{index}, line {reader.line_num} (song {(row.get('song_id') or '?').strip()})"
+            try:  # a metre of 0 once became 4/4 silently; 'x' a bare `invalid literal for int()`
+                song_id = int(str(row["song_id"]).strip())
+                beats = int(str(row["num_beats_per_measure"]).strip())
+                quavers = int(str(row.get("num_quavers_per_beat") or 2).strip())
+            except ValueError:
+                raise ValueError(f"{where}: song_id, num_beats_per_measure and num_quavers_per_beat must be whole "
+                                 f"numbers, got {row.get('song_id')!r}, {row.get('num_beats_per_measure')!r}, "
+                                 f"{row.get('num_quavers_per_beat')!r}") from None
+            if not 1 <= beats <= 32 or not 1 <= quavers <= 4:
+                raise ValueError(f"{where}: num_beats_per_measure={beats} must be in 1..32 and "
+                                 f"num_quavers_per_beat={quavers} in 1..4")
             # A beat of 2 quavers is a quarter note (2/4, 3/4); a beat of 3 quavers a dotted quarter (6/8).
-            metres[int(row["song_id"])] = (beats, 4) if quavers == 2 else (beats * quavers, 8)
+            metres[song_id] = (beats, 4) if quavers == 2 else (beats * quavers, 8)
     return metres
 
 
