@@ -671,3 +671,81 @@ def test_hostile_reading_a_checkpoints_cache_writes_nothing_there(tmp_path: Path
     assert Path(cache.dir).resolve() == cache_dir.resolve()
     TokenCache(cache_dir)
     assert sorted(p.name for p in cache_dir.iterdir()) == before
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (8) prepare: a dead worker, an undecodable name, an unreadable file
+# --------------------------------------------------------------------------------------------------------- #
+_DEAD_WORKER_SCRIPT = """
+import json, os, signal, sys
+from musicgen.tokenizer import REMITokenizer
+from musicgen.data import prepare_corpus
+real = REMITokenizer.encode
+def encode(self, path, *args, **kwargs):  # the worker tokenizing killer.mid dies as under the OOM killer
+    if str(path).endswith("killer.mid"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, path, *args, **kwargs)
+REMITokenizer.encode = encode
+cache = prepare_corpus(json.loads(sys.argv[1]), {}, progress=False)
+print(json.dumps({"songs": sorted(s.relpath for s in cache.songs), "bad": cache.manifest["bad_files"]}))
+"""
+
+
+def _folder_cfg(root: Path, cache: Path, workers: int = 2) -> dict:
+    return {"name": "midi_folder", "root": str(root), "download": False, "time_signature": "file", "split": "hash",
+            "cache_dir": str(cache), "num_workers": workers, "max_files": None, "augment": {"transpose": 0}}
+
+
+def test_hostile_fault_prepare_survives_a_dead_worker(tmp_path: Path, pop909_dir: Path) -> None:
+    """The pool's worker dies (SIGKILL) on one file: prepare finishes, that file is reported, the rest cached
+    (multiprocessing.Pool respawned the worker and waited forever)."""
+    import json
+    import shutil
+
+    root = tmp_path / "midi"
+    root.mkdir()
+    for i, name in ((1, "a.mid"), (2, "b.mid"), (3, "killer.mid"), (5, "c.mid"), (6, "d.mid")):
+        shutil.copy(pop909_dir / f"{i:03d}.mid", root / name)
+    proc = subprocess.run([sys.executable, "-c", _DEAD_WORKER_SCRIPT, json.dumps(_folder_cfg(root, tmp_path / "c"))],
+                          env=env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["songs"] == ["a.mid", "b.mid", "c.mid", "d.mid"]
+    assert [(b["path"], b["key"]) for b in result["bad"]] == [("killer.mid", "")]
+    assert "died" in result["bad"][0]["reason"]
+
+
+def test_hostile_fault_undecodable_name_and_unreadable_file_are_skipped(tmp_path: Path, pop909_dir: Path,
+                                                                         monkeypatch) -> None:
+    import os
+    import shutil
+
+    import musicgen.data.prepare as prepare
+    from musicgen.data.prepare import current_cache
+
+    root = tmp_path / "midi"
+    root.mkdir()
+    shutil.copy(pop909_dir / "005.mid", root / "good.mid")
+    shutil.copy(pop909_dir / "001.mid", root / "locked.mid")
+    shutil.copy(pop909_dir / "002.mid", os.fsdecode(os.fsencode(str(root)) + b"/bad\xff\xfe.mid"))
+    real_sha1 = prepare.file_sha1
+
+    def sha1(path: Path) -> str:  # root reads any file: an unreadable one is simulated
+        if path.name == "locked.mid":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_sha1(path)
+
+    monkeypatch.setattr(prepare, "file_sha1", sha1)
+    cfg = _folder_cfg(root, tmp_path / "cache", workers=1)
+    cache = prepare.prepare_corpus(cfg, {}, progress=True)
+    assert [s.relpath for s in cache.songs] == ["good.mid"]
+    reasons = {b["path"]: b["reason"] for b in cache.manifest["bad_files"]}
+    assert reasons == {"bad\\xff\\xfe.mid": "its file name is not valid UTF-8 (rename the file)",
+                       "locked.mid": "cannot read the file (Permission denied)"}
+    log = (tmp_path / "cache" / "bad_files.log").read_text(encoding="utf-8")
+    assert "bad\\xff\\xfe.mid" in log and "locked.mid" in log
+    assert current_cache(cfg, {}) is None  # the unreadable file cannot be checked: never taken as up to date
+    monkeypatch.setattr(prepare, "file_sha1", real_sha1)
+    again = prepare.prepare_corpus(cfg, {}, progress=False)
+    assert sorted(s.relpath for s in again.songs) == ["good.mid", "locked.mid"]
+    assert current_cache(cfg, {}) is not None

@@ -98,11 +98,63 @@ def _previous_results(cache_dir: Path, tokenizer: REMITokenizer, progress: bool,
     return previous
 
 
+WORKER_DIED = "the process tokenizing it died (killed, e.g. by the out-of-memory killer)"
+
+
+def _tokenize_in_workers(todo: list[SourceFile], workers: int, tokenizer_cfg: dict[str, Any]):
+    """Yield `_tokenize` of every file of `todo` from `workers` processes, in completion order.
+
+    A worker that dies (SIGKILL, the OOM killer) breaks the pool instead of hanging it (`multiprocessing.Pool`
+    respawned the worker and waited forever for its lost file). The files left are then tokenized one worker
+    at a time, so a file that kills its worker again is known: it is reported as bad and the run goes on.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = mp.get_context("spawn" if os.name == "nt" else "fork")
+    pending, isolate = list(todo), False
+    while pending:
+        executor = ProcessPoolExecutor(1 if isolate else min(workers, len(pending)), mp_context=context,
+                                       initializer=_init_worker, initargs=(tokenizer_cfg,))
+        broken, done = False, set()
+        try:
+            futures = {executor.submit(_tokenize, source): source for source in pending}
+            for future in as_completed(futures):
+                error = future.exception()
+                if isinstance(error, BrokenProcessPool):
+                    broken = True
+                    continue
+                if error is not None:
+                    raise error
+                done.add(futures[future].relpath)
+                yield future.result()
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        pending = [source for source in pending if source.relpath not in done]
+        if not broken:
+            break
+        if isolate and pending:  # one worker, files in order: the first unfinished one was running
+            yield pending[0].relpath, None, WORKER_DIED
+            pending = pending[1:]
+        isolate = True
+
+
 def _prepare_locked(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig, tokenizer: REMITokenizer,
                     sources: list[SourceFile], cache_dir: Path, settings: dict[str, Any], root: Path,
-                    progress: bool, replace_other_vocabulary: bool = True):
+                    progress: bool, replace_other_vocabulary: bool = True,
+                    skipped: list[tuple[str, str]] = ()):
     previous = _previous_results(cache_dir, tokenizer, progress, replace_other_vocabulary)
-    hashes = {s.relpath: file_sha1(s.path) for s in sources}
+    bad = [(name, reason, "", "") for name, reason in skipped]  # names not valid UTF-8 (list_sources)
+    hashes: dict[str, str] = {}
+    readable = []
+    for s in sources:
+        try:
+            hashes[s.relpath] = file_sha1(s.path)
+        except OSError as exc:  # unreadable (permissions, an I/O error): skipped and reported, not fatal
+            bad.append((s.relpath, f"cannot read the file ({exc.strerror or exc})", "", ""))
+            continue
+        readable.append(s)
+    sources = readable
     keys = {s.relpath: song_key(hashes[s.relpath], tokenizer_cfg, s.time_signature) for s in sources}
     todo = [s for s in sources if keys[s.relpath] not in previous]
     results: dict[str, tuple[np.ndarray | None, str]] = {}
@@ -115,22 +167,23 @@ def _prepare_locked(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig,
         workers = min(workers, len(todo))
         desc = f"tokenize {root.name or root}"
         if workers > 1:
-            with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
-                    workers, initializer=_init_worker, initargs=(tokenizer_cfg.to_dict(),)) as pool:
-                for relpath, ids, reason in tqdm(pool.imap_unordered(_tokenize, todo, chunksize=4), total=len(todo),
-                                                 desc=desc, disable=not progress, unit="file"):
+            with tqdm(total=len(todo), desc=desc, disable=not progress, unit="file") as bar:
+                for relpath, ids, reason in _tokenize_in_workers(todo, workers, tokenizer_cfg.to_dict()):
                     results[relpath] = (ids, reason)
+                    bar.update()
         else:
             _init_worker(tokenizer_cfg.to_dict())
             for source in tqdm(todo, desc=desc, disable=not progress, unit="file"):
                 relpath, ids, reason = _tokenize(source)
                 results[relpath] = (ids, reason)
 
-    songs, bad = [], []
+    songs = []
     for s in sources:
         ids, reason = results[s.relpath]
         if ids is None:
-            bad.append((s.relpath, reason or "unreadable", hashes[s.relpath], keys[s.relpath]))
+            # a worker's death may be passing memory pressure: not remembered, the next run tries the file again
+            key = "" if reason == WORKER_DIED else keys[s.relpath]
+            bad.append((s.relpath, reason or "unreadable", hashes[s.relpath], key))
         else:
             songs.append((s.relpath, hashes[s.relpath], s.split, ids, keys[s.relpath]))
     cache = write_cache(cache_dir, tokenizer.vocab, songs, settings, bad,
@@ -152,7 +205,8 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
         if data_cfg.get("name") != "pop909":
             raise ValueError("data.download=true is only available for data=pop909")
         download_pop909(root)
-    sources = list_sources(data_cfg)
+    skipped: list[tuple[str, str]] = []
+    sources = list_sources(data_cfg, skipped)
     cache_dir = Path(str(data_cfg["cache_dir"]))
     settings = _settings(data_cfg, tokenizer_cfg)
     tokenizer = REMITokenizer(tokenizer_cfg)
@@ -167,7 +221,8 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
     make_dir(cache_dir, "data.cache_dir")
     with cache_lock(cache_dir, exclusive=True, message=f"waiting for another process preparing {cache_dir} ..."):
         cache, songs, bad, todo, unchanged = _prepare_locked(data_cfg, tokenizer_cfg, tokenizer, sources, cache_dir,
-                                                            settings, root, progress, replace_other_vocabulary)
+                                                            settings, root, progress, replace_other_vocabulary,
+                                                            skipped)
     if progress:
         n_tokens = sum(len(song[3]) for song in songs)
         print(f"corpus {root}: {len(songs)} songs, {n_tokens:,} tokens ({unchanged} unchanged, "
@@ -192,7 +247,8 @@ def current_cache(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] 
     cache_dir = Path(str(data_cfg["cache_dir"]))
     if not (cache_dir / "manifest.json").is_file():
         return None
-    sources = list_sources(data_cfg)
+    skipped: list[tuple[str, str]] = []
+    sources = list_sources(data_cfg, skipped)
     try:
         cache = TokenCache(cache_dir)
     except (OSError, ValueError):
@@ -201,10 +257,13 @@ def current_cache(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] 
         return None
     songs = {s.relpath: s for s in cache.songs}
     bad = {str(b.get("path")): b for b in cache.manifest.get("bad_files", [])}
-    if len(songs) + len(bad) != len(sources):
+    if len(songs) + len(bad) != len(sources) + len(skipped) or any(name not in bad for name, _ in skipped):
         return None
     for source in sources:
-        key = song_key(file_sha1(source.path), tokenizer_cfg, source.time_signature)
+        try:
+            key = song_key(file_sha1(source.path), tokenizer_cfg, source.time_signature)
+        except OSError:
+            return None
         entry = songs.get(source.relpath)
         if entry is not None:
             if entry.key != key or entry.split != source.split:

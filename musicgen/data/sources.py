@@ -68,8 +68,21 @@ def read_pop909_metres(root: Path) -> dict[int, tuple[int, int]]:
     return metres
 
 
-def list_sources(data_cfg: Mapping[str, Any]) -> list[SourceFile]:
-    """The corpus described by a data config (see conf/data/*.yaml), sorted by relative path."""
+def readable_name(relpath: str) -> str | None:
+    """None when `relpath` is valid UTF-8, else how to show it (undecodable bytes as \\xNN)."""
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        return relpath.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
+
+
+def list_sources(data_cfg: Mapping[str, Any], skipped: list[tuple[str, str]] | None = None) -> list[SourceFile]:
+    """The corpus described by a data config (see conf/data/*.yaml), sorted by relative path.
+
+    A file whose name is not valid UTF-8 (it could not be stored in the cache's manifest) is left out and, with
+    `skipped`, listed there as (its name with \\xNN escapes, the reason), so one such file never stops a corpus.
+    """
     # A count of files or null (all): -1 would silently drop the last file and 0 would mean all.
     max_files = check_int("data.max_files", data_cfg.get("max_files"), minimum=1, allow_none=True)
     root = Path(str(data_cfg["root"]))
@@ -92,6 +105,11 @@ def list_sources(data_cfg: Mapping[str, Any]) -> list[SourceFile]:
     sources = []
     for path in files:
         relpath = path.relative_to(root).as_posix() if path != root else path.name
+        shown = readable_name(relpath)
+        if shown is not None:
+            if skipped is not None:
+                skipped.append((shown, "its file name is not valid UTF-8 (rename the file)"))
+            continue
         song_id = int(path.stem) if path.stem.isdigit() else None
         if split_rule == "pop909":
             if song_id is None:
