@@ -36,7 +36,7 @@ def test_bias_follows_the_history_and_is_off_without_one(tokenizer: REMITokenize
     memory = TonalMemory(2, pitches, _values(tokenizer), strength=0.5, half_life=1e9)
     assert memory.bias([0, 1], 2, len(tokenizer.vocab), temperature=1.0) is None  # no prompt note: no bias
     for pitch in [60, 64, 67] * 10:  # C, E, G
-        memory.observe(0, tokenizer.vocab.id_of(TokenType.PITCH, pitch))
+        memory.add_note(0, tokenizer.vocab.id_of(TokenType.PITCH, pitch))
     bias = memory.bias([0, 1], 2, len(tokenizer.vocab), temperature=1.0)
     row = bias[0, pitches.start:pitches.stop]
     assert row[60] > 0 and row[72] == row[60] and row[61] < 0  # by pitch class, any octave
@@ -51,9 +51,9 @@ def test_half_life_forgets(tokenizer: REMITokenizer) -> None:
     pitches = tokenizer.vocab.ids_of_type(TokenType.PITCH)
     memory = TonalMemory(1, pitches, _values(tokenizer), strength=0.5, half_life=16)
     for _ in range(64):
-        memory.observe(0, tokenizer.vocab.id_of(TokenType.PITCH, 60))  # C
+        memory.add_note(0, tokenizer.vocab.id_of(TokenType.PITCH, 60))  # C
     for _ in range(64):
-        memory.observe(0, tokenizer.vocab.id_of(TokenType.PITCH, 66))  # then F#
+        memory.add_note(0, tokenizer.vocab.id_of(TokenType.PITCH, 66))  # then F#
     profile = memory.profile(0)
     assert profile[6] > 8 * profile[0]  # C weighs 0.5^4 of what it did; smoothing keeps it > 0
     assert memory.report(0)["half_life_notes"] == pytest.approx(16)

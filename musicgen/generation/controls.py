@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +67,7 @@ import torch
 from ..config import UserError
 from ..tokenizer import (CHORD_QUALITIES, DRUM_PROGRAM, PITCH_CLASS_NAMES, Bins, GrammarState, Phase, TokenType,
                          Vocabulary, chord_name, chord_pitch_classes, note_start_mask, parse_time_signature)
+from .rules import DecodeRule, StepContext
 
 __all__ = ["CHORD_TONES", "ChordChart", "ControlConfig", "Controls", "DENSITY_FACTORS", "PREFER_FACTOR", "chord_slots",
            "parse_chart", "parse_chord", "parse_key"]
@@ -321,8 +322,10 @@ class _Row:
         "fallbacks": 0})
 
 
-class Controls:
+class Controls(DecodeRule):
     """The controls of a batch: one `ControlConfig` for every row, or one per row (benchmarks)."""
+
+    report_key = "controls"
 
     def __init__(self, vocab: Vocabulary, config: ControlConfig | Sequence[ControlConfig], batch_size: int) -> None:
         configs = [config] * batch_size if isinstance(config, ControlConfig) else list(config)
@@ -372,8 +375,11 @@ class Controls:
         slots = chord_slots(r.chart.bar(r.bar), state.bar_length, state.metre)
         return slots[r.slot] if r.slot < len(slots) else None
 
-    def observe(self, row: int, state: GrammarState, token: int) -> None:
-        """Record a continuation token (already accepted; ``state`` is the grammar state after it)."""
+    def observe(self, row: int, state: GrammarState, token: int, continuation: bool = True) -> None:
+        """Record a continuation token (already accepted; ``state`` is the grammar state after it). The prompt's
+        tokens are not the controls' business: the chart starts with the continuation."""
+        if not continuation:
+            return
         r = self.rows[row]
         kind = int(self._types[token])
         value = int(self._values[token])
@@ -518,7 +524,13 @@ class Controls:
                 return pos - here
         return None
 
-    def restrict(self, row: int, state: GrammarState, allowed: np.ndarray) -> np.ndarray:
+    def process(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Density and ``chord_tones=prefer`` (:meth:`logit_bias`)."""
+        bias = self.logit_bias(ctx.states, ctx.temperature)
+        return logits if bias is None else logits + bias
+
+    def restrict(self, row: int, state: GrammarState, allowed: np.ndarray,
+                 probs: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Apply every control to one row of the mask (in place); one that would empty it is skipped."""
         for _name, mask in self.wanted(row, state):
             narrowed = allowed & mask

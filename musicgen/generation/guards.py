@@ -47,6 +47,8 @@ probability they moved (to starting a note; away from the far register). The cou
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -58,6 +60,7 @@ import torch
 
 from ..config import UserError, check_float, check_int
 from ..tokenizer import DRUM_PROGRAM, GrammarState, Phase, TokenType, Vocabulary, note_start_mask
+from .rules import DecodeRule, StepContext
 
 __all__ = ["GuardConfig", "GuardCounts", "MusicGuards", "DEFAULT_MAX_NOTES_PER_ONSET", "DEFAULT_MAX_EMPTY_BARS",
            "DEFAULT_MIN_BARS",
@@ -159,8 +162,12 @@ class _Row:
     prompt_pitch_notes: int = 0
 
 
-class MusicGuards:
+class MusicGuards(DecodeRule):
     """Per-sequence bookkeeping of the rules, and the masks they impose (numpy rows, modified in place)."""
+
+    report_key = "guards"
+    #: settings that shape the per-row bookkeeping (window lengths): fixed once generation has started
+    _STRUCTURAL = frozenset({"enabled", "density_window_bars", "register_window_notes"})
 
     def __init__(self, vocab: Vocabulary, config: GuardConfig, batch_size: int) -> None:
         self.config = config
@@ -272,6 +279,24 @@ class MusicGuards:
         if mean < lo:
             return -1, lo
         return None
+
+    def fork(self, source: int, target: int) -> None:
+        self.rows[target] = copy.deepcopy(self.rows[source])
+
+    def report(self, row: int) -> dict[str, Any]:
+        return {**self.config.to_dict(), **self.counts[row].to_dict()}
+
+    def replace(self, **settings: Any) -> None:
+        """Any setting but the windows (:attr:`_STRUCTURAL`) may change between two steps."""
+        fixed = sorted(set(settings) & self._STRUCTURAL)
+        if fixed:
+            raise ValueError(f"guards: cannot change {fixed} while generating")
+        self.config = dataclasses.replace(self.config, **settings)
+
+    def process(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The soft rules (:meth:`logit_bias`)."""
+        bias = self.logit_bias(ctx.states, logits, ctx.temperature, ctx.done)
+        return logits if bias is None else logits + bias
 
     # --- logits (the soft rules) ----------------------------------------------------------------------
     def logit_bias(self, states: Sequence[GrammarState], logits: torch.Tensor, temperature: float,

@@ -1,7 +1,7 @@
 """Next-token sampling over logits: the one implementation used by generation, evaluation and benchmarks.
 
-Order of operations for a batch of logits (B, V) (the session first adds its logit biases: the tonal memory
-on the Pitch logits, :mod:`.tonal`; the density control; the guards' soft rule):
+Order of operations for a batch of logits (B, V) (the session first runs its decode-time rules, :mod:`.rules`:
+the tonal memory, the density control, the guards' soft rules, then step 1 below as :class:`RepetitionPenalty`):
 1. repetition guard (optional): the logits of the pitch tokens that occur among the last
    `repetition_window` *pitch* tokens of a sequence are divided by `repetition_penalty` when positive and
    multiplied by it when negative (the CTRL rule). Only pitches are guarded because REMI repeats
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..config import check_float, check_int
+from .rules import DecodeRule, StepContext
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class PitchHistory:
 
     def __init__(self, batch_size: int, vocab_size: int, pitch_ids: range, window: int) -> None:
         self.window = window
+        self._vocab_size = vocab_size
         self._lo, self._hi = pitch_ids.start, pitch_ids.stop
         self._recent = [deque(maxlen=window) for _ in range(batch_size)]
         self._counts = torch.zeros(batch_size, vocab_size, dtype=torch.int32)
@@ -77,6 +79,38 @@ class PitchHistory:
 
     def mask(self) -> Tensor:
         return self._counts > 0
+
+    def copy_row(self, source: int, target: int) -> None:
+        self._recent[target] = deque(self._recent[source], maxlen=self.window)
+        self._counts[target] = self._counts[source]
+
+
+class RepetitionPenalty(DecodeRule):
+    """Step 1 of the module docstring as a decode-time rule: the CTRL penalty on each sequence's recent pitches
+    (its :class:`PitchHistory`, fed with the prompt and the continuation). Last in the session's list, so it
+    applies to the logits the other rules produced, as it always did."""
+
+    def __init__(self, batch_size: int, vocab_size: int, pitch_ids: range, window: int, penalty: float) -> None:
+        self.history = PitchHistory(batch_size, vocab_size, pitch_ids, window)
+        self.penalty = penalty
+
+    def observe(self, row: int, state: Any, token: int, continuation: bool) -> None:
+        self.history.push(row, token)
+
+    def fork(self, source: int, target: int) -> None:
+        self.history.copy_row(source, target)
+
+    def process(self, logits: Tensor, ctx: StepContext) -> Tensor:
+        if self.penalty == 1.0:
+            return logits
+        return apply_repetition_penalty(logits.float(), self.history.mask().to(logits.device), self.penalty)
+
+    def replace(self, **settings: Any) -> None:
+        """``penalty`` (``repetition_penalty``) may change between two steps; the history stays."""
+        unknown = set(settings) - {"penalty"}
+        if unknown:
+            raise ValueError(f"repetition penalty: cannot change {sorted(unknown)} while generating")
+        self.penalty = float(settings["penalty"])
 
 
 def apply_repetition_penalty(logits: Tensor, guarded: Tensor, penalty: float) -> Tensor:

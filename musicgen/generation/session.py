@@ -14,13 +14,14 @@ A sequence stopped for any reason but EOS is trimmed back to its last event boun
 is left for the decoder to drop) and closed with EOS. Finished sequences keep stepping with PAD (the batch
 runs in lock step) but their outputs are ignored; the loop ends when all are finished.
 
-Each step's mask is the grammar's, then the musician's controls (:mod:`.controls`: chord chart, tempo, metre,
-key; density is a logit bias added before sampling), then the musical guards (:mod:`.guards`), always last.
+Each step runs the decode-time rules (:mod:`.rules`), in the order of their list: each may change the logits
+(the tonal memory, the density control, the guards' soft rules, the repetition penalty) and narrow each row's
+mask after the grammar's (the musician's controls: chord chart, tempo, metre, key; then the musical guards,
+always last). The session knows them only through that interface.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -30,13 +31,13 @@ import torch
 from tqdm import tqdm
 
 from ..config import UserError, check_float, check_int
-from ..tokenizer import DRUM_PROGRAM, Bins, GrammarState, Phase, REMITokenizer, TokenType
-from .controls import ControlConfig, Controls
-from .guards import GuardConfig, MusicGuards
+from ..tokenizer import Bins, GrammarState, Phase, REMITokenizer, TokenType
+from .controls import ControlConfig
+from .guards import GuardConfig
 from .prompt import Prompt
-from .sampling import PitchHistory, SamplingConfig, grammar_mask, sample_next
+from .rules import DecodeRule, RuleFactory, StepContext, default_rules
+from .sampling import SamplingConfig, grammar_mask, sample_next
 from .timeline import TokenClock, event_step, follow_tempo
-from .tonal import TonalMemory
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -84,6 +85,7 @@ class SampleResult:
     guards: dict[str, Any] = field(default_factory=dict)  # how often each musical rule acted (guards.py)
     controls: dict[str, Any] = field(default_factory=dict)  # the controls applied and what they did (controls.py)
     tonal_memory: dict[str, Any] = field(default_factory=dict)  # the pitch-class prior and its use (tonal.py)
+    other_rules: dict[str, Any] = field(default_factory=dict)  # reports of rules beyond the default ones, by key
 
 
 @dataclass
@@ -132,14 +134,17 @@ class GenerationSession:
 
     def __init__(self, model: Any, tokenizer: REMITokenizer, sampling: SamplingConfig, stop: StopConfig,
                  seed: int, device: str | torch.device = "cpu", guards: GuardConfig | None = None,
-                 controls: ControlConfig | list[ControlConfig] | None = None) -> None:
+                 controls: ControlConfig | list[ControlConfig] | None = None,
+                 rules: list[RuleFactory] | None = None) -> None:
+        """``controls``: the musician's controls (chord chart, bpm, metre, density, key), one config or one per
+        sample. ``rules``: the decode-time rules' factories, in order (default: :func:`~.rules.default_rules`
+        of the sampling, guard and control settings)."""
         self.model, self.tokenizer = model, tokenizer
         self.sampling, self.stop = sampling, stop
         self.guard_config = guards or GuardConfig()
-        self.guards: MusicGuards | None = None
-        # the musician's controls (chord chart, bpm, metre, density, key): one config, or one per sample
-        self.control_config = controls
-        self.controls: Controls | None = None
+        self.rule_factories = rules if rules is not None else default_rules(sampling, self.guard_config, controls)
+        self.rules: list[DecodeRule] = []  # built for the batch by feed_prompt
+        self._fed = False
         self.device = torch.device(device)
         self.vocab = tokenizer.vocab
         self.grammar = tokenizer.grammar
@@ -151,8 +156,6 @@ class GenerationSession:
         self._bar_or_position = self._only_bar | self._type_mask(TokenType.POSITION)
         self.tokens_per_second = 0.0
         self.state: Any = None  # the model's recurrent state, set by feed_prompt
-        self.history: PitchHistory | None = None
-        self.tonal: TonalMemory | None = None
 
     def _mask_of(self, ids: list[int]) -> np.ndarray:
         mask = np.zeros(len(self.vocab), dtype=bool)
@@ -192,28 +195,13 @@ class GenerationSession:
         start_step, first_mask = self._start(prompt, gstate)
         start_seconds = clock.seconds_at(start_step)
         tracks = [_Track(gstate, clock.copy(), first_mask, start_seconds) for _ in range(batch_size)]
-        self.history = PitchHistory(batch_size, len(self.vocab), self.vocab.ids_of_type(TokenType.PITCH),
-                                    int(self.sampling.repetition_window))
-        self.guards = MusicGuards(self.vocab, self.guard_config, batch_size) if self.guard_config.enabled else None
-        config = self.control_config
-        active = config is not None and (config.active if isinstance(config, ControlConfig)
-                                         else any(c.active for c in config))
-        self.controls = Controls(self.vocab, config, batch_size) if active else None
-        pitches = self.vocab.ids_of_type(TokenType.PITCH)
-        self.tonal = TonalMemory(batch_size, pitches, np.asarray(self.vocab.values[pitches.start:pitches.stop]),
-                                 self.sampling.tonal_memory, self.sampling.tonal_half_life)
-        if self.guards is not None:
+        self.rules = [rule for factory in self.rule_factories if (rule := factory(self.vocab, batch_size)) is not None]
+        for rule in self.rules:  # the prompt is read once, by row 0, then copied to the others
             for token, state in zip(prompt.ids, states):
-                self.guards.observe(0, state, token, continuation=False)
-        for token, state in zip(prompt.ids, states):
-            if token in pitches and state.program != DRUM_PROGRAM:
-                self.tonal.observe(0, token)
-        for row in range(batch_size):
-            self.tonal.copy_row(0, row)
-            if self.guards is not None:
-                self.guards.rows[row] = copy.deepcopy(self.guards.rows[0])
-            for token in prompt.ids:
-                self.history.push(row, token)
+                rule.observe(0, state, token, continuation=False)
+            for row in range(1, batch_size):
+                rule.fork(0, row)
+        self._fed = True
         # The prompt in one parallel pass (same noise draws as init_state + one step per token), once: every
         # sequence of the batch continues the same prompt with the same noise, so its state is copied B times
         # (a long prompt does not cost B x its length in logits).
@@ -225,9 +213,9 @@ class GenerationSession:
 
     # --- sampling ------------------------------------------------------------------------------------
     def allowed(self, tracks: list[_Track], logits: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, V) mask: the grammar, the first-token rule, EOS when disallowed, the controls (:mod:`.controls`),
-        then the musical guards (:mod:`.guards`; ``logits`` let them count the probability they remove); PAD
-        for finished rows."""
+        """(B, V) mask: the grammar, the first-token rule, EOS when disallowed, then each rule's narrowing in the
+        order of the list (the controls, then the musical guards; ``logits`` let them count the probability they
+        remove); PAD for finished rows."""
         mask = grammar_mask(self.grammar, [t.state for t in tracks]).numpy().copy()
         for row, track in enumerate(tracks):
             if track.done:
@@ -240,20 +228,16 @@ class GenerationSession:
             for row, track in enumerate(tracks):
                 if track.done:
                     mask[row, self.vocab.pad_id] = True
-        if self.controls is not None:
-            for row, track in enumerate(tracks):
-                if not track.done:
-                    self.controls.restrict(row, track.state, mask[row])
-        if self.guards is not None:
-            for row, track in enumerate(tracks):
-                if track.done:
-                    continue
-                probs = None
-                if logits is not None:
-                    def probs(allowed: np.ndarray, row: int = row) -> np.ndarray:
-                        masked = logits[row].float().cpu().masked_fill(~torch.from_numpy(allowed), float("-inf"))
-                        return torch.softmax(masked, dim=-1).numpy()
-                self.guards.restrict(row, track.state, mask[row], probs)
+        for row, track in enumerate(tracks):
+            if track.done:
+                continue
+            probs = None
+            if logits is not None:
+                def probs(allowed: np.ndarray, row: int = row) -> np.ndarray:
+                    masked = logits[row].float().cpu().masked_fill(~torch.from_numpy(allowed), float("-inf"))
+                    return torch.softmax(masked, dim=-1).numpy()
+            for rule in self.rules:
+                rule.restrict(row, track.state, mask[row], probs)
         return torch.from_numpy(mask)
 
     def _finish(self, track: _Track, reason: str) -> None:
@@ -285,11 +269,8 @@ class GenerationSession:
         track.state = state
         track.tokens.append(token)
         follow_tempo(track.clock, state, int(self.vocab.values[token]), self._bins)
-        self.history.push(row, token)
-        if self.guards is not None:
-            self.guards.observe(row, state, token, continuation=True)
-        if self.controls is not None:
-            self.controls.observe(row, state, token)
+        for rule in self.rules:
+            rule.observe(row, state, token, continuation=True)
         if self.grammar.can_end(state):
             track.closable = len(track.tokens)
         if len(track.tokens) >= stop.token_limit:
@@ -298,24 +279,12 @@ class GenerationSession:
     @torch.inference_mode()
     def step(self, logits: torch.Tensor, tracks: list[_Track]) -> torch.Tensor:
         """Sample one token per sequence from `logits`, record it, and run the model on it -> next logits."""
-        assert self.history is not None, "call feed_prompt first"
-        guarded = self.history.mask() if self.sampling.repetition_penalty != 1.0 else None
+        assert self._fed, "call feed_prompt first"
         logits = logits.float().cpu()
-        pitch_rows = [row for row, t in enumerate(tracks)
-                      if not t.done and t.state.phase == Phase.VELOCITY and t.state.program != DRUM_PROGRAM]
-        bias = self.tonal.bias(pitch_rows, logits.shape[0], logits.shape[1], self.sampling.temperature)
-        if bias is not None:  # the tonal memory: stay in the pitch classes of the prompt
-            logits = logits + bias
-        if self.controls is not None:  # density: a logit bias where a note may start or the piece move on
-            bias = self.controls.logit_bias([t.state for t in tracks], self.sampling.temperature)
-            if bias is not None:
-                logits = logits + bias
-        if self.guards is not None:  # the soft rules: a piece thinning out, cramming or climbing is nudged back
-            bias = self.guards.logit_bias([t.state for t in tracks], logits, self.sampling.temperature,
-                                          [t.done for t in tracks])
-            if bias is not None:
-                logits = logits + bias
-        tokens = sample_next(logits, self.allowed(tracks, logits), self.sampling, self._sample_gen, guarded)
+        ctx = StepContext([t.state for t in tracks], [t.done for t in tracks], self.sampling.temperature)
+        for rule in self.rules:
+            logits = rule.process(logits, ctx)
+        tokens = sample_next(logits, self.allowed(tracks, logits), self.sampling, self._sample_gen)
         feed = tokens.clone()
         for row, track in enumerate(tracks):
             if track.done:
@@ -358,8 +327,28 @@ class GenerationSession:
             on_progress(steps, limit)
         elapsed = max(time.perf_counter() - began, 1e-9)
         self.tokens_per_second = steps * len(tracks) / elapsed
-        return [SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
-                             t.last_seconds, {**self.guard_config.to_dict(),
-                                              **(self.guards.counts[row].to_dict() if self.guards else {})},
-                             self.controls.report(row) if self.controls else {}, self.tonal.report(row))
-                for row, t in enumerate(tracks)]
+        results = []
+        for row, t in enumerate(tracks):
+            reports = self.reports(row)
+            known = {key: reports.pop(key) for key in ("guards", "controls", "tonal_memory")}
+            results.append(SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
+                                        t.last_seconds, **known, other_rules=reports))
+        return results
+
+    def reports(self, row: int) -> dict[str, dict[str, Any]]:
+        """Each reporting rule's report for one sequence, by its key (a rule that is off reports its settings:
+        the guards' config, no controls)."""
+        out: dict[str, dict[str, Any]] = {"guards": self.guard_config.to_dict(), "controls": {}, "tonal_memory": {}}
+        out.update({rule.report_key: rule.report(row) for rule in self.rules if rule.report_key})
+        return out
+
+    def rule(self, kind: type) -> DecodeRule | None:
+        """The session's rule of this class, or None (e.g. ``session.rule(MusicGuards)``)."""
+        return next((rule for rule in self.rules if isinstance(rule, kind)), None)
+
+    def replace_settings(self, kind: type, **settings: Any) -> None:
+        """Change a running rule's settings between two steps (:meth:`~.rules.DecodeRule.replace`)."""
+        rule = self.rule(kind)
+        if rule is None:
+            raise ValueError(f"no {kind.__name__} rule in this session")
+        rule.replace(**settings)

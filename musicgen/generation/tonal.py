@@ -31,14 +31,21 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import numpy as np
 import torch
+
+from ..tokenizer import DRUM_PROGRAM, GrammarState, Phase
+from .rules import DecodeRule, StepContext
 
 __all__ = ["TonalMemory"]
 
 
-class TonalMemory:
+class TonalMemory(DecodeRule):
     """The prompt's decayed pitch-class counts for each sequence of a batch, and the pitch-logit bias they give."""
+
+    report_key = "tonal_memory"
 
     def __init__(self, batch_size: int, pitch_ids: range, pitch_values: np.ndarray, strength: float,
                  half_life: float) -> None:
@@ -50,12 +57,17 @@ class TonalMemory:
         self._classes = np.asarray(pitch_values, dtype=np.int64) % 12
         self.biased_steps = [0] * batch_size
 
-    def observe(self, row: int, pitch_token: int) -> None:
+    def observe(self, row: int, state: GrammarState, token: int, continuation: bool) -> None:
+        """Remember the prompt's pitched notes (the continuation's are not: see the module docstring)."""
+        if not continuation and self._lo <= token < self._lo + self._n and state.program != DRUM_PROGRAM:
+            self.add_note(row, token)
+
+    def add_note(self, row: int, pitch_token: int) -> None:
         """Record the Pitch token of one pitched (non-drum) prompt note (in order) for sequence ``row``."""
         self.counts[row] *= self._keep
         self.counts[row, self._classes[pitch_token - self._lo]] += 1.0
 
-    def copy_row(self, source: int, target: int) -> None:
+    def fork(self, source: int, target: int) -> None:
         self.counts[target] = self.counts[source]
 
     def profile(self, row: int) -> np.ndarray:
@@ -75,6 +87,20 @@ class TonalMemory:
             out[row, self._lo:self._lo + self._n] = self.strength * scale * log_ratio[self._classes]
             self.biased_steps[row] += 1
         return torch.from_numpy(out)
+
+    def process(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The bias, where a pitched note's Pitch comes next."""
+        rows = [row for row, s in enumerate(ctx.states)
+                if not ctx.done[row] and s.phase == Phase.VELOCITY and s.program != DRUM_PROGRAM]
+        bias = self.bias(rows, logits.shape[0], logits.shape[1], ctx.temperature)
+        return logits if bias is None else logits + bias
+
+    def replace(self, **settings: Any) -> None:
+        """``strength`` (``tonal_memory``) may change between two steps; the remembered prompt stays."""
+        unknown = set(settings) - {"strength"}
+        if unknown:
+            raise ValueError(f"tonal memory: cannot change {sorted(unknown)} while generating")
+        self.strength = float(settings["strength"])
 
     def report(self, row: int) -> dict[str, float | int | list[float]]:
         """What the .json records: the settings, how many Pitch steps were biased, the prompt's profile."""
