@@ -749,3 +749,31 @@ def test_hostile_fault_undecodable_name_and_unreadable_file_are_skipped(tmp_path
     again = prepare.prepare_corpus(cfg, {}, progress=False)
     assert sorted(s.relpath for s in again.songs) == ["good.mid", "locked.mid"]
     assert current_cache(cfg, {}) is not None
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (9) seed=-1
+# --------------------------------------------------------------------------------------------------------- #
+def test_hostile_negative_seed_is_refused_up_front(tiny_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    import musicgen.generation.api as api
+    from musicgen.studio.params import build_options
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(api, "load_model", never)
+    with pytest.raises(UserError, match=r"^seed must be an integer >= 0 or null, got -1"):
+        GenerateOptions(seed=-1)
+    with pytest.raises(UserError, match="^seed must be"):
+        api.generate(tiny_ckpt, seed=-1, progress=False, log=None)
+    with pytest.raises(UserError, match="^seed must be an integer >= 0"):
+        EvaluateOptions(seed=-1)
+    with pytest.raises(UserError, match="^seed must be"):  # the studio's form: a 400 at Generate, not a failed job
+        build_options({"seed": "-1"}, None, str(tiny_ckpt), "cpu")
+    assert GenerateOptions(seed=0).seed == 0 and GenerateOptions(seed=2**40).seed == 2**40
+    for tool in ("generate", "evaluate", "train"):
+        proc = run_cli([str(REPO / f"{tool}.py"), f"checkpoint={tiny_ckpt}", "seed=-1",
+                        f"hydra.run.dir={tmp_path / 'run'}"] if tool != "train" else
+                       [str(REPO / "train.py"), "seed=-1", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"],
+                       tmp_path)
+        assert single_error_line(proc).startswith("error: seed must be an integer"), tool

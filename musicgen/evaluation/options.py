@@ -59,7 +59,7 @@ class EvaluateOptions:
         self.max_files = check_int("max_files", self.max_files, minimum=1, allow_none=True)
         self.progress = check_bool("progress", self.progress)
         self.drift_tokens = check_int("drift_tokens", self.drift_tokens, minimum=1, allow_none=True)
-        self.seed = check_int("seed", self.seed)
+        self.seed = check_int("seed", self.seed, minimum=0)
         self.temperature = check_float("temperature", self.temperature, minimum=0.0)
         self.top_p = check_float("top_p", self.top_p, minimum=0.0, maximum=1.0, exclusive_min=True)
         if self.generated is not None and not Path(str(self.generated)).is_dir():

@@ -93,7 +93,7 @@ class GenerateOptions:
         for name in ("include_prompt", "allow_eos", "no_repeated_pitch", "pianoroll", "progress"):
             setattr(self, name, check_bool(name, getattr(self, name)))
         self.num_samples = check_int("num_samples", self.num_samples, minimum=1)
-        self.seed = check_int("seed", self.seed, allow_none=True)
+        self.seed = check_int("seed", self.seed, minimum=0, allow_none=True)  # -1 failed after loading
         self.prompt_bars = check_int("prompt_bars", self.prompt_bars, minimum=1, allow_none=True)
         self.prompt_seconds = check_float("prompt_seconds", self.prompt_seconds, minimum=0.0, exclusive_min=True,
                                           allow_none=True)

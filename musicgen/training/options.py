@@ -52,7 +52,7 @@ class TrainOptions:
     def from_config(cls, cfg: Any) -> "TrainOptions":
         """From the whole run config (conf/config.yaml): `train.*`, `seed`, `logger.log_every`, `data.*`."""
         t = cfg.train
-        seed = check_int("seed", cfg.get("seed"))
+        seed = check_int("seed", cfg.get("seed"), minimum=0, maximum=2**32 - 1)  # numpy's seed range
         counts = {name: check_int(f"train.{name}", t.get(name), minimum=minimum)
                   for name, minimum in (("seq_len", 1), ("batch_size", 1), ("grad_accum", 1), ("max_steps", 1),
                                         ("warmup_steps", 0), ("val_every", 1), ("val_batches", 1),
