@@ -777,3 +777,90 @@ def test_hostile_negative_seed_is_refused_up_front(tiny_ckpt: Path, tmp_path: Pa
                        [str(REPO / "train.py"), "seed=-1", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"],
                        tmp_path)
         assert single_error_line(proc).startswith("error: seed must be an integer"), tool
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (10) loose ends: the studio
+# --------------------------------------------------------------------------------------------------------- #
+def _midi_bytes(notes: list[tuple[int, int]], ticks_per_beat: int = 480) -> bytes:
+    """A MIDI file of (start tick, pitch) quarter notes."""
+    import io
+
+    import miditoolkit
+
+    midi = miditoolkit.MidiFile(ticks_per_beat=ticks_per_beat)
+    piano = miditoolkit.Instrument(program=0)
+    piano.notes = [miditoolkit.Note(velocity=90, pitch=p, start=t, end=t + ticks_per_beat) for t, p in notes]
+    midi.instruments = [piano]
+    buffer = io.BytesIO()
+    midi.dump(file=buffer)
+    return buffer.getvalue()
+
+
+def _wait_job(port: int, job_id: str, headers: dict[str, str], timeout: float = 300) -> dict:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, _, job = _http(port, "GET", f"/api/jobs/{job_id}", headers)
+        assert status == 200, job
+        if job["status"] in ("done", "error"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError("job not finished")
+
+
+def test_hostile_studio_loose_ends_over_http(guarded_studio) -> None:
+    """A multipart body cut before its closing boundary is refused (it ran with defaults); a prompt longer
+    than the studio writes is refused at upload (it failed after generating); a job's error names the
+    uploaded file, never a server path."""
+    app, port = guarded_studio
+    auth = {"Authorization": "token s3cret-token"}
+    body, ctype = _form({"bars": "1", "seed": "1", "temperature": "0.5"}, close=False)
+    status, _, answer = _http(port, "POST", "/api/jobs", {**auth, "Content-Type": ctype}, body)
+    assert status == 400 and "incomplete" in answer["error"] and not app.state.manager._jobs
+    long_prompt = _midi_bytes([(0, 60), (3000 * 1920, 62)])
+    assert len(long_prompt) < 100
+    body, ctype = _form({"bars": "1"}, ("long.mid", long_prompt))
+    status, _, answer = _http(port, "POST", "/api/jobs", {**auth, "Content-Type": ctype}, body)
+    assert status == 400 and "'long.mid'" in answer["error"] and "up to 2,048" in answer["error"], answer
+    late = _midi_bytes([(3 * 1920, 60), (3 * 1920 + 480, 64)])  # its first note in bar 4
+    body, ctype = _form({"bars": "1", "prompt_bars": "1", "prompt_time_signature": "4/4"}, ("mine.mid", late))
+    status, _, answer = _http(port, "POST", "/api/jobs", {**auth, "Content-Type": ctype}, body)
+    assert status == 202, answer
+    job = _wait_job(port, answer["id"], auth)
+    assert job["status"] == "error" and "'mine.mid'" in job["error"], job
+    assert "/tmp" not in job["error"] and "prompt.mid" not in job["error"] and "musicgen-studio" not in job["error"]
+
+
+def test_hostile_studio_refuses_a_damaged_checkpoint_at_start(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    from musicgen.studio.__main__ import main
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(tiny_ckpt.read_bytes()[:5000])
+    poisoned = _crafted(tiny_ckpt, tmp_path / "nan.pt",
+                        model_state=lambda s: {**s, "embed.weight": s["embed.weight"] * float("nan")})
+    for bad in (truncated, poisoned):
+        assert main(["--checkpoint", str(bad), "--port", "0", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: checkpoint {bad}") and "\n" not in err, err
+
+
+def test_hostile_studio_cleans_job_folders_of_killed_studios(tmp_path: Path, tiny_ckpt: Path, monkeypatch) -> None:
+    import os
+    import tempfile
+
+    from musicgen.studio import StudioConfig, create_app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f"musicgen-studio-{dead_pid}-abc123"
+    (stale / "out").mkdir(parents=True)
+    (stale / "prompt.mid").write_bytes(b"MThd")
+    live = tmp_path / f"musicgen-studio-{os.getppid()}-def456"  # a studio that still runs
+    live.mkdir()
+    other = tmp_path / "musicgen-studio-notapid"
+    other.mkdir()
+    create_app(StudioConfig(checkpoint=str(tiny_ckpt), device="cpu"))
+    assert not stale.exists() and live.exists() and other.exists()

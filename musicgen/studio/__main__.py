@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvicorn
 
-        from ..inference import resolve_checkpoint, resolve_device
+        from ..inference import load_checkpoint, resolve_checkpoint, resolve_device
+        from ..inference.loader import check_model_fits
         from .app import StudioConfig, create_app
     except ImportError as exc:
         print(f"error: the studio needs its extra packages ({exc.name} is missing): pip install -e '.[studio]'",
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         checkpoint = str(resolve_checkpoint(args.checkpoint))  # a clear error now, not at the first Generate
+        check_model_fits(load_checkpoint(checkpoint))  # damaged, crafted or NaN: refused now, not every job
         device = resolve_device(args.device)
         if args.max_upload_mb <= 0 or args.workers < 1 or args.max_bars < 1 or args.max_variations < 1:
             raise UserError("--max-upload-mb, --workers, --max-bars and --max-variations must be positive")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                               limits=Limits(args.max_bars, args.max_variations), host=args.host,
                               token=secrets.token_urlsafe(24), allowed_hosts=tuple(args.allow_host))
         app = create_app(config)
-    except (UserError, FileNotFoundError) as exc:
+    except (UserError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -37,13 +37,17 @@ from .. import __version__
 from ..config import UserError
 from . import audio
 from .guard import StudioGuard
-from .jobs import KINDS, Busy, JobManager
+from .jobs import KINDS, Busy, JobManager, clean_stale_folders
 from .params import FIELDS, Limits, build_options
 from .upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, check_midi, size_text, too_large
 
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {"studio.js": "text/javascript", "studio.css": "text/css", "favicon.svg": "image/svg+xml"}
 FORM_OVERHEAD = 64 * 1024  # the form's text fields and multipart boundaries, on top of the file itself
+#: the longest prompt the studio takes, in whole notes (bars of 4/4): with the longest piece it writes (512 bars
+#: of up to four whole notes) the result stays within what its piano roll and WAV reader (pretty_midi: 10 M
+#: ticks) accept; a longer one was refused only after generating
+STUDIO_MAX_PROMPT_WHOLE_NOTES = 2048
 LOG = logging.getLogger("musicgen.studio")
 
 
@@ -85,10 +89,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def complete_multipart(body: bytes, content_type: str) -> bool:
+    """Whether a multipart body ends with its closing boundary (`--<boundary>--`): a body cut off in transit
+    parsed "fine" and ran with default options."""
+    boundary = ""
+    for part in content_type.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "boundary":
+            boundary = value.strip().strip('"')
+    return bool(boundary) and body.rstrip(b"\r\n \t").endswith(b"--" + boundary.encode("latin-1") + b"--")
+
+
 def create_app(config: StudioConfig | None = None) -> Starlette:
     """The studio app; its job pool is started with the app and stopped (temporary folders deleted) with it."""
     config = config or StudioConfig()
     synth = audio.find_synth(config.soundfont)
+    for folder in clean_stale_folders():  # left by a studio that was killed
+        LOG.info("removed the job folder %s of a studio that no longer runs", folder)
     manager = JobManager(synth, workers=config.workers, keep=config.keep_jobs)
 
     async def page(request: Request) -> Response:
@@ -119,6 +136,9 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             return error("send the form as multipart/form-data (the page does this)", 415)
+        if content_type.startswith("multipart/form-data") and not complete_multipart(body, content_type):
+            return error("the form arrived incomplete (no closing boundary: the upload was cut off?); press "
+                         "Generate again")
         try:
             form = await Request(request.scope, replay).form(max_files=1, max_fields=len(FIELDS) + 4)
         except Exception as exc:  # malformed multipart, too many parts
@@ -131,7 +151,7 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
             data = await upload.read()
             await upload.close()
             try:
-                check_midi(data, prompt_name, config.max_upload_bytes)
+                check_midi(data, prompt_name, config.max_upload_bytes, max_whole_notes=STUDIO_MAX_PROMPT_WHOLE_NOTES)
             except UploadError as exc:
                 return error(str(exc), exc.status)
             prompt = data

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import shutil
 import tempfile
 import threading
 import time
@@ -38,6 +41,51 @@ from .roll import roll_data
 
 LOG = logging.getLogger("musicgen.studio")
 KINDS = {"mid": "audio/midi", "wav": "audio/wav", "json": "application/json"}
+#: job folders are `<temp>/musicgen-studio-<pid of the studio>-<random>`: a studio that was killed (no shutdown)
+#: leaves its folders behind, and the next studio deletes those of processes that no longer run
+FOLDER_PREFIX = "musicgen-studio-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_stale_folders(temp_root: str | Path | None = None) -> list[Path]:
+    """Delete the job folders of studios that no longer run (killed: SIGKILL, a crash); returns them."""
+    removed = []
+    root = Path(temp_root or tempfile.gettempdir())
+    for folder in root.glob(FOLDER_PREFIX + "*"):
+        match = re.match(re.escape(FOLDER_PREFIX) + r"(\d+)-", folder.name)
+        if not match or not folder.is_dir() or folder.is_symlink():
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def public_message(message: str, job: "Job") -> str:
+    """A job's error without server paths: the job folder's prompt becomes the uploaded file's name."""
+    prompt = str(job.folder / "prompt.mid")
+    message = message.replace(prompt, f"'{job.prompt_name}'" if job.prompt_name else "the prompt")
+    message = message.replace(str(job.folder), "<job folder>")
+    checkpoint = str(job.options.checkpoint or "")
+    if checkpoint and os.sep in checkpoint:
+        message = message.replace(checkpoint, Path(checkpoint).name)
+    return message
 
 
 class Cancelled(Exception):
@@ -113,7 +161,7 @@ class JobManager:
             pending = sum(1 for j in self._jobs.values() if not j.done)
         if pending >= self.max_pending:
             raise Busy(f"{pending} generations are already queued or running; try again when one has finished")
-        workdir = tempfile.TemporaryDirectory(prefix="musicgen-studio-", ignore_cleanup_errors=True)
+        workdir = tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-", ignore_cleanup_errors=True)
         try:
             prompt_path = None
             if prompt is not None:
@@ -178,10 +226,10 @@ class JobManager:
         except Cancelled:
             job.error, job.status = "the server stopped before this piece was finished", "error"
         except UserError as exc:  # the library's one-line message (a prompt it cannot read, a metre, memory ...)
-            job.error, job.status = str(exc), "error"
+            job.error, job.status = public_message(str(exc), job), "error"
         except Exception as exc:  # never take the server down; the page says what happened
             LOG.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            job.error, job.status = f"internal error: {type(exc).__name__}: {exc}", "error"
+            job.error, job.status = public_message(f"internal error: {type(exc).__name__}: {exc}", job), "error"
         finally:
             job.finished = time.time()
 

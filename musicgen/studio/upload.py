@@ -41,8 +41,10 @@ def check_size(n_bytes: int, limit: int, name: str = "the prompt") -> None:
         raise too_large(f"{name} is {size_text(n_bytes)}", limit)
 
 
-def check_midi(data: bytes, filename: str, limit: int = DEFAULT_MAX_UPLOAD_BYTES) -> int:
-    """Validate `data` as a MIDI file with notes; returns its note count, or raises UploadError saying why."""
+def check_midi(data: bytes, filename: str, limit: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_whole_notes: int | None = None) -> int:
+    """Validate `data` as a MIDI file with notes that spans less than `max_whole_notes` (default: the
+    tokenizer's limit); returns its note count, or raises UploadError saying why."""
     label = f"'{filename}'" if filename else "the prompt"
     check_size(len(data), limit, label)
     if not data:
@@ -66,4 +68,7 @@ def check_midi(data: bytes, filename: str, limit: int = DEFAULT_MAX_UPLOAD_BYTES
     span = midi_span_whole_notes(midi)
     if span >= MAX_WHOLE_NOTES:  # a few hundred bytes with huge gaps: refused now, not gigabytes later
         raise UploadError(f"{label}: {span_message(span)}")
+    if max_whole_notes is not None and span >= max_whole_notes:
+        raise UploadError(f"{label}: its last note starts {span:,.0f} whole notes (bars of 4/4) in; the studio "
+                          f"takes prompts of up to {max_whole_notes:,} (keep only the part to continue)")
     return notes
