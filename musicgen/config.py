@@ -52,6 +52,11 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
             print(f"error: {' '.join(message.split())}", file=sys.stderr)
             sys.exit(1)
+        except KeyboardInterrupt:  # Ctrl-C outside a loop that handles it (e.g. while preparing the data)
+            if os.environ.get("MUSICGEN_DEBUG"):
+                raise
+            print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+            sys.exit(128 + 2)
 
     return wrapper
 
@@ -64,10 +69,11 @@ def _is_hydra_override(arg: str) -> bool:
 def check_overrides(config_name: str, args: list[str]) -> None:
     """Compose `config_name` with the command line's overrides before Hydra does, so that a mistake is one
     `UserError` line instead of Hydra's 6-9 lines: an unknown key (`train.fo=1`), and a key added with `+`/`++`
-    that the config does not have (`+train.foo=1` would be accepted by Hydra and read by nothing). Command
-    lines with Hydra flags (`--multirun`, `-cn` ...) are left to Hydra."""
+    that the config does not have (`+train.foo=1` would be accepted by Hydra and read by nothing); and a run
+    folder (`hydra.run.dir`) that cannot be created (Hydra's OSError traceback). Command lines with Hydra flags
+    (`--multirun`, `-cn` ...) are left to Hydra."""
     overrides = [a for a in args if not _is_hydra_override(a)]
-    if not overrides or any(a.startswith("-") for a in args):
+    if any(a.startswith("-") for a in args):
         return
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -81,7 +87,8 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 if override.startswith("+") and OmegaConf.select(base, key, default=missing) is missing:
                     raise UserError(f"{override}: there is no option {key} (conf/{config_name}.yaml and its groups "
                                     "document every option; a + adds a key that nothing reads)")
-            compose(config_name, overrides=overrides)
+            full = compose(config_name, overrides=list(args), return_hydra_config=True)
+            run_dir = OmegaConf.select(full, "hydra.run.dir")
     except UserError:
         raise
     except Exception as exc:  # hydra.errors.ConfigCompositionException, OverrideParseException ...
@@ -94,6 +101,8 @@ def check_overrides(config_name: str, args: list[str]) -> None:
             bad = next((o for o in overrides if _unparsable(o)), None)
             text = f"{bad}: not a valid override ({text})" if bad else text
         raise UserError(text or type(exc).__name__) from None
+    if run_dir and str(run_dir) != ".":
+        check_writable_dir(str(run_dir), "hydra.run.dir")
 
 
 def _unparsable(override: str) -> bool:

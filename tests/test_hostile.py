@@ -864,3 +864,81 @@ def test_hostile_studio_cleans_job_folders_of_killed_studios(tmp_path: Path, tin
     other.mkdir()
     create_app(StudioConfig(checkpoint=str(tiny_ckpt), device="cpu"))
     assert not stale.exists() and live.exists() and other.exists()
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# (10) loose ends: signals while preparing, a read-only run folder
+# --------------------------------------------------------------------------------------------------------- #
+def _prepare_until_tokenizing(tmp_path: Path, pop909_dir: Path):
+    """`python -m musicgen.data.prepare` on POP909 with 2 workers, in its own session, once it is tokenizing:
+    (process, the stderr read so far)."""
+    import os
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "musicgen.data.prepare", f"data.root={pop909_dir}",
+                             f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=2"], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen, deadline = b"", time.time() + 120
+    while b"tokenize" not in seen:
+        assert proc.poll() is None and time.time() < deadline, seen[-2000:]
+        seen += proc.stderr.read() or b""
+        time.sleep(0.1)
+    time.sleep(1.0)
+    return proc, seen
+
+
+def _children_of(pid: int) -> list[int]:
+    from pathlib import Path as P
+
+    found = []
+    for stat in P("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_hostile_fault_ctrl_c_while_preparing_is_one_line(tmp_path: Path, pop909_dir: Path) -> None:
+    import os
+    import signal
+
+    proc, seen = _prepare_until_tokenizing(tmp_path, pop909_dir)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+    _, err = proc.communicate(timeout=120)
+    err = (seen + err).decode(errors="replace")
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "tokenize" not in line
+             and "<frozen runpy>" not in line]  # python -m's warning about musicgen.data importing prepare
+    assert lines == ["interrupted (Ctrl-C)"], lines
+
+
+def test_hostile_fault_sigterm_while_preparing_leaves_no_worker(tmp_path: Path, pop909_dir: Path) -> None:
+    """The parent ended by SIGTERM (or SIGKILL): its pool workers end with it instead of waiting forever."""
+    import os
+    import signal
+    import time
+
+    proc, _ = _prepare_until_tokenizing(tmp_path, pop909_dir)
+    workers = _children_of(proc.pid)
+    assert workers, "the pool has workers"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGTERM
+    deadline = time.time() + 30
+    while any(os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1][:3]
+              for pid in workers):
+        assert time.time() < deadline, "orphaned pool workers still run"
+        time.sleep(0.2)
+    proc.stderr.close()
+    proc.stdout.close()
+
+
+def test_hostile_fault_unwritable_run_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("in the way")
+    proc = run_cli([str(REPO / "train.py"), "logger=none", f"hydra.run.dir={tmp_path / 'file' / 'run'}"], tmp_path)
+    assert single_error_line(proc).startswith(f"error: hydra.run.dir={tmp_path / 'file' / 'run'}: not a folder")

@@ -10,10 +10,12 @@ their reason across runs. The whole preparation holds the cache's exclusive lock
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
+import signal
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +34,21 @@ _worker_tokenizer: REMITokenizer | None = None
 def _init_worker(tokenizer_cfg: dict[str, Any]) -> None:
     global _worker_tokenizer
     _worker_tokenizer = REMITokenizer(tokenizer_cfg)
+
+
+def _init_pool_worker(tokenizer_cfg: dict[str, Any]) -> None:
+    """A pool worker: Ctrl-C (sent to the whole process group) is the parent's to handle, so no worker prints
+    a KeyboardInterrupt traceback; and a worker dies with its parent (on Linux), instead of waiting forever
+    for work from a parent that a SIGTERM or SIGKILL has ended."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+    _init_worker(tokenizer_cfg)
 
 
 def _tokenize(source: SourceFile) -> tuple[str, np.ndarray | None, str]:
@@ -115,7 +132,7 @@ def _tokenize_in_workers(todo: list[SourceFile], workers: int, tokenizer_cfg: di
     pending, isolate = list(todo), False
     while pending:
         executor = ProcessPoolExecutor(1 if isolate else min(workers, len(pending)), mp_context=context,
-                                       initializer=_init_worker, initargs=(tokenizer_cfg,))
+                                       initializer=_init_pool_worker, initargs=(tokenizer_cfg,))
         broken, done = False, set()
         try:
             futures = {executor.submit(_tokenize, source): source for source in pending}
