@@ -942,3 +942,27 @@ def test_hostile_fault_unwritable_run_folder_is_one_line(tmp_path: Path) -> None
     (tmp_path / "file").write_text("in the way")
     proc = run_cli([str(REPO / "train.py"), "logger=none", f"hydra.run.dir={tmp_path / 'file' / 'run'}"], tmp_path)
     assert single_error_line(proc).startswith(f"error: hydra.run.dir={tmp_path / 'file' / 'run'}: not a folder")
+
+
+def test_hostile_fault_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path: Path, pop909_dir: Path) -> None:
+    """A save that fails half-way (RLIMIT_FSIZE for a full disk) is one line naming the file, not torch's
+    `[enforce fail at inline_container.cc:672]`, and no half checkpoint or temp file is left."""
+    from musicgen.data import prepare_corpus
+
+    root = _pop_corpus(tmp_path / "pop", pop909_dir)
+    prepare_corpus(_data_cfg(root, tmp_path / "cache"), {}, progress=False)
+    script = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (200000, 200000)); sys.argv = sys.argv[1:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+    ckpt = tmp_path / "ckpt"
+    proc = run_cli(["-c", script, str(REPO / "train.py"), f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+                    "data.num_workers=1", "model.n_layers=2", "model.d_model=64", "model.n_heads=2",
+                    "model.d_ff=128", "train.seq_len=32", "train.batch_size=2", "train.max_steps=2",
+                    "train.val_every=100", "train.ckpt_every=1", "train.warmup_steps=1", "logger=none",
+                    "device=cpu", f"train.ckpt_dir={ckpt}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [part for line in proc.stderr.replace("\r", "\n").splitlines() for part in line.split("error: ")[1:]]
+    assert len(lines) == 1, proc.stderr[-3000:]  # one error (the progress bar of the steps aside)
+    line = lines[0]
+    assert "File too large while writing" in line and str(ckpt) in line and "enforce fail" not in line, line
+    assert not list(ckpt.glob("*.pt")) and not list(ckpt.glob(".*.tmp-*"))
