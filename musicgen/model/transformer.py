@@ -169,12 +169,13 @@ class BlockStepPlan:
     gelu: str
     local: LocalStepPlan | None = None
 
-    def __call__(self, x: Tensor, position: int | Tensor) -> Tensor:
+    def __call__(self, x: Tensor, position: int | Tensor, rotation: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``rotation``: the local windows' rotary factors at ``position`` (:meth:`LocalStepPlan.rotation`)."""
         width = (x.shape[1],)
         h = F.layer_norm(x, width, *self.ln1[:2], self.ln1[2])
         a = self.attn(h)
         if self.local is not None:
-            a = a + self.local(h, int(position))
+            a = a + self.local(h, int(position), rotation or self.local.rotation(int(position)))
         x = x + a
         y = F.layer_norm(x, width, *self.ln2[:2], self.ln2[2])
         y = F.gelu(linear_t(y, self.ff1_w, self.ff1_b), approximate=self.gelu)
@@ -432,8 +433,10 @@ class MusicTransformer(nn.Module):
             x = x + self.ape(pos).to(x.dtype)
         for codes in plan.codes:  # SPE codes at n, once per code generator for all the layers using it
             codes.advance(position)
+        local = next((blk.local for blk in plan.blocks if blk.local is not None), None)
+        rotation = local.rotation(int(position)) if local is not None else None  # once for all the windows
         for blk in plan.blocks:
-            x = blk(x, position)
+            x = blk(x, position, rotation)
         y = F.layer_norm(x, (x.shape[1],), *plan.lnf[:2], plan.lnf[2])
         return torch.mm(y, plan.head)
 
