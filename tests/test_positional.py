@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from musicgen.evaluation.positional import parameter_movement, positional_kernels, recent_attention_share
 from musicgen.model import build_model
-from musicgen.inference.parameters import is_positional, positional_parameters
+from musicgen.inference.parameters import positional_names, positional_names_of_config, positional_parameters
 from musicgen.training.optim import make_optimizer
 
 VOCAB = 40
@@ -29,7 +29,7 @@ def _model(**attention) -> torch.nn.Module:
 
 def test_positional_group_has_no_weight_decay_and_scaled_lr() -> None:
     model = _model()
-    names = [n for n, _ in model.named_parameters() if is_positional(n)]
+    names = sorted(positional_names(model))
     assert any(n.endswith("freqs") for n in names) and any(n.endswith("spe.gate") for n in names)
     assert any(n.endswith("decay.log_tau") for n in names) and not any("qkv" in n for n in names)
     opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), pe_lr_scale=10.0)
@@ -38,6 +38,22 @@ def test_positional_group_has_no_weight_decay_and_scaled_lr() -> None:
     assert len(group["params"]) == len(names)
     with pytest.raises(ValueError, match="pe_lr_scale"):
         make_optimizer(model, 1e-3, 0.1, (0.9, 0.98), pe_lr_scale=0)
+
+
+@pytest.mark.parametrize("preset", ["spe_sine_gated_decay", "spe_sine_gated_decay_local", "spe_conv_gated", "spe_sine",
+                                    "ape", "softmax"])
+def test_positional_parameters_are_declared_by_their_modules(preset: str) -> None:
+    """The modules' declarations give exactly the parameters the name fragments used to pick (code_generators.,
+    .spe., .decay.), also on the meta device (exports); the local window's are not positional."""
+    from musicgen.model.config import load_preset
+
+    cfg = {**load_preset(preset), "vocab_size": VOCAB}
+    model = build_model(cfg, VOCAB)
+    by_fragment = {n for n, _ in model.named_parameters()
+                   if any(m in n for m in ("code_generators.", ".spe.", ".decay."))}
+    assert positional_names(model) == by_fragment
+    assert positional_names_of_config(cfg) == by_fragment
+    assert not any(".local." in n for n in positional_names(model))
 
 
 def _train(model, steps: int, pe_lr_scale: float) -> None:

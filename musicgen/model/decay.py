@@ -36,6 +36,9 @@ def initial_time_constants(n_heads: int, tau_min: float, tau_max: float) -> Tens
 class AttentionDecay(nn.Module):
     """Per-head decay rates of one attention layer: ``log_tau`` is a parameter (learned) or a buffer (fixed)."""
 
+    #: every parameter of this module is positional (MusicTransformer.positional_parameter_names)
+    holds_positional_parameters = True
+
     def __init__(self, n_heads: int, mode: str, tau_min: float, tau_max: float) -> None:
         super().__init__()
         if mode not in ("fixed", "learned"):

@@ -54,6 +54,9 @@ class SineSPE(nn.Module):
     depend on n and m separately.) Both codes are scaled by (R d)^(-1/4).
     """
 
+    #: every parameter of this module is positional (MusicTransformer.positional_parameter_names)
+    holds_positional_parameters = True
+
     def __init__(self, n_heads: int, head_dim: int, realizations: int, sines: int) -> None:
         super().__init__()
         self.n_heads, self.head_dim = n_heads, head_dim
@@ -219,6 +222,9 @@ class ConvSPE(nn.Module):
     sum_j wq[j] wk[j + n - m], depends only on n - m.
     """
 
+    #: every parameter of this module is positional (MusicTransformer.positional_parameter_names)
+    holds_positional_parameters = True
+
     def __init__(self, n_heads: int, head_dim: int, realizations: int, kernel_size: int) -> None:
         super().__init__()
         self.n_heads, self.head_dim = n_heads, head_dim
@@ -325,6 +331,9 @@ class SPEFilter(nn.Module):
     it is applied to q and k instead of the (large, shared) codes:
     qhat = (sqrt(1-g) q)·Qbar + (sqrt(g) q)·eps.
     """
+
+    #: every parameter of this module is positional (MusicTransformer.positional_parameter_names)
+    holds_positional_parameters = True
 
     def __init__(self, n_heads: int, head_dim: int, realizations: int, gated: bool) -> None:
         super().__init__()

@@ -259,6 +259,14 @@ class MusicTransformer(nn.Module):
         with torch.no_grad():
             self.embed.weight[0].zero_()
 
+    def positional_parameter_names(self) -> set[str]:
+        """Names of the positional parameters (SPE code generators and filters, attention decay rates), as the
+        modules that own them declare (``holds_positional_parameters``): the optimizer gives them their own
+        group, exports keep them fp32 and the diagnostics follow them, whatever their attributes are called."""
+        return {f"{prefix}.{name}" if prefix else name
+                for prefix, module in self.named_modules() if getattr(module, "holds_positional_parameters", False)
+                for name, _ in module.named_parameters()}
+
     def _device(self) -> torch.device:
         return self.embed.weight.device
 

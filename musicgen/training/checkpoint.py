@@ -45,10 +45,11 @@ def export_inference_checkpoint(src: str | Path, dst: str | Path, half: bool = T
     phase error of 1.6 rad at lag 20,000, and a decay rate near 1 rounds to a different time constant.
     Their starting values (``positional_init``) are kept for the diagnostics.
     """
-    from ..inference.parameters import is_positional
+    from ..inference.parameters import positional_names_of_config
 
     ckpt = load_checkpoint(src)
-    state = {k: (v.half() if half and torch.is_floating_point(v) and not is_positional(k) else v).contiguous()
+    keep_fp32 = positional_names_of_config(ckpt.model_config)
+    state = {k: (v.half() if half and torch.is_floating_point(v) and k not in keep_fp32 else v).contiguous()
              for k, v in ckpt.model_state.items()}
     keep = {k: v for k, v in ckpt.training_state.items() if k == "positional_init"}
     save_checkpoint(dst, model_config=ckpt.model_config, model_state=state, vocab=ckpt.vocab, config=ckpt.config,

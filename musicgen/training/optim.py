@@ -17,17 +17,17 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..inference.parameters import is_positional
+from ..inference.parameters import positional_names
 
 __all__ = ["make_optimizer"]
 
 
-def _groups(named: Iterable[tuple[str, nn.Parameter]]) -> tuple[list, list, list]:
+def _groups(named: Iterable[tuple[str, nn.Parameter]], positional_set: set[str]) -> tuple[list, list, list]:
     matrices, others, positional = [], [], []
     for name, p in named:
         if not p.requires_grad:
             continue
-        if is_positional(name):
+        if name in positional_set:
             positional.append(p)
         elif p.dim() >= 2:
             matrices.append(p)
@@ -42,7 +42,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
     ``pe_lr_scale`` x lr (the scheduler's warm-up and cosine apply to every group alike)."""
     if pe_lr_scale <= 0:
         raise ValueError(f"train.pe_lr_scale={pe_lr_scale}: must be > 0")
-    matrices, others, positional = _groups(model.named_parameters())
+    matrices, others, positional = _groups(model.named_parameters(), positional_names(model))
     groups = [{"params": matrices, "weight_decay": weight_decay, "name": "matrices"},
               {"params": others, "weight_decay": 0.0, "name": "other"}]
     if positional:
