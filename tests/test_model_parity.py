@@ -144,3 +144,39 @@ def test_decay_changes_the_model_and_learned_rates_get_gradients() -> None:
     b.logsumexp(-1).sum().backward()
     for blk in decayed.blocks:
         assert blk.attn.decay.log_tau.grad is not None and blk.attn.decay.log_tau.grad.abs().min() > 0
+
+
+@pytest.mark.parametrize("name", ["spe_sine_gated-performer", "spe_sine_gated-elu-decay", "none-elu", "softmax-ape",
+                                  "ape_sinusoidal-performer-decay", "spe_sine-unshared", "local_window"])
+def test_prefill_in_chunks_matches_one_pass(name: str) -> None:
+    """A prompt read in chunks (each continuing the state of the one before: bounded memory for any prompt
+    length) gives the one-pass logits of its last chunk and a state that continues identically."""
+    over = {**CASES[name]} if name in CASES else {"attention__feature_map": "elu", "attention__decay": "learned",
+                                                    "attention__local_window": 12}
+    torch.manual_seed(0)
+    model = build_model(small_cfg(**over), VOCAB).eval()
+    if name == "local_window":
+        with torch.no_grad():
+            for blk in model.blocks:
+                blk.local.proj.weight.normal_(0.0, 0.3)
+    assert model.prefills_in_chunks()
+    x = torch.randint(1, VOCAB, (2, 90))
+    with torch.no_grad():
+        ref = model(x, generator=torch.Generator().manual_seed(3))
+        logits, state = model.prefill(x[:, :70], generator=torch.Generator().manual_seed(3), chunk=16)
+        assert logits.shape[1] == 70 - 64  # the last chunk's positions
+        outs = [logits]
+        for i in range(70, 90):
+            lo, state = model.step(x[:, i], state)
+            outs.append(lo[:, None])
+    assert (torch.cat(outs, 1) - ref[:, 64:]).abs().max().item() < 1e-4
+
+
+def test_prefill_in_chunks_is_refused_where_codes_cannot_start_anywhere() -> None:
+    """ConvSPE's noise stream runs from position 0: such a model reads its prompt in one pass, as before."""
+    model = build_model(small_cfg(**CASES["spe_conv_gated-performer"]), VOCAB).eval()
+    assert not model.prefills_in_chunks()
+    x = torch.randint(1, VOCAB, (1, 40))
+    with torch.no_grad():
+        logits, state = model.prefill(x, generator=torch.Generator().manual_seed(1), chunk=16)
+    assert logits.shape[1] == 40 and state.position == 40

@@ -114,13 +114,22 @@ class CausalSelfAttention(nn.Module):
         codes: tuple[Tensor, Tensor] | None,
         noise: LayerNoise,
         return_state: bool = False,
+        initial: object | None = None,
     ) -> Tensor | tuple[Tensor, object]:
-        """x (B, L, D) -> (B, L, D); with ``return_state`` also the recurrent state after x."""
+        """x (B, L, D) -> (B, L, D); with ``return_state`` also the recurrent state after x. ``initial``: the state
+        returned for the tokens before x (a prompt prefilled in chunks): linear, the (B, H, F, D+1) state;
+        softmax, the keys and values so far."""
         q, k, v = self._project(x, codes, noise)
         if self.kind == "softmax":
             if self.probe is not None:
                 self.probe.append(("softmax", q.detach(), k.detach(), None))
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if initial is None:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                pk, pv = initial  # type: ignore[misc]
+                k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+                seen = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(pk.shape[2])
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
             state: object = (k, v)
         else:
             fq = self.feature_map(q, noise.features, is_query=True)
@@ -129,7 +138,8 @@ class CausalSelfAttention(nn.Module):
                 lg = self.log_gamma()
                 self.probe.append(("linear", fq.detach(), fk.detach(), None if lg is None else lg.detach()))
             out, state = causal_linear_attention(
-                fq, fk, v, self.chunk_size, self.backend, return_state=True, log_gamma=self.log_gamma()
+                fq, fk, v, self.chunk_size, self.backend, return_state=True, log_gamma=self.log_gamma(),
+                initial=initial,  # type: ignore[arg-type]
             )
         y = self._merge(out, v)
         return (y, state) if return_state else y

@@ -45,12 +45,6 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).to(x.dtype)
 
 
-def band_mask(length: int, window: int, device: torch.device) -> Tensor:
-    """(L, L) bool: query i sees key j when 0 <= i - j < window."""
-    lag = torch.arange(length, device=device)[:, None] - torch.arange(length, device=device)[None, :]
-    return (lag >= 0) & (lag < window)
-
-
 class LocalAttention(nn.Module):
     """Causal softmax attention over the last ``window`` tokens, ``heads`` heads of ``head_dim``."""
 
@@ -73,20 +67,28 @@ class LocalAttention(nn.Module):
         cos, sin = rotary_tables(positions, self.head_dim)
         return rotate(q, cos, sin), rotate(k, cos, sin), v
 
-    def forward(self, x: Tensor, return_state: bool = False) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x (B, L, D) -> (B, L, D); with ``return_state`` also the (rotated) keys and values of the last
-        ``window`` positions, to continue from (:meth:`init_cache`)."""
+    def forward(self, x: Tensor, return_state: bool = False, prefix: tuple[Tensor, Tensor] | None = None,
+                start: int = 0) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (B, L, D) at positions start..start+L-1 -> (B, L, D); with ``return_state`` also the (rotated) keys
+        and values of the last ``window`` positions, to continue from (:meth:`init_cache`, or ``prefix`` of the
+        next chunk of a prompt prefilled in chunks)."""
         b, length, _ = x.shape
-        q, k, v = self._qkv(x, torch.arange(length, device=x.device))
-        if length <= self.window:
+        q, k, v = self._qkv(x, torch.arange(start, start + length, device=x.device))
+        before = 0
+        if prefix is not None:
+            before = prefix[0].shape[2]
+            k, v = torch.cat([prefix[0].to(k.dtype), k], dim=2), torch.cat([prefix[1].to(v.dtype), v], dim=2)
+        if before == 0 and length <= self.window:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(length, self.window, x.device))
+            lag = (torch.arange(length, device=x.device)[:, None] + before
+                   - torch.arange(before + length, device=x.device)[None, :])
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < self.window))
         y = self.proj(out.transpose(1, 2).reshape(b, length, self.heads * self.head_dim))
         if not return_state:
             return y
-        keep = min(length, self.window)
-        return y, (k[:, :, length - keep:], v[:, :, length - keep:])
+        keep = min(k.shape[2], self.window)
+        return y, (k[:, :, k.shape[2] - keep:], v[:, :, k.shape[2] - keep:])
 
     # recurrent form: a ring buffer of the last `window` keys and values --------------------------------
     def init_cache(self, batch_size: int, device: torch.device, prefix: tuple[Tensor, Tensor] | None = None,

@@ -115,8 +115,11 @@ class SineSPE(nn.Module):
         return torch.einsum("hljd,hdjr->lhdr", omega, mq), torch.einsum("hljd,hdjr->lhdr", omega, mk)
 
     # uniform interface used by the model -------------------------------------------------
-    def codes(self, noise: Tensor, length: int, chunk: int | None = None) -> SineCodes:
-        """Codes for positions 0..L-1 in factorised, chunked form (:mod:`.sine_filter`): local
+    #: codes can start at any position (:meth:`codes` ``start``): a prompt can be prefilled in chunks
+    continues_codes = True
+
+    def codes(self, noise: Tensor, length: int, chunk: int | None = None, start: int = 0) -> SineCodes:
+        """Codes for positions start..start+L-1 in factorised, chunked form (:mod:`.sine_filter`): local
         query/key bases for one chunk and rotated noise per chunk; never (L, H, d, R) tensors."""
         device = self.freqs.device
         chunk = max(1, min(SINE_CHUNK if chunk is None else chunk, length))
@@ -127,7 +130,7 @@ class SineSPE(nn.Module):
              torch.cat([torch.cos(local), torch.sin(local)], dim=2)],
             dim=1,
         )  # (H, 2, C, 2K, d)
-        offsets = self._phase(torch.arange(0, length, chunk, device=device)).transpose(0, 1)  # (n, H, K, d)
+        offsets = self._phase(torch.arange(start, start + length, chunk, device=device)).transpose(0, 1)  # (n, H, K, d)
         _, mk = self._mixing(noise)  # (H, d, 2K, R): the key mixing is the plain (scaled) noise
         weights = rotate_chunks(mk.transpose(1, 2), torch.cos(offsets), torch.sin(offsets))
         return SineCodes(omega, weights)

@@ -31,6 +31,19 @@ from .spe import build_code_generator
 __all__ = ["MusicTransformer", "GenerationState", "build_model"]
 
 
+#: prompts longer than this many tokens are prefilled in chunks of it (:meth:`MusicTransformer.prefill`)
+PREFILL_CHUNK = 4096
+
+
+def _detach_state(state: Any) -> Any:
+    """A layer's prefill state as an owned copy (tensors cloned, tuples kept), so a chunk's buffers can go."""
+    if isinstance(state, Tensor):
+        return state.clone()
+    if isinstance(state, tuple):
+        return tuple(_detach_state(s) for s in state)
+    return state
+
+
 @dataclass
 class GenerationState:
     """Recurrent state of a batch of sequences being generated.
@@ -96,14 +109,17 @@ class Block(nn.Module):
         """The two Linear layers that write into the residual stream (scaled at initialisation)."""
         return self.attn.proj, self.ff[2]
 
-    def forward(self, x: Tensor, codes, noise: LayerNoise, return_state: bool = False):
+    def forward(self, x: Tensor, codes, noise: LayerNoise, return_state: bool = False, initial: object | None = None,
+                start: int = 0):
+        """``initial``: the state :meth:`forward` returned for the tokens before x, which start at ``start``."""
         h = self.ln1(x)
-        a = self.attn(h, codes, noise, return_state=return_state)
+        attn_initial, local_prefix = initial if (initial is not None and self.local is not None) else (initial, None)
+        a = self.attn(h, codes, noise, return_state=return_state, initial=attn_initial)
         state = None
         if return_state:
             a, state = a
         if self.local is not None:
-            la = self.local(h, return_state=return_state)
+            la = self.local(h, return_state=return_state, prefix=local_prefix, start=start)
             if return_state:
                 la, local_state = la
                 state = (state, local_state)
@@ -289,19 +305,32 @@ class MusicTransformer(nn.Module):
         return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
 
     # parallel form ----------------------------------------------------------------------
-    def _run(self, tokens: Tensor, code_noise, layer_noise, return_state: bool):
+    def _run(self, tokens: Tensor, code_noise, layer_noise, return_state: bool, start: int = 0,
+             initial: list | None = None):
+        """The parallel form over tokens at positions start..start+L-1, continuing the per-layer ``initial``
+        states (those it returned for the tokens before; None from the start)."""
         length = tokens.shape[1]
-        x = self._embed(tokens, torch.arange(length, device=tokens.device))
-        codes = [g.codes(n, length) for g, n in zip(self.code_generators, code_noise)]
+        x = self._embed(tokens, torch.arange(start, start + length, device=tokens.device))
+        codes = [g.codes(n, length, start=start) if start else g.codes(n, length)
+                 for g, n in zip(self.code_generators, code_noise)]
         states = []
         for i, blk in enumerate(self.blocks):
             c = codes[self._gen_index(i)] if codes else None
+            before = initial[i] if initial is not None else None
             if return_state:
-                x, st = blk(x, c, layer_noise[i], return_state=True)
+                x, st = blk(x, c, layer_noise[i], return_state=True, initial=before, start=start)
                 states.append(st)
             else:
-                x = blk(x, c, layer_noise[i])
+                x = blk(x, c, layer_noise[i], initial=before, start=start)
         return self._logits(x), states
+
+    def prefills_in_chunks(self) -> bool:
+        """Whether a long prompt can be read in chunks (every code generator can start anywhere; ConvSPE's
+        noise stream cannot, and learned absolute positions stop at their table)."""
+        from .embeddings import LearnedPositions
+
+        return (all(getattr(g, "continues_codes", False) for g in self.code_generators)
+                and not isinstance(self.ape, LearnedPositions))
 
     def forward(self, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """tokens (B, L) -> logits (B, L, V). ``generator`` seeds SPE noise / performer features."""
@@ -334,17 +363,29 @@ class MusicTransformer(nn.Module):
 
     @torch.no_grad()
     def prefill(
-        self, tokens: Tensor, generator: torch.Generator | None = None, max_len: int | None = None
+        self, tokens: Tensor, generator: torch.Generator | None = None, max_len: int | None = None,
+        chunk: int = PREFILL_CHUNK,
     ) -> tuple[Tensor, GenerationState]:
-        """Run the parallel form on a prompt (B, L) and return (logits (B, L, V), state at L).
+        """Run the parallel form on a prompt (B, L) and return (logits (B, L', V), state at L).
 
         Equivalent to ``init_state`` + L calls to ``step`` (same draws), but at training speed:
-        use it to continue a prompt.
+        use it to continue a prompt. A prompt longer than ``chunk`` tokens is read ``chunk`` tokens at a time,
+        each continuing the state of the one before, so its memory does not grow with its length (the product
+        promises constant memory); then L' = the last chunk's length (the logits of the last positions). A
+        softmax model's KV cache still grows, and ConvSPE / learned positions read the prompt in one pass.
         """
         device = tokens.device
         code_noise, layer_noise = self._draw(generator, device, training=False)
-        logits, states = self._run(tokens, code_noise, layer_noise, return_state=True)
         b, length = tokens.shape
+        if length <= chunk or not self.prefills_in_chunks():
+            logits, states = self._run(tokens, code_noise, layer_noise, return_state=True)
+        else:
+            states = None
+            for start in range(0, length, chunk):
+                logits, states = self._run(tokens[:, start:start + chunk], code_noise, layer_noise,
+                                           return_state=True, start=start, initial=states)
+                if self.cfg.attention.kind == "linear":  # the kernel's state is a view into a per-chunk buffer
+                    states = [_detach_state(st) for st in states]
         cap = max(int(max_len or self.cfg.pe.max_len), length)
         return logits, GenerationState(
             position=length,
