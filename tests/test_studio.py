@@ -202,6 +202,14 @@ def test_page_and_assets_are_served_by_the_app_no_cdn(tiny_checkpoint: Path) -> 
         assert "https://" not in html and "http://" not in html
         status, info = request(base + "api/info")
         assert status == 200 and info["checkpoint"] == "tiny.pt" and info["synthesis"]
+        # the page's initial values come from the options' one source, and the page does not repeat them
+        from musicgen.generation.sampling import SamplingConfig
+
+        assert info["defaults"]["top_p"] == SamplingConfig.top_p
+        assert info["defaults"]["tonal_memory"] == SamplingConfig.tonal_memory
+        for name in info["defaults"]:
+            tag = html[html.index(f'id="{name}"') - 80: html.index(f'id="{name}"') + 200].split(">")[0]
+            assert "<input" not in tag or " value=" not in tag, f"the page hard-codes {name}"
         status, answer = request(base + "static/../app.py")
         assert status == 404 and answer["error"]
 

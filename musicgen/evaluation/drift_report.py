@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..generation.sampling import SamplingConfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ class DriftReport:
 
 
 def drift_report(model: Any, tokens: int, *, samples: int = 4, window: int = 1000, seed: int = 1234,
-                 device: str = "auto", temperature: float = 1.0, top_p: float = 1.0,
+                 device: str = "auto", temperature: float = SamplingConfig.temperature,
+                 top_p: float = SamplingConfig.top_p,
                  output_dir: str | Path | None = None, progress: bool = False) -> DriftReport:
     """Generate `samples` pieces of exactly `tokens` tokens (no EOS) and compute window statistics on each.
 

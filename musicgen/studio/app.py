@@ -38,7 +38,7 @@ from ..config import UserError
 from . import audio
 from .guard import StudioGuard
 from .jobs import KINDS, Busy, JobManager, clean_stale_folders
-from .params import FIELDS, Limits, build_options
+from .params import FIELDS, Limits, build_options, form_defaults
 from .upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, check_midi, size_text, too_large
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -122,6 +122,7 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
             "version": __version__, "checkpoint": Path(config.checkpoint).name, "synthesis": synth.describe(),
             "uses_fluidsynth": synth.uses_fluidsynth, "max_upload_bytes": config.max_upload_bytes,
             "limits": asdict(config.limits), "workers": config.workers, "fields": list(FIELDS),
+            "defaults": form_defaults(),
         })
 
     async def create_job(request: Request) -> Response:

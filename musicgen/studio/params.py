@@ -13,12 +13,25 @@ from typing import Mapping
 
 from ..config import UserError
 from ..generation.options import GenerateOptions
+from ..generation.controls import ControlConfig
 from ..generation.sampling import SamplingConfig
 
 #: fields the page may send (the prompt file comes separately)
 FIELDS = ("prompt_bars", "prompt_time_signature", "include_prompt", "bars", "allow_eos", "temperature", "top_p",
           "seed", "num_samples", "chords", "chord_tones", "bpm", "time_signature", "density", "key", "tonal_memory")
 #: a rough count of tokens per bar of the shipped model (4/4, no density control), only for the progress bar
+#: the page's lengths (a studio sketches short variations; the CLI's own defaults are in conf/generate.yaml)
+STUDIO_BARS, STUDIO_VARIATIONS, STUDIO_PROMPT_BARS = 8, 2, 4
+
+
+def form_defaults() -> dict[str, object]:
+    """The form's initial values, served by ``/api/info`` and filled in by the page: one source for each (the
+    option dataclasses; the studio's own lengths above), also used for a field left blank."""
+    return {"temperature": SamplingConfig.temperature, "top_p": SamplingConfig.top_p,
+            "tonal_memory": SamplingConfig.tonal_memory, "chord_tones": ControlConfig.chord_tones,
+            "bars": STUDIO_BARS, "num_samples": STUDIO_VARIATIONS, "prompt_bars": STUDIO_PROMPT_BARS}
+
+
 TOKENS_PER_BAR = 45
 DENSITY_TOKENS = {"low": 0.5, "medium": 1.0, "high": 2.2}
 #: with `bars` set, the token cap must not cut a long piece short: room for dense bars
@@ -58,15 +71,16 @@ def build_options(form: Mapping[str, str], prompt_path: str | None, checkpoint: 
     if unknown:
         raise UserError(f"unknown form field(s): {', '.join(unknown)}")
     get = {name: _blank(form.get(name)) for name in FIELDS}
-    bars = get["bars"] or "8"
+    default = form_defaults()
+    bars = get["bars"] or str(default["bars"])
     values: dict[str, object] = {
         "checkpoint": checkpoint, "device": device, "bars": bars, "progress": False, "pianoroll": False,
         "render": "none", "name": "variation",
-        "temperature": get["temperature"] or "1.0", "top_p": get["top_p"] or SamplingConfig.top_p,
-        "num_samples": get["num_samples"] or "1", "seed": get["seed"],
-        "chords": get["chords"], "chord_tones": get["chord_tones"] or "only", "bpm": get["bpm"],
+        "temperature": get["temperature"] or default["temperature"], "top_p": get["top_p"] or default["top_p"],
+        "num_samples": get["num_samples"] or default["num_samples"], "seed": get["seed"],
+        "chords": get["chords"], "chord_tones": get["chord_tones"] or default["chord_tones"], "bpm": get["bpm"],
         "time_signature": get["time_signature"], "density": get["density"], "key": get["key"],
-        "tonal_memory": get["tonal_memory"] or SamplingConfig.tonal_memory,
+        "tonal_memory": get["tonal_memory"] or default["tonal_memory"],
         "include_prompt": _flag("include_prompt", form.get("include_prompt"), True),
         "allow_eos": _flag("allow_eos", form.get("allow_eos"), True),
     }

@@ -31,6 +31,11 @@ async function loadInfo() {
   $("synth").textContent = info.synthesis || "?";
   if (info.max_upload_bytes) maxUpload = info.max_upload_bytes;
   if (info.limits) { $("bars").max = info.limits.max_bars; $("num_samples").max = info.limits.max_variations; }
+  // the form's initial values come from the server (one source: the option dataclasses)
+  for (const [name, value] of Object.entries(info.defaults || {})) {
+    const input = $(name);
+    if (input && input.value === "") input.value = value;
+  }
 }
 
 // --- the piano roll --------------------------------------------------------------------------------------
