@@ -40,8 +40,9 @@ from musicgen.inference import CHECKPOINT_FORMAT, file_sha256, load_checkpoint, 
 from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenizerConfig, TokenType
 from musicgen.training.checkpoint import save_checkpoint
-from musicgen.training.trainer import (CheckpointDirLock, _set_rng_state, run_training,
-                                       validate_train_config)
+from musicgen.training.rng import set_rng_state
+from musicgen.training.rundir import CheckpointDirLock
+from musicgen.training.trainer import run_training, validate_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
@@ -361,7 +362,7 @@ def test_fault_older_checkpoint_with_numpy_rng_state_still_resumes(used_ckpt_dir
     ckpt = load_checkpoint(tmp_path / "old.pt")
     np.random.seed(0)
     random.seed(0)
-    _set_rng_state(ckpt.training_state["rng"][0])
+    set_rng_state(ckpt.training_state["rng"][0])
     assert np.random.random() == expected_np and random.random() == expected_py
     # Any other numpy object is still refused.
     data["model_state"] = {"w": np.zeros(3)}

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +28,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..data import Augmenter, RandomCrops, SequentialCrops, TokenCache, prepare_corpus
-from ..config import UserError, make_dir
 from ..evaluation.likelihood import NATS_PER_BIT, extrapolation_edges, position_nll
 from ..inference import Checkpoint, load_checkpoint
 from ..model import build_model
@@ -42,7 +37,10 @@ from .loggers import RunLogger
 from ..inference.parameters import positional_parameters
 from .optim import make_optimizer
 from .options import TrainOptions
+from .rng import rng_state, seed_everything, set_rng_state
+from .rundir import ckpt_dir_of, guard_checkpoint_dir, resume_path
 from .schedule import warmup_cosine
+from .signals import StopFlag
 
 
 @dataclass
@@ -63,215 +61,10 @@ class TrainResult:
         return int(getattr(signal, self.stop_reason)) if self.stop_reason.startswith("SIG") else None
 
 
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes the current step, saves, and exits."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.raised = True
-        self.signum = signum
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "a signal"
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def batch_indices(step: int, micro: int, grad_accum: int, batch_size: int, rank: int, world: int) -> list[int]:
     """Crop numbers for one micro-batch: disjoint across ranks and steps, a pure function of the step."""
     base = ((step * grad_accum + micro) * world + rank) * batch_size
     return list(range(base, base + batch_size))
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG state as tensors and plain lists, so the checkpoint loads with `weights_only=True`."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "python": {"version": int(version), "internal": [int(x) for x in internal], "gauss": gauss}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of `_rng_state`; also reads the tuples of older checkpoints (np.random.get_state() as saved)."""
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    if isinstance(numpy_state, dict):
-        keys = numpy_state["keys"]
-        keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
-        numpy_state = (numpy_state["kind"], keys.astype(np.uint32), int(numpy_state["pos"]),
-                       int(numpy_state["has_gauss"]), float(numpy_state["cached_gaussian"]))
-    np.random.set_state(numpy_state)
-    python_state = state["python"]
-    if isinstance(python_state, dict):
-        python_state = (python_state["version"], tuple(python_state["internal"]), python_state["gauss"])
-    else:
-        python_state = (python_state[0], tuple(python_state[1]), python_state[2])
-    random.setstate(python_state)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-
-
-def _resume_mode(resume: Any) -> str | Path:
-    """train.resume as "false" | "true" | "auto" | a checkpoint Path."""
-    if resume in (None, False) or str(resume).lower() in ("false", "none", "null", ""):
-        return "false"
-    if resume is True or str(resume).lower() == "true":
-        return "true"
-    if str(resume).lower() == "auto":
-        return "auto"
-    return Path(str(resume)).expanduser()
-
-
-def _resume_path(opts: TrainOptions, ckpt_dir: Path) -> Path | None:
-    """The checkpoint this run continues, or None for a fresh run (see `options.RESUME_CHOICES`).
-
-    train.resume=true with no last.pt is an error, never a silent fresh start: a typo in train.ckpt_dir (or a
-    kill before the first save) would otherwise start from step 0 and overwrite a good best.pt.
-    """
-    mode = _resume_mode(opts.resume)
-    last = ckpt_dir / "last.pt"
-    if mode == "false":
-        return None
-    if mode == "true":
-        if not last.is_file():
-            raise UserError(f"train.resume=true: nothing to resume, {last} does not exist (check train.ckpt_dir; "
-                            "train.resume=auto starts a fresh run when there is no last.pt)")
-        return last
-    if mode == "auto":
-        return last if last.is_file() else None
-    if not mode.is_file():
-        raise FileNotFoundError(f"train.resume={opts.resume}: no such checkpoint")
-    return mode
-
-
-def ckpt_dir_of(opts: TrainOptions, run_dir: Path) -> Path:
-    """Where checkpoints go: train.ckpt_dir, else <run dir>/checkpoints."""
-    return Path(opts.ckpt_dir) if opts.ckpt_dir else run_dir / "checkpoints"
-
-
-class CheckpointDirLock:
-    """An exclusive `flock` on `<ckpt_dir>/.lock` for the whole run: two runs never write one folder.
-
-    The kernel drops the lock when the process ends, however it ends (kill -9 included), so a stale
-    `.lock` file never blocks a later run. (No locking where `fcntl` is missing, i.e. on Windows.)
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / ".lock"
-        self._handle: Any = None
-
-    def acquire(self) -> "CheckpointDirLock":
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return self
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
-            handle.close()
-            raise UserError(f"train.ckpt_dir={self.path.parent} is in use by another training run ({owner}); "
-                            "wait for it to finish or pick another train.ckpt_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        self._handle = handle
-        return self
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the file drops the flock
-            self._handle = None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers cannot be in use: we are not saving now
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def remove_orphaned_temp_files(folder: Path) -> list[Path]:
-    """Delete `.<name>.tmp-<pid>` files that a killed save left behind (their writer is gone)."""
-    removed = []
-    for path in folder.glob(".*.tmp-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if path.is_file() and (not pid.isdigit() or not _pid_alive(int(pid))):
-            try:
-                path.unlink()
-                removed.append(path)
-            except OSError:
-                pass
-    return removed
-
-
-def guard_checkpoint_dir(opts: TrainOptions, ckpt_dir: Path, is_main: bool) -> CheckpointDirLock | None:
-    """Before anything is built: refuse a run that would destroy checkpoints, lock the folder, tidy it.
-
-    - train.resume=true with no last.pt: error (see `_resume_path`);
-    - a run that does not continue a checkpoint of this folder, into a folder holding checkpoints (*.pt):
-      error, since its first validation would overwrite best.pt and its first save last.pt;
-    - another run holding the folder: error (`CheckpointDirLock`);
-    - orphaned temp files of killed saves: deleted.
-    The lock (rank 0 only; the other ranks never write) is returned for the caller to release.
-    """
-    resume_from = _resume_path(opts, ckpt_dir)
-    continues_here = resume_from is not None and resume_from.resolve().parent == ckpt_dir.resolve()
-    if not is_main:
-        return None
-    make_dir(ckpt_dir, "train.ckpt_dir")
-    lock = CheckpointDirLock(ckpt_dir).acquire()
-    try:
-        removed = remove_orphaned_temp_files(ckpt_dir)
-        if removed:
-            tqdm.write(f"removed {len(removed)} temporary file(s) left by a killed save in {ckpt_dir}")
-        existing = sorted(p.name for p in ckpt_dir.glob("*.pt") if p.is_file())
-        if existing and not continues_here:
-            resume = _resume_mode(opts.resume)
-            why = "a fresh run" if resume_from is None else f"resuming from {resume_from}"
-            raise UserError(f"train.ckpt_dir={ckpt_dir} already holds {', '.join(existing)}; {why} would overwrite "
-                            f"{'them' if len(existing) > 1 else 'it'}. Continue that run with train.resume=true"
-                            f"{'' if resume == 'false' else ' (it needs a last.pt)'}, or pick another train.ckpt_dir")
-    except BaseException:
-        lock.release()
-        raise
-    return lock
 
 
 def validate_train_config(cfg: DictConfig) -> TrainOptions:
@@ -367,7 +160,7 @@ def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
     seed_everything(opts.seed)
     model = build_model(cfg.model, len(vocab)).to(device)
     positional_init = positional_parameters(model)  # where the positional parameters started (diagnostics)
-    if opts.init_from and _resume_path(opts, ckpt_dir) is None:
+    if opts.init_from and resume_path(opts, ckpt_dir) is None:
         positional_init = _init_from(model, opts.init_from, vocab.tokens, info.is_main)
     optimizer = make_optimizer(model, opts.lr, opts.weight_decay, opts.betas, opts.pe_lr_scale or 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -375,9 +168,9 @@ def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
     run = _Run(opts, info, ckpt_dir, precision, vocab, model, dict(model.config), optimizer, scheduler,
                torch.amp.GradScaler("cuda", enabled=precision == "fp16"), OmegaConf.to_container(cfg, resolve=True),
                positional_init)
-    resume_path = _resume_path(opts, ckpt_dir)
-    if resume_path is not None:
-        _resume(run, resume_path)
+    resume_from = resume_path(opts, ckpt_dir)
+    if resume_from is not None:
+        _resume(run, resume_from)
 
     run.train_set = RandomCrops(cache, "train", opts.seq_len, Augmenter(vocab, opts.transpose, opts.tempo_shift),
                                 seed=opts.seed)
@@ -409,7 +202,7 @@ def _resume(run: _Run, path: Path) -> None:
     if "scaler" in ckpt.training_state:
         run.scaler.load_state_dict(ckpt.training_state["scaler"])
     rng = ckpt.training_state["rng"]
-    _set_rng_state(rng[min(run.info.rank, len(rng) - 1)])
+    set_rng_state(rng[min(run.info.rank, len(rng) - 1)])
     run.start_step, run.best_val = ckpt.step, ckpt.best_val_nll
     run.positional_init = ckpt.training_state.get("positional_init", run.positional_init)
     if run.info.is_main:
@@ -421,9 +214,9 @@ def _save(run: _Run, name: str, step: int) -> None:
     gather of RNG states is collective)."""
     info = run.info
     if info.enabled and not info.is_main:
-        torch.distributed.all_gather_object([None] * info.world_size, _rng_state())
+        torch.distributed.all_gather_object([None] * info.world_size, rng_state())
         return
-    rng_states = [_rng_state()]
+    rng_states = [rng_state()]
     if info.enabled:  # every rank's RNG, so each resumes its own dropout/noise stream
         gathered: list[Any] = [None] * info.world_size
         torch.distributed.all_gather_object(gathered, rng_states[0])
@@ -492,7 +285,7 @@ def _train(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
                unit="step", dynamic_ncols=True)
     tokens_seen, t0 = 0, time.perf_counter()
     run.model.train()
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         while step < max_steps:
             try:
                 loss_value, grad_norm, tokens = _step(run, step)
