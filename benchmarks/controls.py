@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import print_table, write_results  # noqa: E402
 from musicgen.generation import (ControlConfig, GenerationSession, SamplingConfig, StopConfig,  # noqa: E402
                                  unconditional_prompt)
-from musicgen.generation.controls import N_QUALITIES, chord_slots, parse_chart  # noqa: E402
+from musicgen.generation.chords import N_QUALITIES, chord_slots, parse_chart  # noqa: E402
 from musicgen.inference import file_sha256, load_model, resolve_checkpoint, resolve_device  # noqa: E402
 from musicgen.tokenizer import DRUM_PROGRAM, PITCH_CLASS_NAMES, Bins, REMITokenizer, TokenType, detect_chords  # noqa: E402
 

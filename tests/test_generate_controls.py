@@ -21,7 +21,7 @@ import torch
 from musicgen.config import UserError
 from musicgen.generation import (ControlConfig, GenerateOptions, GenerationSession, SamplingConfig, StopConfig,
                                  generate, load_prompt, parse_chart, parse_chord, parse_key, unconditional_prompt)
-from musicgen.generation.controls import chord_slots
+from musicgen.generation.chords import chord_slots
 from musicgen.tokenizer import chord_name, chord_pitch_classes
 from musicgen.generation.guards import GuardConfig
 from musicgen.model import build_model

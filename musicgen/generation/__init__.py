@@ -10,7 +10,8 @@ Modules: `sampling` (temperature/top-k/top-p/repetition guard under a grammar ma
 """
 
 from .api import GeneratedPiece, generate, generate_with
-from .controls import ChordChart, ControlConfig, Controls, parse_chart, parse_chord, parse_key
+from .chords import ChordChart, parse_chart, parse_chord, parse_key
+from .controls import ControlConfig, Controls
 from ..inference import resolve_checkpoint
 from .options import GenerateOptions
 from .prompt import Prompt, load_prompt, unconditional_prompt

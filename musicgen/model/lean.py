@@ -1,7 +1,7 @@
 """Shared pieces of the lean recurrent step (generation hot path), used by every module's ``step_plan``.
 
 At batch 1 a generation step is a few hundred tiny ops: the time is the per-op overhead, not arithmetic.
-So each module that takes part (:class:`~.transformer.Block`, :class:`~.attention.CausalSelfAttention`,
+So each module that takes part (:class:`~.block.Block`, :class:`~.attention.CausalSelfAttention`,
 :class:`~.spe.SPEFilter`, :class:`~.spe.SineSPE`, the feature maps) gathers, once per generated batch,
 everything that does not change from one token to the next into a *plan* of its own, and the step runs
 ~25 fused, functional ops per layer (no ``nn.Module.__call__``), updating the attention states in place.
