@@ -77,9 +77,10 @@ def test_local_window_sees_exactly_its_window() -> None:
     assert (local(inside)[0, 30] - base).abs().max() > 1e-3
 
 
-def test_local_window_starts_silent_and_learns() -> None:
-    """A model with the window computes what the same weights without it compute (so ``train.init_from`` of a
-    model without it starts from that model's function), and every parameter of the window gets a gradient."""
+def test_local_window_starts_near_the_model_without_it_and_learns_at_once() -> None:
+    """Added to a model (``train.init_from`` of a model without it), the window changes its logits only a little,
+    and from the first step every one of its parameters gets a gradient (a branch started at exactly zero gives
+    its queries and keys none)."""
     torch.manual_seed(0)
     plain = build_model(small_cfg(attention__feature_map="elu"), VOCAB).eval()
     local = build_model(small_cfg(attention__feature_map="elu", attention__local_window=WINDOW), VOCAB).eval()
@@ -88,15 +89,10 @@ def test_local_window_starts_silent_and_learns() -> None:
     x = torch.randint(1, VOCAB, (1, 50))
     a = plain(x, generator=torch.Generator().manual_seed(1))
     b = local(x, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(a, b, atol=1e-6)
+    assert 0 < (a - b).abs().max() < 0.1
     b.logsumexp(-1).sum().backward()
     for blk in local.blocks:
-        assert blk.local.proj.weight.grad.abs().max() > 0
-        blk.local.proj.weight.data.normal_()
-    local.zero_grad()
-    local(x, generator=torch.Generator().manual_seed(1)).logsumexp(-1).sum().backward()
-    for blk in local.blocks:
-        assert blk.local.qkv.weight.grad.abs().max() > 0
+        assert blk.local.proj.weight.grad.abs().max() > 0 and blk.local.qkv.weight.grad.abs().max() > 0
 
 
 def test_local_window_state_is_constant_in_size() -> None:

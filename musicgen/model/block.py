@@ -33,9 +33,9 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, d))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def residual_projections(self) -> tuple[nn.Linear, nn.Linear]:
-        """The two Linear layers that write into the residual stream (scaled at initialisation)."""
-        return self.attn.proj, self.ff[2]
+    def residual_projections(self) -> tuple[nn.Linear, ...]:
+        """The Linear layers that write into the residual stream (scaled at initialisation)."""
+        return (self.attn.proj, self.ff[2]) + ((self.local.proj,) if self.local is not None else ())
 
     def forward(self, x: Tensor, codes, noise: LayerNoise, return_state: bool = False, initial: object | None = None,
                 start: int = 0):

@@ -160,8 +160,6 @@ class MusicTransformer(nn.Module):
         for blk in self.blocks:  # residual branches: GPT-2 style 1/sqrt(2 n_layers) scaling
             for proj in blk.residual_projections():
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * n))
-            if blk.local is not None:
-                blk.local.reset_output()
         nn.init.normal_(self.embed.weight, std=self.cfg.d_model ** -0.5)
         with torch.no_grad():
             self.embed.weight[0].zero_()
