@@ -1,4 +1,5 @@
-"""Shared fixtures. Real MIDI comes from MUSICGEN_SHARED_DATA (default: ../shared/data beside the repo)."""
+"""Shared fixtures. Real MIDI comes from MUSICGEN_SHARED_DATA (default: ../shared/data beside the repo). Shared
+helpers that are not fixtures (the tiny model's config, the tiny training command line, fakes) are in support.py."""
 
 from __future__ import annotations
 
@@ -36,3 +37,38 @@ def pop909_dir() -> Path:
 @pytest.fixture(scope="session")
 def oddities_dir() -> Path:
     return _require(SHARED_DATA / "midi-oddities")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The default REMI tokenizer."""
+    from musicgen.tokenizer import REMITokenizer
+
+    return REMITokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    """The untrained tiny model (support.TINY), in eval mode: machinery is under test with it, not music."""
+    from musicgen.model import build_model
+    from support import TINY
+
+    torch.manual_seed(0)
+    return build_model(TINY, len(tokenizer.vocab)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained tiny model saved as a checkpoint, once per test session (fast on a busy CPU)."""
+    from musicgen.model import build_model
+    from musicgen.tokenizer import REMITokenizer
+    from musicgen.training.checkpoint import save_checkpoint
+    from support import TINY
+
+    tokenizer = REMITokenizer()
+    torch.manual_seed(0)
+    model = build_model(TINY, len(tokenizer.vocab))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model_config=model.config, model_state=model.state_dict(), vocab=tokenizer.vocab,
+                    config={"model": TINY}, step=0, best_val_nll=None, train_seq_len=None)
+    return path

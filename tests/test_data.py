@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicgen.data import Augmenter, RandomCrops, SequentialCrops, TokenCache, prepare_corpus
+from musicgen.data import Augmenter, RandomCrops, SequentialCrops, prepare_corpus
 from musicgen.data.sources import hash_split, list_sources, pop909_split
 from musicgen.tokenizer import REMITokenizer, TokenType
 

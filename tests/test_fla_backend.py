@@ -31,7 +31,7 @@ from musicgen.model.ops.linear_attention import FlaMissing, FlaUnsupported, caus
 from musicgen.model.ops.linear_attention import fla as fla_mod
 
 from reference_kernels import simple_gla_contract
-from test_model_parity import VOCAB, small_cfg
+from support import VOCAB, small_cfg
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_FLA = fla_available()

@@ -14,6 +14,8 @@ from musicgen.evaluation.form import (analyse_bars, bar_sets, continuation_repor
                                       random_bars, shuffled_bars)
 from musicgen.evaluation.recall import pitch_token_bars, song_ids, teacher_forced_recall
 
+from support import TINY
+
 TPB = 480
 SONGS = range(20, 180, 20)  # 8 POP909 test songs (id % 20 == 0)
 
@@ -122,10 +124,6 @@ def test_real_songs_have_form_shuffled_and_random_do_not(songs: dict[int, np.nda
     assert mean["songs"]["loop_share"] < 0.02
     assert mean["random"]["repeating_share"] < 0.01 and mean["random"]["passage_share"] == 0.0
     assert mean["random"]["best_lag_similarity"] < 0.08 and mean["random"]["si_mid"] == 0.0
-
-
-TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
-        "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
 
 
 def test_pitch_tokens_land_in_the_bars_of_the_decoded_song(pop909_dir: Path) -> None:

@@ -26,9 +26,9 @@ from musicgen.tokenizer import REMITokenizer, TokenType
 from musicgen.inference import file_sha256
 from musicgen.training.checkpoint import save_checkpoint
 
+from support import TINY
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
-        "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
 
 
 def lean_towards_notes(model: torch.nn.Module, tokenizer: REMITokenizer) -> None:
@@ -51,8 +51,6 @@ def lean_towards_notes(model: torch.nn.Module, tokenizer: REMITokenizer) -> None
         model.ln_f.bias.zero_()
         model.ln_f.bias[0] = 4.0
         model.embed.weight[:, 0] = pref / 4.0
-
-
 
 
 @pytest.fixture(scope="module")

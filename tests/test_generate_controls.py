@@ -29,7 +29,7 @@ from musicgen.tokenizer import Phase, REMITokenizer, TokenType
 from musicgen.tokenizer import DRUM_PROGRAM, Bins
 from musicgen.training.checkpoint import save_checkpoint
 
-from test_generate_sampling import TINY, model, tokenizer  # noqa: F401 - the tiny model and its fixtures
+from support import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,24 +11,12 @@ import torch
 from musicgen.config import UserError
 from musicgen.generation import GenerationSession, SamplingConfig, StopConfig, unconditional_prompt
 from musicgen.generation.guards import GuardConfig, MusicGuards
-from musicgen.generation.prompt import Prompt
 from musicgen.tokenizer import REMITokenizer, TokenType
+
+from support import FixedPreferenceModel
 
 OFF = GuardConfig(no_repeated_pitch=False, max_notes_per_onset=0, max_empty_bars=0, min_notes_per_bar=0,
                   register_window_notes=0, min_bars=0)
-
-
-class FixedPreferenceModel:
-    """A 'model' whose next-token logits never change: the worst case of a collapsed model."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        self.logits = logits
-
-    def prefill(self, ids: torch.Tensor, generator=None):
-        return self.logits.expand(ids.shape[0], ids.shape[1], -1).clone(), None
-
-    def step(self, tokens: torch.Tensor, state):
-        return self.logits.expand(tokens.shape[0], -1).clone(), state
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,8 @@ from musicgen.config import UserError
 from musicgen.generation import (GenerationSession, SamplingConfig, StopConfig, filter_logits, sample_next,
                                  state_nbytes, unconditional_prompt)
 from musicgen.generation.sampling import PitchHistory
-from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenType
 
-TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
-        "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
-
-
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> REMITokenizer:
-    return REMITokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer: REMITokenizer):
-    torch.manual_seed(0)
-    return build_model(TINY, len(tokenizer.vocab)).eval()
 
 
 # --- sampling filters ----------------------------------------------------------------------------------------

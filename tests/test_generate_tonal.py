@@ -15,7 +15,7 @@ from musicgen.generation.prompt import load_prompt
 from musicgen.generation.tonal import TonalMemory
 from musicgen.tokenizer import REMITokenizer, TokenType
 
-from test_generate_guards import FixedPreferenceModel
+from support import FixedPreferenceModel
 
 TPB = 480
 C_MAJOR = {0, 2, 4, 5, 7, 9, 11}

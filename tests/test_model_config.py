@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from musicgen.model import FastTransformersMissing, ModelConfig, build_model, load_preset, model_config_from
 from musicgen.model.ops.linear_attention import causal_linear_attention
-from test_model_parity import VOCAB, small_cfg
+from support import VOCAB, small_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "model"

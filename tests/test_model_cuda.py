@@ -14,7 +14,7 @@ from musicgen.model.ops.linear_attention import causal_linear_attention
 from musicgen.model.ops.sine_filter import sine_filter
 
 from reference_kernels import causal_linear_attention_naive
-from test_model_parity import CASES, VOCAB, _step_all, small_cfg
+from support import CASES, VOCAB, small_cfg, step_all
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -39,7 +39,7 @@ def test_cuda_parity_step_vs_forward(name: str, monkeypatch: pytest.MonkeyPatch)
     x = torch.randint(1, VOCAB, (2, 70), device="cuda")
     with torch.no_grad():
         ref = model(x, generator=torch.Generator().manual_seed(7))
-        rec = _step_all(model, x, seed=7)
+        rec = step_all(model, x, seed=7)
     assert (ref - rec).abs().max().item() < 1e-4
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from musicgen.model import build_model
-from test_model_parity import VOCAB, small_cfg
+from support import VOCAB, small_cfg
 
 UNBOUNDED = {
     "spe_sine_gated": {"pe__kind": "spe_sine"},

@@ -2,63 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from musicgen.model import build_model
 
-VOCAB = 40
-
-
-def small_cfg(**over) -> dict:
-    """Tiny model: chunk_size 16 and kernel_size 24 so that L=70 crosses both."""
-    cfg = {
-        "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 48, "dropout": 0.1,
-        "attention": {"kind": "linear", "feature_map": "performer", "n_features": 16, "chunk_size": 16},
-        "pe": {"kind": "spe_sine", "gated": True, "share": True, "realizations": 16, "sines": 3,
-               "kernel_size": 24, "ape": "sinusoidal", "max_len": 128},
-    }
-    cfg = copy.deepcopy(cfg)
-    for key, val in over.items():
-        sec, _, name = key.rpartition("__")
-        (cfg[sec] if sec else cfg)[name] = val
-    return cfg
-
-
-PE_VARIANTS = {
-    "spe_sine_gated": {"pe__kind": "spe_sine", "pe__gated": True},
-    "spe_sine": {"pe__kind": "spe_sine", "pe__gated": False},
-    "spe_conv_gated": {"pe__kind": "spe_conv", "pe__gated": True},
-    "spe_conv": {"pe__kind": "spe_conv", "pe__gated": False},
-    "ape_learned": {"pe__kind": "ape", "pe__ape": "learned"},
-    "ape_sinusoidal": {"pe__kind": "ape", "pe__ape": "sinusoidal"},
-    "none": {"pe__kind": "none"},
-}
-CASES = {f"{pe}-{fm}": {**kw, "attention__feature_map": fm} for pe, kw in PE_VARIANTS.items() for fm in ("performer", "elu")}
-CASES["softmax-ape"] = {"attention__kind": "softmax", "pe__kind": "ape"}
-CASES["softmax-spe_sine_gated"] = {"attention__kind": "softmax", "pe__kind": "spe_sine"}
-CASES["spe_conv_gated-unshared"] = {"pe__kind": "spe_conv", "pe__share": False}
-CASES["spe_sine-unshared"] = {"pe__kind": "spe_sine", "pe__share": False}
-CASES["spe_conv_gated-fft"] = {"pe__kind": "spe_conv", "pe__kernel_size": 40}  # FFT path (kernel >= 32)
-# forgetting (attention.decay) with every positional encoding, both feature maps, fixed and learned rates
-for _pe in ("spe_sine_gated", "spe_sine", "spe_conv_gated", "spe_conv", "ape_sinusoidal", "none"):
-    for _fm in ("performer", "elu"):
-        CASES[f"{_pe}-{_fm}-decay"] = {**PE_VARIANTS[_pe], "attention__feature_map": _fm,
-                                       "attention__decay": "learned", "attention__decay_tau_min": 4.0,
-                                       "attention__decay_tau_max": 64.0}
-CASES["spe_sine_gated-performer-decay_fixed"] = {"attention__decay": "fixed", "attention__decay_tau_min": 4.0}
-
-
-def _step_all(model, x: torch.Tensor, seed: int) -> torch.Tensor:
-    state = model.init_state(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    outs = []
-    for i in range(x.shape[1]):
-        logits, state = model.step(x[:, i], state)
-        outs.append(logits)
-    return torch.stack(outs, 1)
-
+from support import CASES, VOCAB, small_cfg, step_all
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_step_forward_parity(name: str) -> None:
@@ -67,7 +16,7 @@ def test_step_forward_parity(name: str) -> None:
     x = torch.randint(1, VOCAB, (2, 70))
     with torch.no_grad():
         ref = model(x, generator=torch.Generator().manual_seed(7))
-        rec = _step_all(model, x, seed=7)
+        rec = step_all(model, x, seed=7)
     assert ref.shape == rec.shape == (2, 70, VOCAB)
     assert (ref - rec).abs().max().item() < 1e-4
 

@@ -31,7 +31,6 @@ from typing import Any, Iterator
 
 import miditoolkit
 import pytest
-import torch
 
 pytest.importorskip("starlette", reason="the studio extra is not installed: pip install -e '.[studio]'")
 pytest.importorskip("uvicorn", reason="the studio extra is not installed: pip install -e '.[studio]'")
@@ -39,28 +38,12 @@ pytest.importorskip("multipart", reason="the studio extra is not installed: pip 
 
 from musicgen.generation.api import generate_with  # noqa: E402
 from musicgen.generation.options import GenerateOptions  # noqa: E402
-from musicgen.model import build_model  # noqa: E402
 from musicgen.studio import StudioConfig, create_app  # noqa: E402
-from musicgen.tokenizer import REMITokenizer  # noqa: E402
-from musicgen.training.checkpoint import save_checkpoint  # noqa: E402
+
 
 REPO = Path(__file__).absolute().parents[1]
 SHIPPED = REPO / "checkpoints" / "musicgen-small.pt"
-TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
-        "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny model: the machinery is under test here, not the music (fast on a busy CPU)."""
-    tokenizer = REMITokenizer()
-    torch.manual_seed(0)
-    model = build_model(TINY, len(tokenizer.vocab))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model_config=model.config, model_state=model.state_dict(), vocab=tokenizer.vocab,
-                    config={"model": TINY}, step=0, best_val_nll=None, train_seq_len=None)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from musicgen.config import CONF_DIR
 from musicgen.inference import load_checkpoint, load_model
 from musicgen.training.trainer import run_training
 
+from support import compose_cfg, tiny_train_overrides
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_overrides(pop909_dir: Path, cache: Path, ckpt: Path, steps: int = 20) -> list[str]:
-    return [f"data.root={pop909_dir}", "data.max_files=20", f"data.cache_dir={cache}", "model.n_layers=2",
-            "model.d_model=64", "model.n_heads=2", "model.d_ff=128", "model.dropout=0.1", "train.seq_len=128",
-            "train.batch_size=4", f"train.max_steps={steps}", "train.warmup_steps=2", "train.val_every=10",
-            "train.val_batches=2", "train.val_length_factor=2", "train.val_long_batches=1", "train.ckpt_every=10",
-            "train.lr=2e-3", "logger=none", f"train.ckpt_dir={ckpt}", "data.num_workers=1"]
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +25,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def test_tiny_training_loss_falls_and_checkpoint_loads(pop909_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    cfg = compose_cfg(tiny_overrides(pop909_dir, cache_dir, tmp_path / "ckpt"))
+    cfg = compose_cfg(tiny_train_overrides(pop909_dir, cache_dir, tmp_path / "ckpt"))
     result = run_training(cfg, tmp_path / "run", progress=False)
     assert result.step == 20 and not result.interrupted
     first, last = sum(result.losses[:4]) / 4, sum(result.losses[-4:]) / 4
@@ -56,13 +43,13 @@ def test_tiny_training_loss_falls_and_checkpoint_loads(pop909_dir: Path, cache_d
 
 def test_resume_after_interruption_matches_straight_run(pop909_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
     steps = 14
-    straight = compose_cfg(tiny_overrides(pop909_dir, cache_dir, tmp_path / "a", steps))
+    straight = compose_cfg(tiny_train_overrides(pop909_dir, cache_dir, tmp_path / "a", steps))
     run_training(straight, tmp_path / "ra", progress=False)
-    first = compose_cfg(tiny_overrides(pop909_dir, cache_dir, tmp_path / "b", steps) + ["train.stop_at_step=7"])
+    first = compose_cfg(tiny_train_overrides(pop909_dir, cache_dir, tmp_path / "b", steps) + ["train.stop_at_step=7"])
     result = run_training(first, tmp_path / "rb", progress=False)
     assert result.interrupted and result.step == 7
     assert load_checkpoint(tmp_path / "b" / "last.pt").step == 7
-    resumed = compose_cfg(tiny_overrides(pop909_dir, cache_dir, tmp_path / "b", steps) + ["train.resume=true"])
+    resumed = compose_cfg(tiny_train_overrides(pop909_dir, cache_dir, tmp_path / "b", steps) + ["train.resume=true"])
     result = run_training(resumed, tmp_path / "rb2", progress=False)
     assert result.step == steps
     a = load_checkpoint(tmp_path / "a" / "last.pt").model_state
@@ -73,9 +60,9 @@ def test_resume_after_interruption_matches_straight_run(pop909_dir: Path, cache_
 
 
 def test_resume_with_other_model_shape_is_a_clear_error(pop909_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    cfg = compose_cfg(tiny_overrides(pop909_dir, cache_dir, tmp_path / "c", 2))
+    cfg = compose_cfg(tiny_train_overrides(pop909_dir, cache_dir, tmp_path / "c", 2))
     run_training(cfg, tmp_path / "r", progress=False)
-    other = compose_cfg(tiny_overrides(pop909_dir, cache_dir, tmp_path / "c", 4) + ["model.d_model=32",
+    other = compose_cfg(tiny_train_overrides(pop909_dir, cache_dir, tmp_path / "c", 4) + ["model.d_model=32",
                                                                                        "train.resume=true"])
     with pytest.raises(ValueError, match="different model shape"):
         run_training(other, tmp_path / "r2", progress=False)
@@ -106,7 +93,7 @@ def _free_port() -> int:
 
 def test_ddp_two_processes_on_cpu_keep_identical_parameters(pop909_dir: Path, cache_dir: Path,
                                                               tmp_path: Path) -> None:
-    overrides = tiny_overrides(pop909_dir, cache_dir, tmp_path / "ckpt", 6) + ["device=cpu", "train.grad_accum=2"]
+    overrides = tiny_train_overrides(pop909_dir, cache_dir, tmp_path / "ckpt", 6) + ["device=cpu", "train.grad_accum=2"]
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), *overrides]

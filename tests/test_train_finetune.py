@@ -10,18 +10,18 @@ import torch
 from musicgen.inference import load_checkpoint
 from musicgen.training.trainer import run_training
 
-from test_train import compose_cfg, tiny_overrides
+from support import compose_cfg, tiny_train_overrides
 
 
 def test_init_from_adds_decay_keeps_weights_and_records_positional_init(pop909_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    base = compose_cfg(tiny_overrides(pop909_dir, cache, tmp_path / "base", 4) + ["model=spe_sine_gated"])
+    base = compose_cfg(tiny_train_overrides(pop909_dir, cache, tmp_path / "base", 4) + ["model=spe_sine_gated"])
     run_training(base, tmp_path / "r0", progress=False)
     source = load_checkpoint(tmp_path / "base" / "last.pt")
     assert source.model_config["attention"]["decay"] == "none"
     assert "code_generators.0.freqs" in source.training_state["positional_init"]
 
-    tuned = compose_cfg(tiny_overrides(pop909_dir, cache, tmp_path / "tuned", 3)
+    tuned = compose_cfg(tiny_train_overrides(pop909_dir, cache, tmp_path / "tuned", 3)
                         + ["model=spe_sine_gated", "model.attention.decay=learned", "train.lr=1e-9",
                            f"train.init_from={tmp_path / 'base' / 'last.pt'}"])
     result = run_training(tuned, tmp_path / "r1", progress=False)
@@ -39,8 +39,8 @@ def test_init_from_adds_decay_keeps_weights_and_records_positional_init(pop909_d
 
 def test_init_from_with_other_shape_is_a_clear_error(pop909_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    run_training(compose_cfg(tiny_overrides(pop909_dir, cache, tmp_path / "base", 2)), tmp_path / "r0", progress=False)
-    other = compose_cfg(tiny_overrides(pop909_dir, cache, tmp_path / "other", 2)
+    run_training(compose_cfg(tiny_train_overrides(pop909_dir, cache, tmp_path / "base", 2)), tmp_path / "r0", progress=False)
+    other = compose_cfg(tiny_train_overrides(pop909_dir, cache, tmp_path / "other", 2)
                         + ["model.d_model=32", f"train.init_from={tmp_path / 'base' / 'last.pt'}"])
     with pytest.raises(ValueError, match="init_from"):
         run_training(other, tmp_path / "r1", progress=False)

@@ -1,0 +1,97 @@
+"""Helpers the test modules share (not fixtures: constants, config builders and fakes used at import time or
+with arguments). Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+#: an untrained tiny model of the default preset's family: what is tested with it is machinery, not music
+TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
+        "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
+
+
+def tiny_train_overrides(pop909_dir: Path, cache: Path, ckpt: Path, steps: int = 20) -> list[str]:
+    """The one command line of a tiny training run on 20 POP909 files (seconds on a CPU)."""
+    return [f"data.root={pop909_dir}", "data.max_files=20", f"data.cache_dir={cache}", "model.n_layers=2",
+            "model.d_model=64", "model.n_heads=2", "model.d_ff=128", "model.dropout=0.1", "train.seq_len=128",
+            "train.batch_size=4", f"train.max_steps={steps}", "train.warmup_steps=2", "train.val_every=10",
+            "train.val_batches=2", "train.val_length_factor=2", "train.val_long_batches=1", "train.ckpt_every=10",
+            "train.lr=2e-3", "logger=none", f"train.ckpt_dir={ckpt}", "data.num_workers=1"]
+
+
+def compose_cfg(overrides: list[str]):
+    """The Hydra config train.py would get for these overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from musicgen.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+class FixedPreferenceModel:
+    """A 'model' whose next-token logits never change: the worst case of a collapsed model."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+    def prefill(self, ids: torch.Tensor, generator=None):
+        return self.logits.expand(ids.shape[0], ids.shape[1], -1).clone(), None
+
+    def step(self, tokens: torch.Tensor, state):
+        return self.logits.expand(tokens.shape[0], -1).clone(), state
+
+
+# --- model variants of the parity tests -------------------------------------------------------------------
+VOCAB = 40
+
+
+def small_cfg(**over) -> dict:
+    """Tiny model: chunk_size 16 and kernel_size 24 so that L=70 crosses both."""
+    cfg = {
+        "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 48, "dropout": 0.1,
+        "attention": {"kind": "linear", "feature_map": "performer", "n_features": 16, "chunk_size": 16},
+        "pe": {"kind": "spe_sine", "gated": True, "share": True, "realizations": 16, "sines": 3,
+               "kernel_size": 24, "ape": "sinusoidal", "max_len": 128},
+    }
+    cfg = copy.deepcopy(cfg)
+    for key, val in over.items():
+        sec, _, name = key.rpartition("__")
+        (cfg[sec] if sec else cfg)[name] = val
+    return cfg
+
+
+PE_VARIANTS = {
+    "spe_sine_gated": {"pe__kind": "spe_sine", "pe__gated": True},
+    "spe_sine": {"pe__kind": "spe_sine", "pe__gated": False},
+    "spe_conv_gated": {"pe__kind": "spe_conv", "pe__gated": True},
+    "spe_conv": {"pe__kind": "spe_conv", "pe__gated": False},
+    "ape_learned": {"pe__kind": "ape", "pe__ape": "learned"},
+    "ape_sinusoidal": {"pe__kind": "ape", "pe__ape": "sinusoidal"},
+    "none": {"pe__kind": "none"},
+}
+CASES = {f"{pe}-{fm}": {**kw, "attention__feature_map": fm} for pe, kw in PE_VARIANTS.items() for fm in ("performer", "elu")}
+CASES["softmax-ape"] = {"attention__kind": "softmax", "pe__kind": "ape"}
+CASES["softmax-spe_sine_gated"] = {"attention__kind": "softmax", "pe__kind": "spe_sine"}
+CASES["spe_conv_gated-unshared"] = {"pe__kind": "spe_conv", "pe__share": False}
+CASES["spe_sine-unshared"] = {"pe__kind": "spe_sine", "pe__share": False}
+CASES["spe_conv_gated-fft"] = {"pe__kind": "spe_conv", "pe__kernel_size": 40}  # FFT path (kernel >= 32)
+# forgetting (attention.decay) with every positional encoding, both feature maps, fixed and learned rates
+for _pe in ("spe_sine_gated", "spe_sine", "spe_conv_gated", "spe_conv", "ape_sinusoidal", "none"):
+    for _fm in ("performer", "elu"):
+        CASES[f"{_pe}-{_fm}-decay"] = {**PE_VARIANTS[_pe], "attention__feature_map": _fm,
+                                       "attention__decay": "learned", "attention__decay_tau_min": 4.0,
+                                       "attention__decay_tau_max": 64.0}
+CASES["spe_sine_gated-performer-decay_fixed"] = {"attention__decay": "fixed", "attention__decay_tau_min": 4.0}
+
+
+def step_all(model, x: torch.Tensor, seed: int) -> torch.Tensor:
+    state = model.init_state(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    outs = []
+    for i in range(x.shape[1]):
+        logits, state = model.step(x[:, i], state)
+        outs.append(logits)
+    return torch.stack(outs, 1)
