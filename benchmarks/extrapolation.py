@@ -432,7 +432,7 @@ def evaluate_variant(variant: str, args: argparse.Namespace, runs: Path) -> dict
         print(f"[{variant}] attention share on the last 64 tokens, queries [2L,4L): "
               f"{out['attention_share'].get('share_mean')} (uniform {out['attention_share'].get('uniform_share')})")
     out["movement"] = store.get(variant, "parameter_movement", {}, lambda: parameter_movement(cpu_model, ckpt))
-    del model, cpu_model
+    model = cpu_model = None  # free them before the next variant (the closures above have run)
     if str(device).startswith("cuda"):
         torch.cuda.empty_cache()
     if not args.skip_generation and args.gen_tokens > 0:

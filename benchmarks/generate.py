@@ -80,7 +80,7 @@ def _to_position(state: Any, position: int) -> None:
 def _worker(spec: dict[str, Any], queue: "mp.Queue[Any]") -> None:
     try:
         queue.put(_measure(spec))
-    except BaseException as exc:  # report, do not hang the parent
+    except BaseException as exc:  # noqa: BLE001 - report, do not hang the parent
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 

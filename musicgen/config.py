@@ -91,7 +91,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
             run_dir = OmegaConf.select(full, "hydra.run.dir")
     except UserError:
         raise
-    except Exception as exc:  # hydra.errors.ConfigCompositionException, OverrideParseException ...
+    except Exception as exc:  # noqa: BLE001 - hydra.errors.ConfigCompositionException, OverrideParseException ...
         text = " ".join(str(exc).split("\n")[0].split())
         if text.startswith("Could not override '"):
             key = text.split("'")[1]

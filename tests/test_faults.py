@@ -455,7 +455,7 @@ def test_fault_sigterm_exits_nonzero_and_resumes_at_the_same_step(corpus: Path, 
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "Traceback" not in err
-    line = next(l for l in err.splitlines() if "stopped by SIGTERM" in l)
+    line = next(line for line in err.splitlines() if "stopped by SIGTERM" in line)
     step = int(line.split("saved at step ")[1].split(",")[0])
     assert "resume with train.resume=true" in line
     assert load_checkpoint(ckpt / "last.pt").step == step

@@ -193,8 +193,8 @@ def test_check_command_reports_each_file(tmp_path: Path, pop909_dir: Path, oddit
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     assert lines[-1] == "checked 2 files: 1 exact, 0 lossy, 1 unreadable"
-    assert any("song.mid" in l and "exact" in l for l in lines)
-    assert any("broken.mid" in l and "UNREADABLE" in l for l in lines)
+    assert any("song.mid" in line and "exact" in line for line in lines)
+    assert any("broken.mid" in line and "UNREADABLE" in line for line in lines)
     assert (tmp_path / "out" / "song.mid").exists()
 
 

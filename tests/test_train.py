@@ -81,7 +81,7 @@ def test_cli_bad_input_gives_one_line_errors(tmp_path: Path) -> None:
     proc = _run_cli([f"data.root={tmp_path / 'empty'}", f"data.cache_dir={tmp_path / 'c'}", "logger=none",
                      f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 1
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no MIDI files" in errors[0] and "Traceback" not in proc.stderr
 
 

@@ -58,7 +58,7 @@ def _tokenize(source: SourceFile) -> tuple[str, np.ndarray | None, str]:
         ids = _worker_tokenizer.encode(source.path, source.time_signature)
     except MidiReadError as exc:
         return source.relpath, None, exc.cause
-    except Exception as exc:  # a file that parses but breaks tokenization must not stop the corpus
+    except Exception as exc:  # noqa: BLE001 - a file that parses but breaks tokenization must not stop the corpus
         return source.relpath, None, f"tokenization failed ({type(exc).__name__}: {exc})"
     if len(ids) <= 2:
         return source.relpath, None, "no notes"

@@ -55,7 +55,7 @@ def generated_statistics(folder: str | Path, skipped: list[tuple[str, str]] | No
         try:
             midi = MidiFile(str(path))
             row = dict(music_statistics(midi))
-        except Exception as exc:  # a damaged file is skipped and reported, not a crash of all the statistics
+        except Exception as exc:  # noqa: BLE001 - a damaged file is skipped and reported, not a crash of all the statistics
             failed.append((name, f"cannot be read as MIDI ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"))
             continue
         row["skipped_share"] = float("nan")

@@ -71,7 +71,7 @@ def load_for_render(midi_path: str | Path, max_seconds: float = MAX_RENDER_SECON
         inst.control_changes = [c for c in inst.control_changes if c.time < max_seconds]
     for name in ("time_signature_changes", "key_signature_changes", "lyrics", "text_events"):
         setattr(pm, name, [e for e in getattr(pm, name) if e.time < max_seconds])
-    pm._tick_scales = [(tick, scale) for tick, scale in pm._tick_scales  # tempo changes (no public setter)
+    pm._tick_scales = [(tick, scale) for tick, scale in pm._tick_scales  # noqa: SLF001 - tempo changes: no public setter
                        if tick == 0 or pm.tick_to_time(tick) < max_seconds]
     return pm, True
 

@@ -67,7 +67,7 @@ def _legacy_numpy_globals() -> list[Any]:
     import numpy as np
 
     multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
-    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]  # noqa: SLF001 - numpy pickles name it
 
 
 def _refused_global(message: str) -> str | None:
@@ -107,7 +107,7 @@ def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
             raise ValueError(f"checkpoint {path}: refused: it contains {what}, which a musicgen checkpoint never "
                              "holds (only tensors and plain data are loaded, so nothing in it was run)") from None
         first = exc
-    except Exception as exc:  # zip/pickle framing errors from a damaged or truncated file
+    except Exception as exc:  # noqa: BLE001 - zip/pickle framing errors from a damaged or truncated file
         raise ValueError(f"checkpoint {path}: cannot be read, damaged or truncated ({type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:200]})") from None
     try:  # an older training checkpoint: its NumPy RNG state is a uint32 array
@@ -117,7 +117,7 @@ def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
         what = _refused_global(str(exc)) or _refused_global(str(first)) or "objects other than tensors"
         raise ValueError(f"checkpoint {path}: refused: it contains {what}, which a musicgen checkpoint never "
                          "holds (only tensors and plain data are loaded, so nothing in it was run)") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the second read fails the same ways as the first
         raise ValueError(f"checkpoint {path}: cannot be read, damaged or truncated ({type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:200]})") from None
     _check_legacy_arrays(data, path)

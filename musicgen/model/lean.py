@@ -27,7 +27,7 @@ def autocast_on(device_type: str) -> bool:
 
 def parameter_versions(params: list[Tensor]) -> tuple[int, ...]:
     """Version counters: they change when a parameter is modified in place (optimizer step, load_state_dict)."""
-    return tuple(p._version for p in params)
+    return tuple(p._version for p in params)  # noqa: SLF001 - torch exposes no public counter
 
 
 def linear_t(x: Tensor, w_t: Tensor, bias: Tensor | None) -> Tensor:

@@ -142,7 +142,7 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
                          "Generate again")
         try:
             form = await Request(request.scope, replay).form(max_files=1, max_fields=len(FIELDS) + 4)
-        except Exception as exc:  # malformed multipart, too many parts
+        except Exception as exc:  # noqa: BLE001 - malformed multipart, too many parts
             return error(f"could not read the form: {exc}")
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         prompt, prompt_name = None, None

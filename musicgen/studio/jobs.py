@@ -227,7 +227,7 @@ class JobManager:
             job.error, job.status = "the server stopped before this piece was finished", "error"
         except UserError as exc:  # the library's one-line message (a prompt it cannot read, a metre, memory ...)
             job.error, job.status = public_message(str(exc), job), "error"
-        except Exception as exc:  # never take the server down; the page says what happened
+        except Exception as exc:  # noqa: BLE001 - never take the server down; the page says what happened
             LOG.error("job %s failed:\n%s", job.id, traceback.format_exc())
             job.error, job.status = public_message(f"internal error: {type(exc).__name__}: {exc}", job), "error"
         finally:

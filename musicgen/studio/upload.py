@@ -57,7 +57,7 @@ def check_midi(data: bytes, filename: str, limit: int = DEFAULT_MAX_UPLOAD_BYTES
 
     try:
         midi = miditoolkit.MidiFile(file=io.BytesIO(data))
-    except Exception as exc:  # mido/miditoolkit raise many types (EOFError, OSError, KeyError, ValueError ...)
+    except Exception as exc:  # noqa: BLE001 - mido/miditoolkit raise many types (EOFError, OSError, KeyError, ValueError ...)
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise UploadError(f"{label} looks like MIDI but cannot be read (corrupt or truncated: {reason})") from None
     notes = sum(len(inst.notes) for inst in midi.instruments)

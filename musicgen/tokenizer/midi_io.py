@@ -34,7 +34,7 @@ def load_midi(path: str | Path) -> miditoolkit.MidiFile:
         raise
     except EOFError as exc:
         raise MidiReadError(path, f"truncated or corrupt data ({str(exc) or 'unexpected end of file'})") from None
-    except Exception as exc:  # mido raises OSError/ValueError/KeyError/IndexError for corrupt data
+    except Exception as exc:  # noqa: BLE001 - mido raises OSError/ValueError/KeyError/IndexError for corrupt data
         raise MidiReadError(path, f"corrupt MIDI data ({type(exc).__name__}: {exc})") from None
 
 
