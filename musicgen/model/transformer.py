@@ -106,6 +106,8 @@ class StepPlan:
     caches: list[dict]  # the caches the block plans update in place
     lnf: tuple[Tensor, Tensor, float]
     head: Tensor  # (d_model, V)
+    #: a local window's plan, whose rotary factors serve every layer's window (None without local windows)
+    rotary: Any = None
 
     def is_current(self, state: "GenerationState") -> bool:
         return (self.versions == parameter_versions(self.params)
@@ -350,6 +352,7 @@ class MusicTransformer(nn.Module):
             embed=self.embed.weight * math.sqrt(self.cfg.d_model), codes=codes, blocks=blocks,
             caches=list(state.caches), lnf=(self.ln_f.weight, self.ln_f.bias, self.ln_f.eps),
             head=weights_t(self.embed.weight if self.head is None else self.head.weight),
+            rotary=next((blk.local for blk in blocks if blk.local is not None), None),
         )
         state.plan = plan
         return plan
@@ -371,8 +374,7 @@ class MusicTransformer(nn.Module):
             x = x + self.ape(pos).to(x.dtype)
         for codes in plan.codes:  # SPE codes at n, once per code generator for all the layers using it
             codes.advance(position)
-        local = next((blk.local for blk in plan.blocks if blk.local is not None), None)
-        rotation = local.rotation(int(position)) if local is not None else None  # once for all the windows
+        rotation = plan.rotary.rotation(int(position)) if plan.rotary is not None else None  # once for all windows
         for blk in plan.blocks:
             x = blk(x, position, rotation)
         y = F.layer_norm(x, (x.shape[1],), *plan.lnf[:2], plan.lnf[2])
