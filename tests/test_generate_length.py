@@ -39,3 +39,19 @@ def test_generate_yaml_states_the_options_defaults() -> None:
     conf = {k: v for k, v in conf.items() if k not in ("defaults", "hydra")}
     defaults = GenerateOptions().to_dict()
     assert conf == defaults
+
+
+def test_generate_options_are_frozen_and_replace_validates_again() -> None:
+    """One way to change options: dataclasses.replace, which runs the same checks (no half-validated copies)."""
+    import dataclasses
+
+    from musicgen.config import UserError
+    from musicgen.generation import GenerateOptions
+
+    options = GenerateOptions.from_mapping({"bars": 8, "allow_eos": "no"})
+    assert options.allow_eos is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.bars = 4  # type: ignore[misc]
+    assert dataclasses.replace(options, top_p="0.9").top_p == 0.9
+    with pytest.raises(UserError, match="seed"):
+        dataclasses.replace(options, seed=-1)

@@ -29,7 +29,7 @@ from .session import StopConfig
 DEFAULT_BARS = 16
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerateOptions:
     """Everything `generate` accepts (see conf/generate.yaml for the documentation of each field)."""
 
@@ -91,22 +91,22 @@ class GenerateOptions:
     def __post_init__(self) -> None:
         # Types first, each error naming its option (seed=abc, top_k=1.5, temperature=hot, allow_eos=maybe ...).
         for name in ("include_prompt", "allow_eos", "no_repeated_pitch", "pianoroll", "progress"):
-            setattr(self, name, check_bool(name, getattr(self, name)))
-        self.num_samples = check_int("num_samples", self.num_samples, minimum=1)
-        self.seed = check_int("seed", self.seed, minimum=0, allow_none=True)  # -1 failed after loading
-        self.prompt_bars = check_int("prompt_bars", self.prompt_bars, minimum=1, allow_none=True)
-        self.prompt_seconds = check_float("prompt_seconds", self.prompt_seconds, minimum=0.0, exclusive_min=True,
-                                          allow_none=True)
+            self._set(name, check_bool(name, getattr(self, name)))
+        self._set("num_samples", check_int("num_samples", self.num_samples, minimum=1))
+        self._set("seed", check_int("seed", self.seed, minimum=0, allow_none=True))  # -1 failed after loading
+        self._set("prompt_bars", check_int("prompt_bars", self.prompt_bars, minimum=1, allow_none=True))
+        self._set("prompt_seconds", check_float("prompt_seconds", self.prompt_seconds, minimum=0.0,
+                                                exclusive_min=True, allow_none=True))
         # The groups validate (and type) their own fields; the typed values are kept here.
         for group in (self.sampling, self.guards, StopConfig(None, self.tokens, self.seconds, self.max_tokens,
                                                              self.allow_eos)):
             for f in fields(group):
                 if f.name in _FLAT and f.name != "bars":
-                    setattr(self, f.name, getattr(group, f.name))
+                    self._set(f.name, getattr(group, f.name))
         if self.bars not in ("auto", None):
             if isinstance(self.bars, str) and not self.bars.strip().lstrip("-").isdigit():
                 raise UserError(f"bars={self.bars!r}: use an integer >= 1, auto or null")
-            self.bars = check_int("bars", self.bars, minimum=1)
+            self._set("bars", check_int("bars", self.bars, minimum=1))
         metre = str(self.prompt_time_signature) if self.prompt_time_signature is not None else "file"
         if metre not in ("file", "index"):
             try:
@@ -121,11 +121,16 @@ class GenerateOptions:
         render = "none" if self.render in (None, False) else str(self.render)
         if render not in RENDER_CHOICES:
             raise UserError(f"render={self.render!r}: use one of {', '.join(RENDER_CHOICES)}")
-        self.render = render
+        self._set("render", render)
         if not str(self.name) or "/" in str(self.name) or "\\" in str(self.name):
             raise UserError(f"name={self.name!r}: must be a plain file-name prefix (no folders)")
         self.stop  # noqa: B018 - validate now
         self.controls  # noqa: B018
+
+    def _set(self, name: str, value: Any) -> None:
+        """Store a validated value while the instance is being built (it is frozen afterwards: change options
+        with ``dataclasses.replace``, which validates again)."""
+        object.__setattr__(self, name, value)
 
     def _group(self, cls: type) -> Any:
         return cls(**{f.name: getattr(self, f.name) for f in fields(cls) if f.name in _FLAT})

@@ -17,6 +17,8 @@ is written anywhere else.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -168,7 +170,7 @@ class JobManager:
                 prompt_path = Path(workdir.name) / "prompt.mid"  # never the client's file name
                 prompt_path.write_bytes(prompt)
             options = build(str(prompt_path) if prompt_path else None)
-            options.output_dir = str(Path(workdir.name) / "out")
+            options = dataclasses.replace(options, output_dir=str(Path(workdir.name) / "out"))
         except BaseException:
             workdir.cleanup()
             raise

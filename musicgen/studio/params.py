@@ -8,6 +8,7 @@ form to option values (blank = unset) and adds the studio's own limits (bars, va
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -95,8 +96,7 @@ def build_options(form: Mapping[str, str], prompt_path: str | None, checkpoint: 
     if options.num_samples > limits.max_variations:
         raise UserError(f"variations={options.num_samples}: at most {limits.max_variations} per Generate "
                         "(start the studio with --max-variations to change that)")
-    options.max_tokens = max(options.max_tokens, CAP_TOKENS_PER_BAR * int(options.bars))
-    return options
+    return dataclasses.replace(options, max_tokens=max(options.max_tokens, CAP_TOKENS_PER_BAR * int(options.bars)))
 
 
 def expected_tokens(options: GenerateOptions) -> int:
