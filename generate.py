@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def main(cfg) -> None:
     options = GenerateOptions.from_mapping(OmegaConf.to_container(cfg, resolve=True))
     if not options.output_dir:
         now = time.localtime()
-        options.output_dir = str(Path("outputs") / "generate" / time.strftime("%Y-%m-%d", now)
-                                 / time.strftime("%H-%M-%S", now))
+        folder = Path("outputs") / "generate" / time.strftime("%Y-%m-%d", now) / time.strftime("%H-%M-%S", now)
+        options = dataclasses.replace(options, output_dir=str(folder))
     pieces = generate_with(options)
     folder = Path(options.output_dir)
     print(f"wrote {len(pieces)} piece(s) to {folder}/")

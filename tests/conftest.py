@@ -62,7 +62,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The untrained tiny model saved as a checkpoint, once per test session (fast on a busy CPU)."""
     from musicgen.model import build_model
     from musicgen.tokenizer import REMITokenizer
-    from musicgen.training.checkpoint import save_checkpoint
+    from musicgen.inference.checkpoint import save_checkpoint
     from support import TINY
 
     tokenizer = REMITokenizer()

@@ -39,7 +39,7 @@ from musicgen.generation import generate
 from musicgen.inference import CHECKPOINT_FORMAT, file_sha256, load_checkpoint, resolve_device
 from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenizerConfig, TokenType
-from musicgen.training.checkpoint import save_checkpoint
+from musicgen.inference.checkpoint import save_checkpoint
 from musicgen.training.rng import set_rng_state
 from musicgen.training.rundir import CheckpointDirLock
 from musicgen.training.trainer import run_training, validate_train_config

@@ -24,7 +24,7 @@ from musicgen.generation import GenerateOptions, generate, load_prompt
 from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenType
 from musicgen.inference import file_sha256
-from musicgen.training.checkpoint import save_checkpoint
+from musicgen.inference.checkpoint import save_checkpoint
 
 from support import TINY
 

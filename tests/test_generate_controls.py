@@ -27,7 +27,7 @@ from musicgen.generation.guards import GuardConfig
 from musicgen.model import build_model
 from musicgen.tokenizer import Phase, REMITokenizer, TokenType
 from musicgen.tokenizer import DRUM_PROGRAM, Bins
-from musicgen.training.checkpoint import save_checkpoint
+from musicgen.inference.checkpoint import save_checkpoint
 
 from support import TINY
 

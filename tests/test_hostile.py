@@ -19,7 +19,7 @@ from musicgen.evaluation.report import EvaluateOptions
 from musicgen.generation import GenerateOptions
 from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenizerConfig
-from musicgen.training.checkpoint import save_checkpoint
+from musicgen.inference.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
@@ -543,7 +543,7 @@ from pathlib import Path
 import torch
 from musicgen.evaluation.report import write_json
 from musicgen.evaluation.plots import save_figure
-from musicgen.training.checkpoint import atomic_torch_save
+from musicgen.inference.checkpoint import atomic_torch_save
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
 out = Path(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))

@@ -1,8 +1,4 @@
-"""Training: the loop (`trainer`), checkpoint saving and export, schedule, optimizer groups, DDP plumbing.
+"""Training: the loop (`trainer`), the checkpoint folder (`rundir`), schedule, optimizer groups, DDP plumbing.
 
-Loading a checkpoint (for resume as for inference) is `musicgen.inference`.
+Writing, reading and exporting a checkpoint file is `musicgen.inference.checkpoint`.
 """
-
-from .checkpoint import export_inference_checkpoint, save_checkpoint
-
-__all__ = ["export_inference_checkpoint", "save_checkpoint"]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..config import report_user_errors
-from .checkpoint import export_inference_checkpoint
+from ..inference.checkpoint import export_inference_checkpoint
 
 
 @report_user_errors

@@ -31,7 +31,7 @@ from ..data import Augmenter, RandomCrops, SequentialCrops, TokenCache, prepare_
 from ..evaluation.likelihood import NATS_PER_BIT, extrapolation_edges, position_nll
 from ..inference import Checkpoint, load_checkpoint
 from ..model import build_model
-from .checkpoint import save_checkpoint
+from ..inference.checkpoint import save_checkpoint
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from .loggers import RunLogger
 from ..inference.parameters import positional_parameters
