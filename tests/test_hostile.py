@@ -875,9 +875,15 @@ def _prepare_until_tokenizing(tmp_path: Path, pop909_dir: Path):
     import os
     import time
 
+    import signal
+
+    def as_in_a_terminal() -> None:  # a test runner started in the background (`cmd &`) ignores SIGINT, and a
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # child inherits that: Python then never sees Ctrl-C
+
     proc = subprocess.Popen([sys.executable, "-m", "musicgen.data.prepare", f"data.root={pop909_dir}",
                              f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=2"], cwd=tmp_path, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=as_in_a_terminal)
     os.set_blocking(proc.stderr.fileno(), False)
     seen, deadline = b"", time.time() + 120
     while b"tokenize" not in seen:
