@@ -50,10 +50,25 @@ MODEL_CONFIG_LIMITS = {"n_layers": 512, "d_model": 32768, "n_heads": 1024, "d_ff
                        "attention.local_heads": 1024}
 
 
-def check_model_fits(ckpt: Checkpoint) -> None:
-    """A checkpoint's model config checked before anything is built: valid, within `MODEL_CONFIG_LIMITS`, of
-    its vocabulary's size, and describing exactly the tensors its weights hold (names and shapes, compared on
-    the `meta` device, which allocates nothing). A one-line ValueError naming the file otherwise."""
+def parameter_floor(cfg: Any) -> int:
+    """A lower bound of the number of parameters a model config describes (embedding, output layer, attention
+    and feed-forward matrices; the SPE and decay parameters only add to it), computed without building it."""
+    d, layers, vocab = cfg.d_model, cfg.n_layers, cfg.vocab_size or 0
+    per_layer = 4 * d * d + 2 * d * cfg.d_ff
+    if cfg.attention.local_window:
+        per_layer += 4 * d * cfg.attention.local_heads * cfg.head_dim
+    if cfg.pe.kind == "spe_conv":
+        per_layer += 2 * cfg.pe.kernel_size * cfg.n_heads * cfg.head_dim // (cfg.n_layers if cfg.pe.share else 1)
+    return layers * per_layer + vocab * d * (1 if cfg.tie_embeddings else 2)
+
+
+def check_model_fits(ckpt: Checkpoint) -> torch.nn.Module:
+    """A checkpoint's model config checked, and its model built (on the CPU, weights not loaded yet), only when
+    that is safe: the config must be valid, within `MODEL_CONFIG_LIMITS`, of its vocabulary's size, and describe
+    no more parameters than the file holds (:func:`parameter_floor`; so building costs about what the file's own
+    tensors do, whatever a crafted config claims); then the built model's tensors must be exactly the file's
+    (names and shapes). A one-line ValueError naming the file otherwise. (Building on the `meta` device instead
+    costs 2 s of imports per process: torch's reference kernels pull in torch._dynamo.)"""
     from ..model import build_model
     from ..model.config import ModelConfig
 
@@ -76,11 +91,13 @@ def check_model_fits(ckpt: Checkpoint) -> None:
     if blocks and blocks != set(range(cfg.n_layers)):
         raise ValueError(f"checkpoint {path}: weights do not fit its model config (n_layers={cfg.n_layers}, the "
                          f"weights hold {len(blocks)} layers)")
-    try:
-        with torch.device("meta"):
-            expected = {name: tuple(t.shape) for name, t in build_model(raw, cfg.vocab_size).state_dict().items()}
-    except (NotImplementedError, RuntimeError):  # a module that cannot be built without memory: strict load checks
-        return
+    stored = sum(t.numel() for t in ckpt.model_state.values())
+    claimed = parameter_floor(cfg)
+    if claimed > 2 * stored + 100_000:
+        raise ValueError(f"checkpoint {path}: its model config describes at least {claimed:,} parameters, the file "
+                         f"holds {stored:,}; the file is damaged or crafted")
+    model = build_model(raw, cfg.vocab_size)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     held = {name: tuple(t.shape) for name, t in ckpt.model_state.items()}
     missing, unexpected = sorted(set(expected) - set(held)), sorted(set(held) - set(expected))
     wrong = sorted(name for name in set(expected) & set(held) if expected[name] != held[name])
@@ -88,20 +105,18 @@ def check_model_fits(ckpt: Checkpoint) -> None:
         detail = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
                   f"{wrong[0]}: {list(held[wrong[0]])} in the file, {list(expected[wrong[0]])} in the config")
         raise ValueError(f"checkpoint {path}: weights do not fit its model config ({detail})")
+    return model
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """The model of a checkpoint file, in eval mode on `device`, with its tokenizer and checkpoint.
 
-    The model config is checked against sane bounds and the weights' shapes before the model is built
-    (`check_model_fits`). Half-precision exports are cast back to float32: generation and evaluation run in
-    float32.
+    The model config is checked against sane bounds and the file's own size before the model is built, and the
+    weights' names and shapes before they are loaded (`check_model_fits`). Half-precision exports are cast
+    back to float32: generation and evaluation run in float32.
     """
-    from ..model import build_model
-
     ckpt = load_checkpoint(path)
-    check_model_fits(ckpt)
-    model = build_model(ckpt.model_config, ckpt.model_config["vocab_size"])
+    model = check_model_fits(ckpt)
     state = {k: v.float() if torch.is_floating_point(v) else v for k, v in ckpt.model_state.items()}
     try:
         model.load_state_dict(state)

@@ -29,9 +29,9 @@ def positional_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def positional_names_of_config(model_config: Any) -> set[str]:
-    """:func:`positional_names` of the model a stored config builds, built on the meta device (no memory)."""
+    """:func:`positional_names` of the model a stored config builds (on the CPU: exports read checkpoints that
+    this project wrote)."""
     from ..model import build_model
 
-    with torch.device("meta"):
-        model = build_model(model_config, model_config["vocab_size"])
+    model = build_model(model_config, model_config["vocab_size"])
     return positional_names(model)
