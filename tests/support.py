@@ -4,9 +4,14 @@ with arguments). Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: an untrained tiny model of the default preset's family: what is tested with it is machinery, not music
 TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
@@ -30,6 +35,27 @@ def compose_cfg(overrides: list[str]):
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+def env() -> dict[str, str]:
+    """The environment of a command-line run in a test: no wandb, one thread, this checkout importable."""
+    return dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`python *args` in `cwd`, output captured."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def single_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The run failed with exactly one stderr line, `error: ...`, and no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
 
 
 class FixedPreferenceModel:

@@ -44,6 +44,8 @@ from musicgen.training.rng import set_rng_state
 from musicgen.training.rundir import CheckpointDirLock
 from musicgen.training.trainer import run_training, validate_train_config
 
+from support import env, run_cli, single_error_line
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
         "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
@@ -82,25 +84,6 @@ def assert_cache_matches(cache: TokenCache, references: dict[tuple[str, str], li
     for song in cache.songs:
         assert (song.relpath, song.sha1) in references, song
         assert cache.song_tokens(song).tolist() == references[(song.relpath, song.sha1)], song.relpath
-
-
-def env() -> dict[str, str]:
-    return dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def single_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The run failed with exactly one stderr line, `error: ...`, and no traceback."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    return lines[0]
 
 
 def train_overrides(root: Path, cache: Path, ckpt: Path, steps: int = 4, *extra: str) -> list[str]:

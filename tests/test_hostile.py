@@ -21,30 +21,11 @@ from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenizerConfig
 from musicgen.inference.checkpoint import save_checkpoint
 
+from support import env, run_cli, single_error_line
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
         "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
-
-
-def env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def single_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The run failed with exactly one stderr line, `error: ...`, and no traceback."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
