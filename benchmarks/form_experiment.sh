@@ -5,11 +5,11 @@
 # inside a crop. Variants: `long` = the default architecture; `local` = + the 1,024-token softmax window
 # (conf/model/spe_sine_gated_decay_local.yaml). Resumable (train.resume=auto): run it again after a stop.
 # Then measure each with benchmarks/form.py --recall --checkpoint OUT/<variant>/best.pt.
-#   usage: bash benchmarks/form_experiment.sh [OUT=/work/runs/form] [STEPS=400] [THREADS=1]
+#   usage: [OUT=/work/runs/form] [STEPS=300] [THREADS=1] bash benchmarks/form_experiment.sh   (docs/form.md: 300)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/work/runs/form}
-STEPS=${STEPS:-400}
+STEPS=${STEPS:-300}
 THREADS=${THREADS:-1}
 DATA=${MUSICGEN_SHARED_DATA:-../shared/data}/pop909
 export WANDB_MODE=${WANDB_MODE:-disabled} OMP_NUM_THREADS=$THREADS
