@@ -28,16 +28,22 @@ from torch import Tensor, nn
 
 from .lean import TransposedWeights, linear_t
 
-__all__ = ["LocalAttention", "LocalStepPlan", "rotary_tables", "rotate"]
+__all__ = ["LocalAttention", "LocalStepPlan", "inverse_frequencies", "rotary_tables", "rotate"]
 
 ROPE_BASE = 10000.0
 
 
+def inverse_frequencies(head_dim: int, device: torch.device | None = None) -> Tensor:
+    """base^(-2i/head_dim), i < head_dim / 2, in float64: angles are formed in float64 so that a position of
+    a million tokens still rotates exactly (float32 would be off by ~0.06 rad there, as much as a lag of a
+    few tokens at the fastest pairs)."""
+    return ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+
+
 def rotary_tables(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
     """cos, sin (L, head_dim / 2) of the rotary angles positions x base^(-2i/head_dim), in float32."""
-    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
-    return torch.cos(angles), torch.sin(angles)
+    angles = positions.to(torch.float64)[:, None] * inverse_frequencies(head_dim, positions.device)[None, :]
+    return torch.cos(angles).float(), torch.sin(angles).float()
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -110,8 +116,7 @@ class LocalAttention(nn.Module):
 
     @torch.no_grad()
     def step_plan(self, cache: dict[str, Tensor], weights_t: TransposedWeights) -> "LocalStepPlan":
-        inv_freq = ROPE_BASE ** (-torch.arange(0, self.head_dim, 2, device=cache["lk"].device,
-                                               dtype=torch.float32) / self.head_dim)
+        inv_freq = inverse_frequencies(self.head_dim, cache["lk"].device)
         return LocalStepPlan(qkv_w=weights_t(self.qkv.weight), qkv_b=self.qkv.bias,
                              proj_w=weights_t(self.proj.weight), proj_b=self.proj.bias, cache=cache,
                              inv_freq=inv_freq, heads=self.heads, head_dim=self.head_dim, window=self.window)
@@ -147,8 +152,8 @@ class LocalStepPlan:
 
     def rotation(self, position: int) -> tuple[Tensor, Tensor]:
         """(cos, cos) and (-sin, sin) at ``position`` (head_dim,): one per step, shared by every layer's window."""
-        angles = self.inv_freq * float(position)
-        cos, sin = torch.cos(angles), torch.sin(angles)
+        angles = self.inv_freq * float(position)  # float64 (see inverse_frequencies)
+        cos, sin = torch.cos(angles).float(), torch.sin(angles).float()
         return torch.cat((cos, cos)), torch.cat((-sin, sin))
 
     def __call__(self, x: Tensor, position: int, rotation: tuple[Tensor, Tensor]) -> Tensor:
