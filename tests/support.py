@@ -58,6 +58,28 @@ def single_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def serve_studio(app):
+    """Serve a studio app with uvicorn in a daemon thread on a free 127.0.0.1 port, once it has started:
+    (server, thread, port). Stop it with ``server.should_exit = True`` and ``thread.join()``."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 120
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "the studio server did not start"
+        time.sleep(0.05)
+    return server, thread, port
+
+
 class FixedPreferenceModel:
     """A 'model' whose next-token logits never change: the worst case of a collapsed model."""
 

@@ -21,7 +21,7 @@ from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenizerConfig
 from musicgen.inference.checkpoint import save_checkpoint
 
-from support import env, run_cli, single_error_line
+from support import env, run_cli, serve_studio, single_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
@@ -214,27 +214,11 @@ def test_hostile_grid_bomb_on_the_check_command_is_one_line(tmp_path: Path, pop9
 # (3) the studio obeys only its own page
 # --------------------------------------------------------------------------------------------------------- #
 def _studio_server(config):
-    """(uvicorn server, thread, port) of the studio on a free port on 127.0.0.1."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
+    """(app, uvicorn server, thread, port) of the studio on a free port on 127.0.0.1."""
     from musicgen.studio import create_app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 120
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "the studio server did not start"
-        time.sleep(0.05)
-    return app, server, thread, port
+    return (app, *serve_studio(app))
 
 
 def _http(port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None):

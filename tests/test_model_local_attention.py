@@ -8,18 +8,9 @@ import torch
 from musicgen.model import build_model
 from musicgen.model.local_attention import LocalAttention
 
-VOCAB = 40
+from support import VOCAB, small_cfg
+
 WINDOW = 24
-
-
-def small_cfg(**over) -> dict:
-    """A tiny model (chunk_size 16, so 70 positions cross chunks and wrap the window's ring buffer)."""
-    attention = {"kind": "linear", "feature_map": "performer", "n_features": 16, "chunk_size": 16}
-    cfg = {"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 48, "dropout": 0.1, "attention": attention,
-           "pe": {"kind": "spe_sine", "gated": True, "share": True, "realizations": 16, "sines": 3}}
-    for key, val in over.items():
-        cfg["attention"][key.removeprefix("attention__")] = val
-    return cfg
 
 
 def _local_model(dtype: torch.dtype = torch.float32, window: int = WINDOW):

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ pytest.importorskip("multipart", reason="the studio extra is not installed: pip 
 from musicgen.generation.api import generate_with  # noqa: E402
 from musicgen.generation.options import GenerateOptions  # noqa: E402
 from musicgen.studio import StudioConfig, create_app  # noqa: E402
+from support import serve_studio  # noqa: E402
 
 
 REPO = Path(__file__).absolute().parents[1]
@@ -51,25 +51,10 @@ def pop909_song(pop909_dir: Path) -> Path:
     return pop909_dir / "020.mid"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running(config: StudioConfig) -> Iterator[str]:
     """The studio served by uvicorn in a thread on a free local port; yields its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 120
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "the studio server did not start"
-        time.sleep(0.05)
+    server, thread, port = serve_studio(create_app(config))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
