@@ -111,8 +111,7 @@ class LocalAttention(nn.Module):
     def step(self, x: Tensor, cache: dict[str, Tensor], position: int) -> Tensor:
         """x (B, D) at ``position`` -> (B, D); writes its key and value into ``cache`` (in place)."""
         q, k, v = self._qkv(x.unsqueeze(1), torch.tensor([position], device=x.device))
-        return _attend_ring(q[:, :, 0], k[:, :, 0], v[:, :, 0], cache, position, self.window,
-                            lambda o: self.proj(o))
+        return self.proj(_attend_ring(q[:, :, 0], k[:, :, 0], v[:, :, 0], cache, position, self.window))
 
     @torch.no_grad()
     def step_plan(self, cache: dict[str, Tensor], weights_t: TransposedWeights) -> "LocalStepPlan":
@@ -122,17 +121,18 @@ class LocalAttention(nn.Module):
                              inv_freq=inv_freq, heads=self.heads, head_dim=self.head_dim, window=self.window)
 
 
-def _attend_ring(q: Tensor, k: Tensor, v: Tensor, cache: dict[str, Tensor], position: int, window: int,
-                 project) -> Tensor:
-    """Write k, v (B, H, d) at slot position % window, attend q over the filled slots, project (B, H*d)."""
+def _attend_ring(q: Tensor, k: Tensor, v: Tensor, cache: dict[str, Tensor], position: int, window: int) -> Tensor:
+    """Write k, v (B, H, d) at slot position % window of the ring buffer, attend q (B, H, d) over the filled slots
+    (one SDPA call; the slots' order does not matter, their keys carry their rotation) -> (B, H * d)."""
+    keys, values = cache["lk"], cache["lv"]
     slot = position % window
-    cache["lk"][:, :, slot] = k
-    cache["lv"][:, :, slot] = v
+    keys[:, :, slot] = k
+    values[:, :, slot] = v
     filled = min(position + 1, window)
-    keys, values = cache["lk"][:, :, :filled], cache["lv"][:, :, :filled]
-    scores = torch.einsum("bhd,bhnd->bhn", q.to(keys.dtype), keys) * q.shape[-1] ** -0.5
-    out = torch.einsum("bhn,bhnd->bhd", torch.softmax(scores, dim=-1), values)
-    return project(out.reshape(out.shape[0], -1).to(q.dtype))
+    if filled < window:
+        keys, values = keys[:, :, :filled], values[:, :, :filled]
+    out = F.scaled_dot_product_attention(q.unsqueeze(2).to(keys.dtype), keys, values)  # (B, H, 1, d)
+    return out.view(q.shape[0], -1).to(q.dtype)
 
 
 @dataclass
@@ -161,12 +161,5 @@ class LocalStepPlan:
         qkv = linear_t(x, self.qkv_w, self.qkv_b).view(b, 3, self.heads, self.head_dim)
         qk = qkv[:, :2]  # q and k rotated together: [a, b] -> [a cos - b sin, b cos + a sin]
         qk = qk * rotation[0] + torch.roll(qk, self.head_dim // 2, dims=-1) * rotation[1]
-        keys, values = self.cache["lk"], self.cache["lv"]
-        slot = position % self.window
-        keys[:, :, slot] = qk[:, 1]
-        values[:, :, slot] = qkv[:, 2]
-        filled = min(position + 1, self.window)
-        if filled < self.window:
-            keys, values = keys[:, :, :filled], values[:, :, :filled]
-        out = F.scaled_dot_product_attention(qk[:, 0].unsqueeze(2), keys, values)  # (B, H, 1, d)
-        return linear_t(out.view(b, self.heads * self.head_dim), self.proj_w, self.proj_b)
+        out = _attend_ring(qk[:, 0], qk[:, 1], qkv[:, 2], self.cache, position, self.window)
+        return linear_t(out, self.proj_w, self.proj_b)
