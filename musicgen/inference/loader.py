@@ -123,9 +123,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise ValueError(f"checkpoint {path}: weights do not fit its model config ({first[1] if len(first) > 1 else first[0]})") from None
-    if ckpt.model_config["vocab_size"] != len(ckpt.vocab):
-        raise ValueError(f"checkpoint {path}: model vocab_size {ckpt.model_config['vocab_size']} != "
-                         f"vocabulary size {len(ckpt.vocab)}")
     model.to(device).eval()
     return LoadedModel(model, REMITokenizer(ckpt.vocab.config), ckpt, torch.device(device))
 
