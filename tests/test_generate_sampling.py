@@ -11,7 +11,7 @@ import torch
 from musicgen.config import UserError
 from musicgen.generation import (GenerationSession, SamplingConfig, StopConfig, filter_logits, sample_next,
                                  state_nbytes, unconditional_prompt)
-from musicgen.generation.sampling import PitchHistory
+from musicgen.generation.sampling import RepetitionPenalty
 from musicgen.tokenizer import REMITokenizer, TokenType
 
 
@@ -37,14 +37,14 @@ def test_top_k_top_p_temperature_and_mask() -> None:
 def test_repetition_guard_penalises_recent_pitches(tokenizer: REMITokenizer) -> None:
     vocab = tokenizer.vocab
     pitches = vocab.ids_of_type(TokenType.PITCH)
-    history = PitchHistory(1, len(vocab), pitches, window=2)
+    rule = RepetitionPenalty(1, len(vocab), pitches, window=2, penalty=2.0)
     for pitch in (60, 62, 64):
-        history.push(0, vocab.id_of(TokenType.PITCH, pitch))
-    history.push(0, vocab.bar_id)  # not a pitch: ignored
-    guarded = history.mask()[0]
+        rule.observe(0, None, vocab.id_of(TokenType.PITCH, pitch), continuation=True)
+    rule.observe(0, None, vocab.bar_id, continuation=True)  # not a pitch: ignored
+    guarded = rule.history.mask()[0]
     assert [bool(guarded[vocab.id_of(TokenType.PITCH, p)]) for p in (60, 62, 64)] == [False, True, True]
     logits = torch.full((1, len(vocab)), 2.0)
-    out = filter_logits(logits, None, SamplingConfig(repetition_penalty=2.0, top_p=1.0), history.mask())
+    out = rule.process(logits, None)
     assert out[0, vocab.id_of(TokenType.PITCH, 64)] == 1.0 and out[0, vocab.id_of(TokenType.PITCH, 60)] == 2.0
 
 

@@ -1,8 +1,8 @@
 """Next-token sampling over logits: the one implementation used by generation, evaluation and benchmarks.
 
-Order of operations for a batch of logits (B, V) (the session first runs its decode-time rules, :mod:`.rules`:
-the tonal memory, the density control, the guards' soft rules, then step 1 below as :class:`RepetitionPenalty`):
-1. repetition guard (optional): the logits of the pitch tokens that occur among the last
+Order of operations for a batch of logits (B, V):
+1. the session's decode-time rules (:mod:`.rules`): the tonal memory, the density control, the guards' soft
+   rules, then the repetition guard, :class:`RepetitionPenalty` (off at `repetition_penalty=1`): the logits of the pitch tokens that occur among the last
    `repetition_window` *pitch* tokens of a sequence are divided by `repetition_penalty` when positive and
    multiplied by it when negative (the CTRL rule). Only pitches are guarded because REMI repeats
    structural tokens (Bar, Position, Velocity, Duration) legitimately all the time; what sounds broken is a
@@ -142,12 +142,9 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def filter_logits(logits: Tensor, allowed: Tensor | None, config: SamplingConfig,
-                  guarded: Tensor | None = None) -> Tensor:
-    """Steps 1-3 of the module docstring without the draw: (B, V) float32 logits, -inf where excluded."""
+def filter_logits(logits: Tensor, allowed: Tensor | None, config: SamplingConfig) -> Tensor:
+    """Steps 2-3 of the module docstring without the draw: (B, V) float32 logits, -inf where excluded."""
     logits = logits.float()
-    if guarded is not None:
-        logits = apply_repetition_penalty(logits, guarded.to(logits.device), config.repetition_penalty)
     if allowed is not None:
         logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
     if config.temperature > 0:
@@ -157,14 +154,14 @@ def filter_logits(logits: Tensor, allowed: Tensor | None, config: SamplingConfig
 
 
 def sample_next(logits: Tensor, allowed: Tensor | None, config: SamplingConfig,
-                generator: torch.Generator | None = None, guarded: Tensor | None = None) -> Tensor:
+                generator: torch.Generator | None = None) -> Tensor:
     """One token per row of `logits` (B, V) among the `allowed` (B, V) ones -> (B,) int64.
 
     A row with no allowed token at all is a caller bug (the grammar always allows something) and raises.
     """
     if allowed is not None and not bool(allowed.any(dim=-1).all()):
         raise RuntimeError("sampling: a sequence has no allowed token (grammar mask is empty)")
-    filtered = filter_logits(logits, allowed, config, guarded)
+    filtered = filter_logits(logits, allowed, config)
     if config.temperature == 0:
         return filtered.argmax(dim=-1)
     probs = torch.softmax(filtered, dim=-1)
