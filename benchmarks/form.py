@@ -256,13 +256,14 @@ def main() -> None:
     if args.recall:
         result["recall"] = r = recall(args.checkpoint, args.songs)
         print(f"\nteacher-forced recall, {args.checkpoint}, {r['songs']} test songs, first {r['max_tokens']} tokens")
-        print_table(["Pitch tokens in", "NLL (nats)", "tokens", "/ other"],
-                    [["bars restating an earlier bar", r["nll_restating"], r["pitch_tokens_restating"], r["ratio"]],
-                     ["  nearest source 1-4 bars back", r["nll_restating_source_1-4"],
-                      r["pitch_tokens_restating_source_1-4"], r["ratio_source_1-4"]],
-                     ["  nearest source 5-32 bars back", r["nll_restating_source_5-32"],
-                      r["pitch_tokens_restating_source_5-32"], r["ratio_source_5-32"]],
-                     ["other bars", r["nll_other"], r["pitch_tokens_other"], 1.0]])
+        rows = [("bars restating an earlier bar", "restating", r["ratio"]),
+                ("  nearest source 1-4 bars back", "restating_source_1-4", r["ratio_source_1-4"]),
+                ("  nearest source 5-32 bars back", "restating_source_5-32", r["ratio_source_5-32"]),
+                ("other bars", "other", 1.0)]
+        gate = "copy_gate_other" in r  # a model with a recall head: how much it copies where
+        print_table(["Pitch tokens in", "NLL (nats)", "tokens", "/ other"] + (["copy gate"] if gate else []),
+                    [[label, r[f"nll_{key}"], r[f"pitch_tokens_{key}"], ratio]
+                     + ([r.get(f"copy_gate_{key}", "")] if gate else []) for label, key, ratio in rows])
     write_results("form", result, out_path)
 
 

@@ -114,8 +114,9 @@ def test_shipped_checkpoint_loads_with_the_same_names_config_and_logits() -> Non
     data = torch.load(path, map_location="cpu", weights_only=True)
     assert data["model_config"] == ref["model_config"]
     model = build_model(data["model_config"], data["model_config"]["vocab_size"])
-    # a checkpoint from before attention.local_window gets the option's "off" defaults, nothing else changes
-    later_defaults = {"attention": {**ref["model_config"]["attention"], "local_window": 0, "local_heads": 2}}
+    # a checkpoint from before attention.local_window and recall gets those options' "off" defaults, nothing else
+    later_defaults = {"attention": {**ref["model_config"]["attention"], "local_window": 0, "local_heads": 2},
+                      "recall": {"window": 0, "key_dim": 64}}
     assert model.config == {**ref["model_config"], **later_defaults} and list(model.state_dict()) == ref["state_keys"]
     model.load_state_dict({k: v.float() for k, v in data["model_state"].items()})
     model.eval()

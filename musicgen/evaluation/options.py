@@ -22,6 +22,7 @@ class EvaluateOptions:
     split: str = "test"
     max_files: int | None = None
     length_factor: int = 4
+    train_len: int | None = None
     batch_size: int = 4
     device: str = "auto"
     seed: int = 1234
@@ -57,6 +58,7 @@ class EvaluateOptions:
         for name in ("length_factor", "batch_size", "drift_samples", "drift_window", "smooth"):
             setattr(self, name, check_int(name, getattr(self, name), minimum=1))
         self.max_files = check_int("max_files", self.max_files, minimum=1, allow_none=True)
+        self.train_len = check_int("train_len", self.train_len, minimum=1, allow_none=True)
         self.progress = check_bool("progress", self.progress)
         self.drift_tokens = check_int("drift_tokens", self.drift_tokens, minimum=1, allow_none=True)
         self.seed = check_int("seed", self.seed, minimum=0)

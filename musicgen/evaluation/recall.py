@@ -100,6 +100,7 @@ def teacher_forced_recall(model: torch.nn.Module, tokenizer: REMITokenizer, path
     device = next(model.parameters()).device
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    gates: dict[str, float] = {}  # the recall head's copy gate before each Pitch token, summed
     per_song = []
     try:
         for path in paths:
@@ -117,6 +118,9 @@ def teacher_forced_recall(model: torch.nn.Module, tokenizer: REMITokenizer, path
             generator = torch.Generator(device=device).manual_seed(seed)
             logits = model(tokens[:, :-1], generator=generator)[0]
             nll = F.cross_entropy(logits[index - 1].float(), tokens[0, index], reduction="none").double().cpu().numpy()
+            gate = model.recall_gate(tokens[:, :-1], torch.Generator(device=device).manual_seed(seed)) \
+                if getattr(model, "recall", None) is not None else None
+            gate = gate[0, index - 1].double().cpu().numpy() if gate is not None else None
             groups = _groups(steps, pitches, n_bars)
             inside = bar < n_bars
             song = {"path": str(path), "tokens": len(ids) - 1, "bars": n_bars,
@@ -126,6 +130,8 @@ def teacher_forced_recall(model: torch.nn.Module, tokenizer: REMITokenizer, path
                 pick = inside & flags[np.minimum(bar, n_bars - 1)]
                 sums[name] = sums.get(name, 0.0) + float(nll[pick].sum())
                 counts[name] = counts.get(name, 0) + int(pick.sum())
+                if gate is not None:
+                    gates[name] = gates.get(name, 0.0) + float(gate[pick].sum())
                 song[f"nll_{name}"] = round(float(nll[pick].mean()), 4) if pick.any() else float("nan")
                 song[f"pitch_tokens_{name}"] = int(pick.sum())
             per_song.append(song)
@@ -136,6 +142,8 @@ def teacher_forced_recall(model: torch.nn.Module, tokenizer: REMITokenizer, path
     for name in mean:
         out[f"nll_{name}"] = round(mean[name], 4)
         out[f"pitch_tokens_{name}"] = counts[name]
+        if name in gates and counts[name]:
+            out[f"copy_gate_{name}"] = round(gates[name] / counts[name], 4)
     other = mean.get("other", float("nan"))
     out["ratio"] = round(mean.get("restating", float("nan")) / other, 4) if other == other and other else float("nan")
     for lo, hi in SOURCE_LAG_BUCKETS:

@@ -108,7 +108,8 @@ def evaluate(options: EvaluateOptions, log: Log | None = print) -> EvaluationRes
         for name, reason in skipped:
             log(f"skipped {name}: {reason}")
     loaded = load_model(ckpt_path, device)
-    model, vocab, ckpt, train_len = loaded.model, loaded.vocab, loaded.checkpoint, loaded.train_len
+    model, vocab, ckpt = loaded.model, loaded.vocab, loaded.checkpoint
+    train_len = options.train_len or loaded.train_len
     if not train_len:
         raise UserError(f"checkpoint {ckpt_path}: no training length recorded (train_seq_len)")
     cache = open_eval_cache(ckpt.config or {}, vocab, options.data_root, options.data_cache_dir,

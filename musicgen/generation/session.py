@@ -209,6 +209,9 @@ class GenerationSession:
         logits, self.state = self.model.prefill(ids, generator=self._noise_gen)
         if getattr(self.state, "caches", None) is not None:
             self.state.caches = [_repeat_rows(cache, batch_size) for cache in self.state.caches]
+        memory = getattr(self.state, "recall", None)
+        if memory is not None:  # the recall head's ring, one own copy per row
+            memory.repeat_rows(batch_size)
         return logits[:, -1].expand(batch_size, -1), tracks, start_step
 
     # --- sampling ------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ class LoadedModel:
 MODEL_CONFIG_LIMITS = {"n_layers": 512, "d_model": 32768, "n_heads": 1024, "d_ff": 262144, "vocab_size": 65535,
                        "attention.n_features": 16384, "pe.realizations": 16384, "pe.sines": 1024,
                        "pe.kernel_size": 65536, "pe.max_len": 1 << 20, "attention.local_window": 1 << 16,
-                       "attention.local_heads": 1024}
+                       "attention.local_heads": 1024, "recall.window": 1 << 16, "recall.key_dim": 4096,
+                       "recall.max_lag_bars": 1 << 16}
 
 
 def parameter_floor(cfg: Any) -> int:
@@ -59,7 +60,8 @@ def parameter_floor(cfg: Any) -> int:
         per_layer += 4 * d * cfg.attention.local_heads * cfg.head_dim
     if cfg.pe.kind == "spe_conv":
         per_layer += 2 * cfg.pe.kernel_size * cfg.n_heads * cfg.head_dim // (cfg.n_layers if cfg.pe.share else 1)
-    return layers * per_layer + vocab * d * (1 if cfg.tie_embeddings else 2)
+    recall = 2 * d * cfg.recall.key_dim if cfg.recall.window else 0
+    return layers * per_layer + vocab * d * (1 if cfg.tie_embeddings else 2) + recall
 
 
 def check_model_fits(ckpt: Checkpoint) -> torch.nn.Module:

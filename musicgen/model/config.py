@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelConfig", "AttentionConfig", "PEConfig", "model_config_from", "load_preset", "PRESET_DIR"]
+__all__ = ["ModelConfig", "AttentionConfig", "PEConfig", "RecallConfig", "model_config_from", "load_preset", "PRESET_DIR"]
 
 #: conf/model/ of this checkout (the presets); ``load_preset`` reads from here unless given a path.
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
@@ -72,6 +72,21 @@ class PEConfig:
 
 
 @dataclass(frozen=True)
+class RecallConfig:
+    """``model.recall``: the pointer over the piece's own past (:mod:`.recall`); ``window: 0`` = none."""
+
+    window: int = 0  # positions the head can copy from (its ring buffer at generation)
+    key_dim: int = 64  # size of its queries and keys
+    bar_clock: bool = False  # score candidates by their lag in bars and onset (:class:`~.recall.BarClock`)
+    max_lag_bars: int = 64  # bar lags with a score of their own (further ones share the last)
+    # the vocabulary's Bar token and Position range, which the bar clock reads; filled from the tokenizer when the
+    # model is built for training (build_model(..., time_markers=...)), then stored with the checkpoint
+    bar_token: int = 0
+    position_first: int = 0
+    position_count: int = 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The architecture of a :class:`~musicgen.model.transformer.MusicTransformer`."""
 
@@ -84,6 +99,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     pe: PEConfig = field(default_factory=PEConfig)
+    recall: RecallConfig = field(default_factory=RecallConfig)
     vocab_size: int | None = None
 
     @property
@@ -99,9 +115,11 @@ class ModelConfig:
 
     # the edge ----------------------------------------------------------------------------------------
     @classmethod
-    def from_mapping(cls, cfg: Any, vocab_size: int | None = None) -> "ModelConfig":
+    def from_mapping(cls, cfg: Any, vocab_size: int | None = None,
+                     time_markers: tuple[int, int, int] | None = None) -> "ModelConfig":
         """Validate a model config (a :class:`ModelConfig`, a dict or DictConfig, partial or whole; a full
-        Hydra config with a ``model`` key also works). ``vocab_size`` overrides / adds the vocabulary size."""
+        Hydra config with a ``model`` key also works). ``vocab_size`` overrides / adds the vocabulary size;
+        ``time_markers`` (Bar id, first Position id, Position count) fill a bar clock's token ids when unset."""
         if isinstance(cfg, ModelConfig):
             out = cfg
         else:
@@ -111,6 +129,10 @@ class ModelConfig:
             out = _build(cls, dict(plain), "")
         size = vocab_size if vocab_size is not None else out.vocab_size
         out = dataclasses.replace(out, vocab_size=int(size) if (vocab_size or out.vocab_size) else None)
+        if time_markers is not None and out.recall.bar_clock and not out.recall.bar_token:
+            bar, first, count = (int(v) for v in time_markers)
+            out = dataclasses.replace(out, recall=dataclasses.replace(
+                out.recall, bar_token=bar, position_first=first, position_count=count))
         out.validate()
         return out
 
@@ -159,6 +181,17 @@ class ModelConfig:
             raise ValueError(f"model.attention.local_heads={att.local_heads}: expected >= 1 with a local_window")
         if att.local_window and self.head_dim % 2:
             raise ValueError(f"model.attention.local_window needs an even head dim (d_model / n_heads = {self.head_dim})")
+        rc = self.recall
+        if rc.window < 0 or (rc.window and (rc.key_dim < 1 or rc.max_lag_bars < 1)):
+            raise ValueError(f"model.recall: window={rc.window}, key_dim={rc.key_dim}, max_lag_bars={rc.max_lag_bars}:"
+                             " expected window 0 (off) or a number of tokens, key_dim and max_lag_bars >= 1")
+        if rc.window and rc.bar_clock and rc.bar_token:  # unset ids are filled when the model is built
+            outside = bool(self.vocab_size) and (rc.bar_token >= self.vocab_size
+                                                 or rc.position_first + rc.position_count > self.vocab_size)
+            if rc.position_first < 1 or rc.position_count < 1 or outside:
+                raise ValueError(f"model.recall: bar_token={rc.bar_token} / positions {rc.position_first}+"
+                                 f"{rc.position_count}: not a Position range inside the vocabulary "
+                                 f"({self.vocab_size} tokens)")
         if att.backend in ("fast_transformers", "fla") and att.kind != "linear":
             raise ValueError(f"attention.backend={att.backend} only applies to attention.kind=linear "
                              "(softmax attention uses F.scaled_dot_product_attention)")
@@ -219,7 +252,7 @@ def _typed(kind: str, val: Any, where: str) -> Any:
     return val  # str choices (checked by validate), chunk_size (int or "auto", kept as written), vocab_size None
 
 
-_SECTIONS = {"attention": AttentionConfig, "pe": PEConfig}
+_SECTIONS = {"attention": AttentionConfig, "pe": PEConfig, "recall": RecallConfig}
 
 
 # presets ---------------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ def graphs_apply(tokens: Tensor, model: Any) -> bool:
 
     if getattr(model, "cfg", None) is not None and model.cfg.attention.local_window:
         return False  # the local window's ring-buffer slot is chosen on the host
+    if getattr(model, "recall", None) is not None:
+        return False  # so is the recall head's
     return tokens.is_cuda and not isinstance(getattr(model, "ape", None), LearnedPositions)
 
 

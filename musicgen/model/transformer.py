@@ -26,6 +26,7 @@ from .config import ModelConfig
 from .embeddings import build_ape
 from .graphs import StepGraph, graphs_apply
 from .lean import TransposedWeights, autocast_on, parameter_versions
+from .recall import BarClock, RecallHead, RecallMemory
 from .spe import build_code_generator
 
 __all__ = ["MusicTransformer", "GenerationState", "build_model"]
@@ -59,6 +60,8 @@ class GenerationState:
     caches: list[dict] = field(default_factory=list)
     #: per-sequence constants of the lean step (:class:`StepPlan`), built on the first step
     plan: Any = field(default=None, repr=False, compare=False)
+    #: the recall head's ring buffer (:class:`~.recall.RecallMemory`), None without a recall head
+    recall: Any = None
     #: the lean step captured as a CUDA graph (:class:`~.graphs.StepGraph`) when ``model.step_graphs``;
     #: False after a failed capture (this state then keeps the eager lean step)
     graph: Any = field(default=None, repr=False, compare=False)
@@ -86,6 +89,7 @@ class GenerationState:
         add(self.code_states)
         add(self.layer_noise)
         add(self.caches)
+        add(self.recall)
         return total
 
 
@@ -106,6 +110,8 @@ class StepPlan:
     caches: list[dict]  # the caches the block plans update in place
     lnf: tuple[Tensor, Tensor, float]
     head: Tensor  # (d_model, V)
+    #: the recall head's query and key projections, transposed (None without a recall head)
+    recall: tuple[Tensor, Tensor] | None = None
     #: a local window's plan, whose rotary factors serve every layer's window (None without local windows)
     rotary: Any = None
 
@@ -141,6 +147,13 @@ class MusicTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = None if cfg.tie_embeddings else nn.Linear(d, v, bias=False)
+        #: pointer over the piece's own past (``recall.window``; :mod:`.recall`), or None
+        rc = cfg.recall
+        if rc.window and rc.bar_clock and not rc.bar_token:
+            raise ValueError("model.recall.bar_clock needs the vocabulary's Bar and Position token ids "
+                             "(build_model(..., time_markers=...); train.py fills them from the tokenizer)")
+        clock = BarClock(rc.bar_token, rc.position_first, rc.position_count) if rc.bar_clock else None
+        self.recall = RecallHead(d, rc.key_dim, rc.window, clock, rc.max_lag_bars) if rc.window else None
         self._weights_t = TransposedWeights()  # shared by the lean steps of every generated batch
         #: replay the lean step as a CUDA graph on CUDA (:mod:`.graphs`); off by default, no effect elsewhere
         self.step_graphs = False
@@ -165,6 +178,8 @@ class MusicTransformer(nn.Module):
         nn.init.normal_(self.embed.weight, std=self.cfg.d_model ** -0.5)
         with torch.no_grad():
             self.embed.weight[0].zero_()
+        if self.recall is not None:
+            self.recall.reset_parameters()
 
     def positional_parameter_names(self) -> set[str]:
         """Names of the positional parameters (SPE code generators and filters, attention decay rates), as the
@@ -191,15 +206,30 @@ class MusicTransformer(nn.Module):
             x = x + self.ape(positions).to(x.dtype)
         return self.drop(x)
 
-    def _logits(self, x: Tensor) -> Tensor:
-        x = self.ln_f(x)
-        return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+    def _logits(self, x: Tensor, tokens: Tensor, memory: RecallMemory | None = None, return_memory: bool = False):
+        """Final norm, output layer and, with a recall head, its mixture (then log-probabilities; with
+        ``return_memory`` also the head's state after these tokens, None without a head)."""
+        y = self.ln_f(x)
+        logits = F.linear(y, self.embed.weight) if self.head is None else self.head(y)
+        if self.recall is None:
+            return (logits, None) if return_memory else logits
+        return self.recall(y, logits, tokens, memory, return_memory=return_memory)
 
     # parallel form ----------------------------------------------------------------------
     def _run(self, tokens: Tensor, code_noise, layer_noise, return_state: bool, start: int = 0,
-             initial: list | None = None):
+             initial: list | None = None, memory: RecallMemory | None = None):
         """The parallel form over tokens at positions start..start+L-1, continuing the per-layer ``initial``
-        states (those it returned for the tokens before; None from the start)."""
+        states and the recall head's ``memory`` (those it returned for the tokens before; None from the start).
+        Returns (logits, per-layer states, recall memory); the states only with ``return_state``."""
+        x, states = self._trunk(tokens, code_noise, layer_noise, return_state, start, initial)
+        if not return_state:
+            return self._logits(x, tokens), states, None
+        logits, memory = self._logits(x, tokens, memory, return_memory=True)
+        return logits, states, memory
+
+    def _trunk(self, tokens: Tensor, code_noise, layer_noise, return_state: bool, start: int = 0,
+               initial: list | None = None) -> tuple[Tensor, list]:
+        """Embedding and blocks (before the final norm): hidden states (B, L, d) and per-layer states."""
         length = tokens.shape[1]
         x = self._embed(tokens, torch.arange(start, start + length, device=tokens.device))
         codes = [g.codes(n, length, start=start) if start else g.codes(n, length)
@@ -213,7 +243,7 @@ class MusicTransformer(nn.Module):
                 states.append(st)
             else:
                 x = blk(x, c, layer_noise[i], initial=before, start=start)
-        return self._logits(x), states
+        return x, states
 
     def prefills_in_chunks(self) -> bool:
         """Whether a long prompt can be read in chunks (every code generator can start anywhere; ConvSPE's
@@ -226,8 +256,18 @@ class MusicTransformer(nn.Module):
     def forward(self, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """tokens (B, L) -> logits (B, L, V). ``generator`` seeds SPE noise / performer features."""
         code_noise, layer_noise = self._draw(generator, tokens.device, self.training)
-        logits, _ = self._run(tokens, code_noise, layer_noise, return_state=False)
+        logits, _, _ = self._run(tokens, code_noise, layer_noise, return_state=False)
         return logits
+
+    @torch.no_grad()
+    def recall_gate(self, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
+        """(B, L): the probability mass the recall head moves to copying at each position (None without a
+        head). A diagnostic: is the head used, and where."""
+        if self.recall is None:
+            return None
+        code_noise, layer_noise = self._draw(generator, tokens.device, self.training)
+        x, _ = self._trunk(tokens, code_noise, layer_noise, return_state=False)
+        return self.recall.gate(self.ln_f(x), tokens)
 
     # recurrent form ---------------------------------------------------------------------
     def init_state(
@@ -250,7 +290,13 @@ class MusicTransformer(nn.Module):
             code_states=[g.begin(n) for g, n in zip(self.code_generators, code_noise)],
             layer_noise=layer_noise,
             caches=[blk.init_cache(batch_size, device, cap) for blk in self.blocks],
+            recall=self._init_recall(batch_size, device),
         )
+
+    def _init_recall(self, batch_size: int, device: torch.device, prefix: RecallMemory | None = None):
+        if self.recall is None:
+            return None
+        return self.recall.init_memory(batch_size, device, self.embed.weight.dtype, prefix)
 
     @torch.no_grad()
     def prefill(
@@ -269,12 +315,12 @@ class MusicTransformer(nn.Module):
         code_noise, layer_noise = self._draw(generator, device, training=False)
         b, length = tokens.shape
         if length <= chunk or not self.prefills_in_chunks():
-            logits, states = self._run(tokens, code_noise, layer_noise, return_state=True)
+            logits, states, memory = self._run(tokens, code_noise, layer_noise, return_state=True)
         else:
-            states = None
+            states, memory = None, None
             for start in range(0, length, chunk):
-                logits, states = self._run(tokens[:, start:start + chunk], code_noise, layer_noise,
-                                           return_state=True, start=start, initial=states)
+                logits, states, memory = self._run(tokens[:, start:start + chunk], code_noise, layer_noise,
+                                                   return_state=True, start=start, initial=states, memory=memory)
                 if self.cfg.attention.kind == "linear":  # the kernel's state is a view into a per-chunk buffer
                     states = [_detach_state(st) for st in states]
         cap = max(int(max_len or self.cfg.pe.max_len), length)
@@ -284,6 +330,7 @@ class MusicTransformer(nn.Module):
             layer_noise=layer_noise,
             caches=[blk.init_cache(b, device, cap, prefix=st, position=length)
                     for blk, st in zip(self.blocks, states)],
+            recall=self._init_recall(b, device, memory),
         )
 
     def step(self, tokens: Tensor, state: GenerationState) -> tuple[Tensor, GenerationState]:
@@ -311,8 +358,12 @@ class MusicTransformer(nn.Module):
             c = codes[self._gen_index(i)] if codes else None
             x, cache = blk.step(x, c, state.layer_noise[i], state.caches[i], n)
             caches.append(cache)
-        new = GenerationState(n + 1, code_states, state.layer_noise, caches)
-        return self._logits(x), new
+        new = GenerationState(n + 1, code_states, state.layer_noise, caches, recall=state.recall)
+        y = self.ln_f(x)
+        logits = F.linear(y, self.embed.weight) if self.head is None else self.head(y)
+        if self.recall is not None:
+            logits = self.recall.step(y, logits, tokens, state.recall)
+        return logits, new
 
     # lean step ----------------------------------------------------------------------------
     def lean_step_applies(self, state: GenerationState) -> bool:
@@ -353,6 +404,8 @@ class MusicTransformer(nn.Module):
             caches=list(state.caches), lnf=(self.ln_f.weight, self.ln_f.bias, self.ln_f.eps),
             head=weights_t(self.embed.weight if self.head is None else self.head.weight),
             rotary=next((blk.local for blk in blocks if blk.local is not None), None),
+            recall=None if self.recall is None else (weights_t(self.recall.query.weight),
+                                                     weights_t(self.recall.key.weight)),
         )
         state.plan = plan
         return plan
@@ -361,13 +414,21 @@ class MusicTransformer(nn.Module):
         """One token for every sequence: tokens (B,) -> logits (B, V); advances ``state`` in place."""
         plan = self.step_plan(state)
         n = state.position
-        logits = self._lean_body(plan, tokens, n)
+        if self.recall is None:
+            logits = self._lean_body(plan, tokens, n)
+        else:
+            y = self._lean_hidden(plan, tokens, n)
+            logits = self.recall.step(y, torch.mm(y, plan.head), tokens, state.recall, plan.recall)
         state.position = n + 1
         return logits
 
     def _lean_body(self, plan: StepPlan, tokens: Tensor, position: int | Tensor) -> Tensor:
         """The lean step's device work at ``position`` (an int, or a float64 0-d device tensor when captured in
         a CUDA graph: then nothing here may read a value back to the host)."""
+        return torch.mm(self._lean_hidden(plan, tokens, position), plan.head)
+
+    def _lean_hidden(self, plan: StepPlan, tokens: Tensor, position: int | Tensor) -> Tensor:
+        """The lean step up to the final norm: hidden states (B, d_model)."""
         x = F.embedding(tokens, plan.embed)
         if self.ape is not None:
             pos = position.view(1).long() if isinstance(position, Tensor) else torch.tensor([position], device=tokens.device)
@@ -377,8 +438,7 @@ class MusicTransformer(nn.Module):
         rotation = plan.rotary.rotation(int(position)) if plan.rotary is not None else None  # once for all windows
         for blk in plan.blocks:
             x = blk(x, position, rotation)
-        y = F.layer_norm(x, (x.shape[1],), *plan.lnf[:2], plan.lnf[2])
-        return torch.mm(y, plan.head)
+        return F.layer_norm(x, (x.shape[1],), *plan.lnf[:2], plan.lnf[2])
 
     def _graphed_step(self, tokens: Tensor, state: GenerationState) -> Tensor | None:
         """The lean step replayed from a CUDA graph (captured on first use for this plan), or None when the
@@ -400,7 +460,9 @@ class MusicTransformer(nn.Module):
         return logits
 
 
-def build_model(model_cfg: Any, vocab_size: int) -> MusicTransformer:
+def build_model(model_cfg: Any, vocab_size: int, time_markers: tuple[int, int, int] | None = None) -> MusicTransformer:
     """Build a model from a model config (a composed ``conf/model`` preset as dict or DictConfig, a
-    checkpoint's stored dict, or a :class:`ModelConfig`) and a vocab size: validated here, once."""
-    return MusicTransformer(ModelConfig.from_mapping(model_cfg, vocab_size))
+    checkpoint's stored dict, or a :class:`ModelConfig`) and a vocab size: validated here, once.
+    ``time_markers``: the tokenizer's (Bar id, first Position id, Position count), which a recall head's bar
+    clock reads (``Vocabulary.time_markers()``); a checkpoint's config already holds them."""
+    return MusicTransformer(ModelConfig.from_mapping(model_cfg, vocab_size, time_markers))

@@ -167,6 +167,11 @@ class Vocabulary:
             raise ValueError(f"{kind.name} index {index} out of range 0..{span.size - 1}")
         return span.start + index
 
+    def time_markers(self) -> tuple[int, int, int]:
+        """(Bar id, first Position id, number of Position tokens): what a model's bar clock reads."""
+        span = self.ranges[TokenType.POSITION]
+        return self.bar_id, int(span.start), int(span.size)
+
     def time_signature_id(self, numerator: int, denominator: int) -> int:
         return self.id_of(TokenType.TIME_SIG, self._time_signature_index[(numerator, denominator)])
 

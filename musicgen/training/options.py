@@ -43,6 +43,7 @@ class TrainOptions:
     stop_at_step: int | None = None
     ckpt_dir: str | None = None
     init_from: str | None = None
+    train_only: tuple[str, ...] | None = None
     resume: bool | str | None = False
     log_every: int = 10
     transpose: int = 0
@@ -82,6 +83,13 @@ class TrainOptions:
             except (ValueError, KeyError, TypeError) as exc:
                 message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
                 raise UserError(message) from None
+        train_only = t.get("train_only")
+        if train_only is not None:
+            if isinstance(train_only, (str, bytes)) or not all(isinstance(p, str) and p for p in train_only) \
+                    or not len(train_only):
+                raise UserError(f"train.train_only={train_only!r}: expected null or a list of parameter-name "
+                                "prefixes, e.g. [recall]")
+            train_only = tuple(str(p) for p in train_only)
         logger = cfg.get("logger") or {}
         log_every = 10
         if logger.get("log_every") is not None:
@@ -99,4 +107,5 @@ class TrainOptions:
                    precision=str(t.get("precision")), seed=seed,
                    ckpt_dir=str(t.ckpt_dir) if t.get("ckpt_dir") else None,
                    init_from=str(t.init_from) if t.get("init_from") else None, resume=t.get("resume"),
+                   train_only=train_only,
                    log_every=log_every, **shifts)

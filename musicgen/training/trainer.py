@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..config import UserError
 from ..data import Augmenter, RandomCrops, SequentialCrops, TokenCache, prepare_corpus
 from ..evaluation.likelihood import NATS_PER_BIT, extrapolation_edges, position_nll
 from ..inference import Checkpoint, load_checkpoint
@@ -158,10 +159,12 @@ def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
     vocab = cache.vocab
 
     seed_everything(opts.seed)
-    model = build_model(cfg.model, len(vocab)).to(device)
+    model = build_model(cfg.model, len(vocab), time_markers=vocab.time_markers()).to(device)
     positional_init = positional_parameters(model)  # where the positional parameters started (diagnostics)
     if opts.init_from and resume_path(opts, ckpt_dir) is None:
         positional_init = _init_from(model, opts.init_from, vocab.tokens, info.is_main)
+    if opts.train_only:
+        _freeze_all_but(model, opts.train_only, info.is_main)
     optimizer = make_optimizer(model, opts.lr, opts.weight_decay, opts.betas, opts.pe_lr_scale or 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, opts.warmup_steps, opts.max_steps, opts.min_lr_ratio))
@@ -326,6 +329,20 @@ def _train(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
     logger.finish()
     barrier(info)
     return TrainResult(step, last_loss, run.best_val, run.ckpt_dir, interrupted, losses, stop_reason)
+
+
+def _freeze_all_but(model: torch.nn.Module, prefixes: tuple[str, ...], verbose: bool) -> None:
+    """``train.train_only``: only the parameters under these name prefixes learn (the optimizer skips the rest,
+    and autograd records nothing for a frozen stack, so training a head on it costs about a forward pass)."""
+    trained = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(name == pre or name.startswith(pre + ".") for pre in prefixes))
+        trained += p.numel() if p.requires_grad else 0
+    if not trained:
+        raise UserError(f"train.train_only={list(prefixes)}: no parameter of this model starts with these names")
+    if verbose:
+        total = sum(p.numel() for p in model.parameters())
+        tqdm.write(f"training {trained:,} of {total:,} parameters (train.train_only={list(prefixes)})")
 
 
 def _init_from(model: torch.nn.Module, path: str, vocab_tokens: list[str], verbose: bool) -> dict[str, torch.Tensor]:
