@@ -74,6 +74,12 @@ def _to_position(state: Any, position: int) -> None:
                     cache[key] = buf = grown
                 buf[:, :, :position] = torch.randn(buf[:, :, :position].shape, generator=gen).to(buf.device)
             cache["len"] = position
+    memory = getattr(state, "recall", None)
+    if memory is not None and position:  # a recall head's ring: as full as it would be at `position`
+        stored = min(position, memory.keys.shape[1])
+        memory.keys[:, :stored] = torch.randn(memory.keys[:, :stored].shape, generator=gen).to(memory.keys.device)
+        memory.follow[:, :stored] = 4  # any token but PAD (0 = empty slot); the values do not change the cost
+        memory.newest, memory.stored = stored - 1, stored
     state.position = position
 
 

@@ -17,7 +17,7 @@ from support import VOCAB, small_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "model"
-NAMES = ["spe_sine_gated_decay", "spe_sine_gated", "spe_conv_gated", "spe_sine", "spe_conv", "ape", "ape_learned", "softmax", "none", "paper_pop_piano"]
+NAMES = ["spe_sine_gated_decay_recall", "spe_sine_gated_decay", "spe_sine_gated", "spe_conv_gated", "spe_sine", "spe_conv", "ape", "ape_learned", "softmax", "none", "paper_pop_piano"]
 SMALL = [n for n in NAMES if n != "paper_pop_piano"]
 HAS_FAST = importlib.util.find_spec("fast_transformers") is not None
 
