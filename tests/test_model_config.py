@@ -105,27 +105,33 @@ def test_typed_config_is_validated_once_at_the_edge() -> None:
 
 
 def test_shipped_checkpoint_loads_with_the_same_names_config_and_logits() -> None:
-    """checkpoints/musicgen-small.pt (its stored config dict, its parameter names) builds and gives the logits
-    recorded before the model's config and step were restructured (tests/model_shipped_logits.json)."""
+    """checkpoints/musicgen-small.pt is the stack recorded before the model's config and step were restructured
+    (tests/model_shipped_logits.json) plus a recall head trained with that stack frozen: the same config but the
+    head, the same parameter names, and without its head exactly the recorded logits, in both forms."""
     ref = json.loads((ROOT / "tests" / "model_shipped_logits.json").read_text())
     path = ROOT / "checkpoints" / "musicgen-small.pt"
     if not path.is_file():
         pytest.skip("no shipped checkpoint")
     data = torch.load(path, map_location="cpu", weights_only=True)
-    assert data["model_config"] == ref["model_config"]
+    # a checkpoint from before attention.local_window gets the option's "off" defaults; name, dropout (the head
+    # trained without) and recall are the head's
+    later = {"attention": {**ref["model_config"]["attention"], "local_window": 0, "local_heads": 2}}
+    stack = {k: v for k, v in {**ref["model_config"], **later}.items() if k not in ("name", "dropout")}
+    assert {k: v for k, v in data["model_config"].items() if k not in ("name", "dropout", "recall")} == stack
+    assert data["model_config"]["recall"]["window"] == 4096 and data["model_config"]["recall"]["bar_clock"]
     model = build_model(data["model_config"], data["model_config"]["vocab_size"])
-    # a checkpoint from before attention.local_window and recall gets those options' "off" defaults, nothing else
-    later_defaults = {"attention": {**ref["model_config"]["attention"], "local_window": 0, "local_heads": 2},
-                      "recall": {"window": 0, "key_dim": 64}}
-    assert model.config == {**ref["model_config"], **later_defaults} and list(model.state_dict()) == ref["state_keys"]
+    assert [k for k in model.state_dict() if not k.startswith("recall.")] == ref["state_keys"]
     model.load_state_dict({k: v.float() for k, v in data["model_state"].items()})
     model.eval()
     vocab = ref["model_config"]["vocab_size"]
     x = torch.randint(1, vocab, (1, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
+        with_head = model(x, generator=torch.Generator().manual_seed(1))
+        model.recall = None  # the stack alone
         logits = model(x, generator=torch.Generator().manual_seed(1))
         state = model.init_state(1, generator=torch.Generator().manual_seed(1))
         steps = [model.step(x[:, i], state)[0] for i in range(64)]
+    assert not torch.allclose(with_head, torch.log_softmax(logits, -1), atol=1e-3)  # the head takes part
     torch.testing.assert_close(logits[0, ::8, :6], torch.tensor(ref["forward"]), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(torch.stack([steps[i][0, :6] for i in (0, 31, 63)]), torch.tensor(ref["step"]),
                                atol=1e-4, rtol=1e-5)

@@ -158,8 +158,8 @@ def test_config_checks_and_size_floor() -> None:
 
 def test_train_only_trains_the_head_and_leaves_the_rest(pop909_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    run_training(compose_cfg(tiny_train_overrides(pop909_dir, cache, tmp_path / "base", 2)), tmp_path / "r0",
-                 progress=False)
+    run_training(compose_cfg(tiny_train_overrides(pop909_dir, cache, tmp_path / "base", 2) + ["model.recall.window=0"]),
+                 tmp_path / "r0", progress=False)  # a stack without a head
     source = load_checkpoint(tmp_path / "base" / "last.pt")
     tuned = compose_cfg(tiny_train_overrides(pop909_dir, cache, tmp_path / "head", 3)
                         + ["model.recall.window=64", "model.recall.key_dim=8", "train.lr=1e-2",

@@ -107,5 +107,6 @@ def test_ddp_two_processes_on_cpu_keep_identical_parameters(pop909_dir: Path, ca
     init = compose_cfg(overrides)
     from musicgen.model import build_model
     torch.manual_seed(int(init.seed))
-    fresh = build_model(init.model, load_checkpoint(tmp_path / "ckpt" / "last.pt").model_config["vocab_size"])
+    trained = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    fresh = build_model(init.model, trained.model_config["vocab_size"], time_markers=trained.vocab.time_markers())
     assert any(not torch.equal(fresh.state_dict()[k], r0[k]) for k in r0 if r0[k].is_floating_point())

@@ -172,77 +172,74 @@ class RecallHead(nn.Module):
         ``memory``: the state returned for the tokens just before these (a prompt read in chunks); its newest
         entry's follower is ``tokens[:, 0]``.
         """
-        b, length, _ = hidden.shape
+        scores, q, candidates = self._parallel_scores(hidden, tokens, memory)
+        length = hidden.shape[1]
+        out = self._mix(scores, q, logits, candidates.follow.unsqueeze(1).expand(-1, length, -1))
+        if not return_memory:
+            return out
+        keep = min(self.window, candidates.follow.shape[1])
+        new = RecallMemory(keys=candidates.keys[:, -keep:].detach().clone(), follow=candidates.follow[:, -keep:].clone(),
+                           newest=keep - 1, stored=keep)
+        if self.clock is not None:
+            new.bars, new.onsets = candidates.bars[:, -keep:].clone(), candidates.onsets[:, -keep:].clone()
+            new.bar_now, new.onset_now = candidates.bar_now, candidates.onset_now
+        return out, new
+
+    def gate(self, hidden: Tensor, tokens: Tensor) -> Tensor:
+        """g (B, L): the probability mass the head moves to copying, per position (diagnostics)."""
+        with torch.no_grad():
+            scores, q, _ = self._parallel_scores(hidden, tokens, None)
+            return 1.0 - self._attend(scores, q)[..., -1]
+
+    def _parallel_scores(self, hidden: Tensor, tokens: Tensor, memory: RecallMemory | None
+                         ) -> tuple[Tensor, Tensor, RecallMemory]:
+        """Scores (B, L, P) of every query against every candidate (-inf where not visible), the queries, and the
+        candidates (the memory's entries, oldest first, then these tokens' own) with the clock after the last."""
+        length = hidden.shape[1]
         q = self.query(hidden)
         k = self.key(hidden)
         follow = torch.zeros_like(tokens)
         follow[:, :-1] = tokens[:, 1:]
-        past = 0
         continuing = memory is not None and memory.newest >= 0
+        bar = onset = None
         if self.clock is not None:
             bar, onset = self.clock.parallel(tokens, *((memory.bar_now, memory.onset_now) if continuing else ()))
-            bar_all, onset_all = bar, onset
+        past = 0
         if continuing:
             old_keys, old_follow, old_bars, old_onsets = self._ordered(memory)
             old_follow = old_follow.clone()
             old_follow[:, -1] = tokens[:, 0]
             past = old_keys.shape[1]
             k = torch.cat([old_keys.to(k.dtype), k], dim=1)
-            follow_all = torch.cat([old_follow, follow], dim=1)
-            if self.clock is not None:
-                bar_all, onset_all = torch.cat([old_bars, bar], dim=1), torch.cat([old_onsets, onset], dim=1)
-        else:
-            follow_all = follow
+            follow = torch.cat([old_follow, follow], dim=1)
+        candidates = RecallMemory(keys=k, follow=follow)
         scores = torch.einsum("bqk,bpk->bqp", q, k) / math.sqrt(self.key_dim)
         if self.clock is not None:
-            scores = scores + self._time_score(bar, onset, bar_all, onset_all).to(scores.dtype)
-        # key p (absolute past - ... ) sits at offset p - past from the chunk's start: visible to query t when
-        # it lies strictly before t, within the window, and has a known follower
+            candidates.bars = torch.cat([old_bars, bar], dim=1) if continuing else bar
+            candidates.onsets = torch.cat([old_onsets, onset], dim=1) if continuing else onset
+            candidates.bar_now, candidates.onset_now = bar[:, -1].clone(), onset[:, -1].clone()
+            scores = scores + self._time_score(bar, onset, candidates.bars, candidates.onsets).to(scores.dtype)
+        # candidate p sits at offset p - past from these tokens' start: visible to query t when it lies strictly
+        # before t, within the window, and its follower is known
         qpos = torch.arange(length, device=hidden.device).unsqueeze(1)
         kpos = torch.arange(past + length, device=hidden.device).unsqueeze(0) - past
-        visible = (kpos < qpos) & (kpos >= qpos - self.window)
-        visible = visible.unsqueeze(0) & (follow_all != 0).unsqueeze(1)
-        scores = scores.masked_fill(~visible, float("-inf"))
-        out = self._mix(scores, q, logits, follow_all.unsqueeze(1).expand(b, length, -1))
-        if not return_memory:
-            return out
-        keep = min(self.window, past + length)
-        new = RecallMemory(keys=k[:, -keep:].detach().clone(), follow=follow_all[:, -keep:].clone(), newest=keep - 1,
-                           stored=keep)
-        if self.clock is not None:
-            new.bars, new.onsets = bar_all[:, -keep:].clone(), onset_all[:, -keep:].clone()
-            new.bar_now, new.onset_now = bar[:, -1].clone(), onset[:, -1].clone()
-        return out, new
+        visible = ((kpos < qpos) & (kpos >= qpos - self.window)).unsqueeze(0) & (follow != 0).unsqueeze(1)
+        return scores.masked_fill(~visible, float("-inf")), q, candidates
+
+    def _attend(self, scores: Tensor, q: Tensor) -> Tensor:
+        """Softmax over [scores, sentinel]: (B, L, P + 1), the last column the sentinel's mass (1 - g)."""
+        sentinel = (q @ self.sentinel + self.sentinel_bias).unsqueeze(-1)
+        return torch.softmax(torch.cat([scores, sentinel], dim=-1), dim=-1)
 
     def _mix(self, scores: Tensor, q: Tensor, logits: Tensor, follow: Tensor) -> Tensor:
-        """Softmax over [scores, sentinel] -> log((1 - g) p_model + g p_copy). scores (B, L, P) with -inf where
-        hidden, follow (B, L, P) the token each key would copy."""
-        sentinel = (q @ self.sentinel + self.sentinel_bias).unsqueeze(-1)
-        attn = torch.softmax(torch.cat([scores, sentinel], dim=-1), dim=-1)
+        """log((1 - g) p_model + g p_copy). scores (B, L, P) with -inf where hidden, follow (B, L, P) the token
+        each candidate would copy."""
+        attn = self._attend(scores, q)
         copy = torch.zeros_like(logits).scatter_add_(-1, follow, attn[..., :-1].to(logits.dtype))
         keep = attn[..., -1:].to(logits.dtype)  # 1 - g: the sentinel's mass
         model = F.log_softmax(logits, dim=-1) + torch.log(keep.clamp_min(1e-30))
         copied = torch.log(copy.clamp_min(math.exp(_LOG_FLOOR)))
         return torch.logaddexp(model, copied)
-
-    def gate(self, hidden: Tensor, tokens: Tensor) -> Tensor:
-        """g (B, L): the probability mass the head moves to copying, per position (diagnostics)."""
-        with torch.no_grad():
-            q = self.query(hidden)
-            k = self.key(hidden)
-            follow = torch.zeros_like(tokens)
-            follow[:, :-1] = tokens[:, 1:]
-            length = hidden.shape[1]
-            scores = torch.einsum("bqk,bpk->bqp", q, k) / math.sqrt(self.key_dim)
-            if self.clock is not None:
-                bar, onset = self.clock.parallel(tokens)
-                scores = scores + self._time_score(bar, onset, bar, onset)
-            pos = torch.arange(length, device=hidden.device)
-            visible = (pos.unsqueeze(0) < pos.unsqueeze(1)) & (pos.unsqueeze(0) >= pos.unsqueeze(1) - self.window)
-            visible = visible.unsqueeze(0) & (follow != 0).unsqueeze(1)
-            scores = scores.masked_fill(~visible, float("-inf"))
-            sentinel = (q @ self.sentinel + self.sentinel_bias).unsqueeze(-1)
-            return 1.0 - torch.softmax(torch.cat([scores, sentinel], dim=-1), dim=-1)[..., -1]
 
     # recurrent form ---------------------------------------------------------------------------------
     def init_memory(self, batch_size: int, device: torch.device, dtype: torch.dtype,
