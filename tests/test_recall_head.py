@@ -174,3 +174,19 @@ def test_train_only_trains_the_head_and_leaves_the_rest(pop909_dir: Path, tmp_pa
     bad = compose_cfg(tiny_train_overrides(pop909_dir, cache, tmp_path / "bad", 2) + ["train.train_only=[nothing]"])
     with pytest.raises(Exception, match="train.train_only"):
         run_training(bad, tmp_path / "r2", progress=False)
+
+
+def test_a_checkpoint_whose_bar_clock_reads_other_tokens_is_refused(tmp_path: Path) -> None:
+    """A bar clock pointed at tokens that are not the vocabulary's Bar / Position would give silently wrong
+    lags: loading says so in one line instead."""
+    from musicgen.inference import load_model
+
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "musicgen-small.pt"
+    data = torch.load(shipped, map_location="cpu", weights_only=True)
+    if not data["model_config"]["recall"]["bar_clock"]:
+        pytest.skip("the shipped model has no bar clock")
+    data["model_config"]["recall"]["bar_token"] += 1
+    bad = tmp_path / "bad.pt"
+    torch.save(data, bad)
+    with pytest.raises(ValueError, match="bar clock reads tokens .*not its vocabulary's Bar"):
+        load_model(bad, "cpu")

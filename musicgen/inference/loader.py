@@ -89,6 +89,11 @@ def check_model_fits(ckpt: Checkpoint) -> torch.nn.Module:
                              f"(at most {limit}); the file is damaged or crafted")
     if cfg.vocab_size is None or cfg.vocab_size != len(ckpt.vocab):
         raise ValueError(f"checkpoint {path}: model vocab_size {cfg.vocab_size} != vocabulary size {len(ckpt.vocab)}")
+    rc = cfg.recall
+    if rc.window and rc.bar_clock and (rc.bar_token, rc.position_first, rc.position_count) != ckpt.vocab.time_markers():
+        raise ValueError(f"checkpoint {path}: its recall head's bar clock reads tokens {rc.bar_token} / "
+                         f"{rc.position_first}+{rc.position_count}, which are not its vocabulary's Bar / Position "
+                         "tokens; the file is damaged or crafted")
     blocks = {int(m.group(1)) for name in ckpt.model_state if (m := re.match(r"blocks\.(\d+)\.", name))}
     if blocks and blocks != set(range(cfg.n_layers)):
         raise ValueError(f"checkpoint {path}: weights do not fit its model config (n_layers={cfg.n_layers}, the "
