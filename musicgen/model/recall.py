@@ -9,14 +9,15 @@ Sentinel Mixture Models") and the continuous cache of Grave et al. (2017) give a
 
 * each position i keeps a key ``k_i = W_k y_i`` of its final hidden state y_i (which encodes the context up to
   i) and the token that followed it, x_{i+1};
-* at position t a query ``q_t = W_q y_t`` scores the last ``window`` keys; one more score, the *sentinel*
-  ``q_t . s + b``, stands for "nothing here to copy";
+* at position t a query ``q_t = W_q y_t`` scores the last ``window`` keys; with a bar clock each key also gets a
+  learnt score for its lag in bars and whether it sits at the same onset (:class:`BarClock`,
+  :class:`BarLagScores`); one more score, the *sentinel* ``q_t . s + b``, stands for "nothing here to copy";
 * the softmax over [keys, sentinel] gives a copy distribution (the mass of the keys, spread onto the tokens
   that followed them) and a gate g (one minus the sentinel's mass); the model's output is
   ``log((1 - g) softmax(logits) + g p_copy)``: log-probabilities, which every caller already treats as logits.
 
-The gate is learnt from data: the head copies only where the context truly matched something earlier, as
-often as the training songs restate themselves. It is part of the model's likelihood (trained by its NLL,
+The gate is learnt from data: it opens most where the context matches something earlier (docs/form.md
+measures where). It is part of the model's likelihood (trained by its NLL,
 counted in test NLL), not a decode-time rule. At generation the keys live in a ring buffer of ``window``
 entries, so memory and time per token stay constant however long the piece (:class:`RecallMemory`).
 """
