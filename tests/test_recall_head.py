@@ -15,7 +15,7 @@ from musicgen.model import build_model
 from musicgen.model.config import ModelConfig
 from musicgen.training.trainer import run_training
 
-from support import compose_cfg, small_cfg, tiny_train_overrides
+from support import compose_cfg, small_cfg, step_all, tiny_train_overrides
 
 VOCAB = 40
 
@@ -49,14 +49,9 @@ def _bars(n_bars: int, seed: int) -> torch.Tensor:
 
 
 def _steps(model, x: torch.Tensor, seed: int, inference: bool) -> torch.Tensor:
-    ctx = torch.inference_mode() if inference else torch.no_grad()
-    with ctx:
-        state = model.init_state(x.shape[0], generator=torch.Generator().manual_seed(seed))
-        out = []
-        for t in range(x.shape[1]):
-            logits, state = model.step(x[:, t], state)
-            out.append(logits)
-    return torch.stack(out, 1)
+    """Step by step, in inference mode (the lean step) or with gradients off only (the generic step)."""
+    with torch.inference_mode() if inference else torch.no_grad():
+        return step_all(model, x, seed)
 
 
 @pytest.mark.parametrize("clock", [False, True], ids=["content", "bar_clock"])

@@ -80,12 +80,16 @@ class BarClock:
     position_first: int
     position_count: int
 
+    def _marks(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Which tokens are Bar tokens, and which Position tokens."""
+        is_pos = (tokens >= self.position_first) & (tokens < self.position_first + self.position_count)
+        return tokens == self.bar_token, is_pos
+
     def parallel(self, tokens: Tensor, bar0: Tensor | None = None, onset0: Tensor | None = None
                  ) -> tuple[Tensor, Tensor]:
         """tokens (B, L) -> bar index and onset (B, L) after each token, continuing (bar0, onset0) (B,)."""
         b, length = tokens.shape
-        is_bar = tokens == self.bar_token
-        is_pos = (tokens >= self.position_first) & (tokens < self.position_first + self.position_count)
+        is_bar, is_pos = self._marks(tokens)
         bar = torch.cumsum(is_bar.long(), dim=1)
         if bar0 is not None:
             bar = bar + bar0.unsqueeze(1)
@@ -98,8 +102,7 @@ class BarClock:
 
     def step(self, tokens: Tensor, bar: Tensor, onset: Tensor) -> tuple[Tensor, Tensor]:
         """The clock after one more token per row: tokens, bar, onset (B,) -> bar, onset (B,)."""
-        is_bar = tokens == self.bar_token
-        is_pos = (tokens >= self.position_first) & (tokens < self.position_first + self.position_count)
+        is_bar, is_pos = self._marks(tokens)
         onset = torch.where(is_pos, tokens - self.position_first, torch.where(is_bar, torch.full_like(onset, -1), onset))
         return bar + is_bar.long(), onset
 

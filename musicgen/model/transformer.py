@@ -206,11 +206,15 @@ class MusicTransformer(nn.Module):
             x = x + self.ape(positions).to(x.dtype)
         return self.drop(x)
 
+    def _vocab_logits(self, y: Tensor) -> Tensor:
+        """The output layer (or the transposed token embedding) on final-norm hidden states."""
+        return F.linear(y, self.embed.weight) if self.head is None else self.head(y)
+
     def _logits(self, x: Tensor, tokens: Tensor, memory: RecallMemory | None = None, return_memory: bool = False):
         """Final norm, output layer and, with a recall head, its mixture (then log-probabilities; with
         ``return_memory`` also the head's state after these tokens, None without a head)."""
         y = self.ln_f(x)
-        logits = F.linear(y, self.embed.weight) if self.head is None else self.head(y)
+        logits = self._vocab_logits(y)
         if self.recall is None:
             return (logits, None) if return_memory else logits
         return self.recall(y, logits, tokens, memory, return_memory=return_memory)
@@ -360,7 +364,7 @@ class MusicTransformer(nn.Module):
             caches.append(cache)
         new = GenerationState(n + 1, code_states, state.layer_noise, caches, recall=state.recall)
         y = self.ln_f(x)
-        logits = F.linear(y, self.embed.weight) if self.head is None else self.head(y)
+        logits = self._vocab_logits(y)
         if self.recall is not None:
             logits = self.recall.step(y, logits, tokens, state.recall)
         return logits, new
