@@ -1,4 +1,5 @@
-"""Shared plumbing for the Hydra entry points: where conf/ lives, and one-line errors instead of tracebacks."""
+"""Shared plumbing for the Hydra entry points: where conf/ lives, and one-line errors for user mistakes (a bug
+keeps its traceback)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import sys
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = Path(os.environ.get("MUSICGEN_CONF_DIR", PROJECT_ROOT / "conf"))
 
-# Errors a user can cause (bad option, bad file, bad checkpoint): printed as one line, exit code 1.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError)
+# Errors a user can cause, printed as one line with exit code 1 (besides `UserError`): ValueError (a bad value,
+# a damaged or foreign checkpoint, cache or index.tsv) and OSError (a missing file, no permission, a full disk).
+# RuntimeError and KeyError are not among them: ours and torch's are bugs (a shape error, a missing key), and a
+# bug shows its traceback. Where a user mistake surfaces as one of them (a checkpoint that cannot resume, a
+# download that fails, a diverged run), the code that knows turns it into a `UserError` naming the file or
+# option; running out of memory is the one RuntimeError reported as a line (`_out_of_memory`).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 class UserError(Exception):
@@ -36,10 +42,30 @@ def require_known_keys(cls: type, values: Mapping[str, Any], what: str, list_kno
         raise error(f"unknown {what} option(s): {', '.join(unknown)}{hint}")
 
 
-def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Run `func`; a user error becomes `error: <message>` on stderr and exit code 1 (no traceback).
+def _out_of_memory(exc: BaseException) -> str | None:
+    """The short reason when `exc` is torch failing to allocate (a batch, length or number of samples too large
+    for this machine: a limit of the settings, not a bug), else None. torch is only looked at when loaded."""
+    text = " ".join(str(exc).split())
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if (isinstance(oom, type) and isinstance(exc, oom)) or (type(exc) is RuntimeError
+                                                            and "MPS backend out of memory" in text):
+        return ". ".join(text.split(". ")[:2])[:200]
+    if type(exc) is RuntimeError and "can't allocate memory" in text:  # torch's CPU allocator
+        return text[text.index("can't allocate memory"):].split(". ")[0][:200]
+    return None
 
-    Set MUSICGEN_DEBUG=1 to see the full traceback instead.
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(1)
+
+
+def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `func`; a user error (`UserError`, `USER_ERRORS`, running out of memory) becomes `error: <message>` on
+    stderr and exit code 1 (no traceback). Anything else is a bug and propagates with its traceback.
+
+    Set MUSICGEN_DEBUG=1 to see the full traceback of a user error too.
     """
 
     @functools.wraps(func)
@@ -49,9 +75,13 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except (UserError, *USER_ERRORS) as exc:
             if os.environ.get("MUSICGEN_DEBUG"):
                 raise
-            message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-            print(f"error: {' '.join(message.split())}", file=sys.stderr)
-            sys.exit(1)
+            _fail(str(exc))
+        except RuntimeError as exc:
+            reason = _out_of_memory(exc)
+            if reason is None or os.environ.get("MUSICGEN_DEBUG"):
+                raise
+            _fail(f"out of memory ({reason}): lower the batch size, the sequence length or the number of samples "
+                  "(or free the device)")
         except KeyboardInterrupt:  # Ctrl-C outside a loop that handles it (e.g. while preparing the data)
             if os.environ.get("MUSICGEN_DEBUG"):
                 raise

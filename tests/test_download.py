@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from musicgen.config import UserError
 from musicgen.data.download import download_pop909, xlsx_rows
 from musicgen.data.prepare import prepare_corpus
 
@@ -34,7 +35,7 @@ def test_xlsx_index_is_read_without_a_spreadsheet_library() -> None:
 
 
 def test_unreachable_archive_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="cannot download POP909"):
+    with pytest.raises(UserError, match="data.download=true: cannot download POP909"):
         download_pop909(tmp_path / "pop909", url=(tmp_path / "missing.zip").as_uri())
 
 

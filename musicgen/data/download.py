@@ -7,6 +7,7 @@ directly so no spreadsheet library is required.
 
 from __future__ import annotations
 
+import http.client
 import io
 import re
 import shutil
@@ -17,6 +18,8 @@ import zipfile
 from pathlib import Path
 
 from tqdm import tqdm
+
+from ..config import UserError
 
 POP909_ARCHIVE_URL = "https://github.com/music-x-lab/POP909-Dataset/archive/refs/heads/master.zip"
 _NS = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main"}
@@ -50,7 +53,8 @@ def xlsx_rows(data: bytes) -> list[list[str]]:
 
 
 def download_pop909(root: str | Path, url: str = POP909_ARCHIVE_URL) -> Path:
-    """Download and unpack POP909 into `root` (NNN.mid files + index.tsv). Needs network access."""
+    """Download and unpack POP909 into `root` (NNN.mid files + index.tsv). Needs network access; an unreachable
+    or broken archive is a one-line UserError naming the URL."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,17 +66,24 @@ def download_pop909(root: str | Path, url: str = POP909_ARCHIVE_URL) -> Path:
                     while chunk := response.read(1 << 20):
                         out.write(chunk)
                         bar.update(len(chunk))
-        except OSError as exc:
-            raise RuntimeError(f"cannot download POP909 from {url}: {exc}") from None
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                match = re.search(r"POP909/(\d{3})/\1\.mid$", name)
-                if match:
-                    with zf.open(name) as src, (root / f"{match.group(1)}.mid").open("wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                elif name.endswith("POP909/index.xlsx"):
-                    rows = xlsx_rows(zf.read(name))
-                    (root / "index.tsv").write_text(
-                        "\n".join("\t".join(cell.replace("\t", " ") for cell in row) for row in rows if row) + "\n",
-                        encoding="utf-8")
+        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, a connection cut mid-way
+            raise UserError(f"data.download=true: cannot download POP909 from {url}: {exc}") from None
+        try:
+            _unpack(archive, root)
+        except (zipfile.BadZipFile, EOFError) as exc:
+            raise UserError(f"data.download=true: what {url} sent is not a complete zip archive ({exc})") from None
     return root
+
+
+def _unpack(archive: Path, root: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            match = re.search(r"POP909/(\d{3})/\1\.mid$", name)
+            if match:
+                with zf.open(name) as src, (root / f"{match.group(1)}.mid").open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            elif name.endswith("POP909/index.xlsx"):
+                rows = xlsx_rows(zf.read(name))
+                (root / "index.tsv").write_text(
+                    "\n".join("\t".join(cell.replace("\t", " ") for cell in row) for row in rows if row) + "\n",
+                    encoding="utf-8")

@@ -186,10 +186,11 @@ def export_inference_checkpoint(src: str | Path, dst: str | Path, half: bool = T
     phase error of 1.6 rad at lag 20,000, and a decay rate near 1 rounds to a different time constant.
     Their starting values (``positional_init``) are kept for the diagnostics.
     """
-    from .parameters import positional_names_of_config
+    from .loader import check_model_fits
+    from .parameters import positional_names
 
     ckpt = load_checkpoint(src)
-    keep_fp32 = positional_names_of_config(ckpt.model_config)
+    keep_fp32 = positional_names(check_model_fits(ckpt))  # a damaged model config: one line naming the file
     state = {k: (v.half() if half and torch.is_floating_point(v) and k not in keep_fp32 else v).contiguous()
              for k, v in ckpt.model_state.items()}
     keep = {k: v for k, v in ckpt.training_state.items() if k == "positional_init"}

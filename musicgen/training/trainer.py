@@ -109,8 +109,9 @@ def run_training(cfg: DictConfig, run_dir: str | Path, progress: bool = True) ->
         shutdown(info)
 
 
-class _NonFiniteLoss(RuntimeError):
-    """A NaN/inf training loss: the run stops with a message, the last good checkpoint kept."""
+class _NonFiniteLoss(UserError):
+    """A NaN/inf training loss: the run stops with a one-line message (too high a learning rate, fp16), the last
+    good checkpoint kept."""
 
 
 @dataclass
@@ -199,13 +200,19 @@ def _resume(run: _Run, path: Path) -> None:
     if "optimizer" not in ckpt.training_state:
         raise ValueError(f"checkpoint {path} has no optimizer state (an inference export); "
                          "it cannot resume training")
-    run.core.load_state_dict(ckpt.model_state)
-    run.optimizer.load_state_dict(ckpt.training_state["optimizer"])
-    run.scheduler.load_state_dict(ckpt.training_state["scheduler"])
-    if "scaler" in ckpt.training_state:
-        run.scaler.load_state_dict(ckpt.training_state["scaler"])
-    rng = ckpt.training_state["rng"]
-    set_rng_state(rng[min(run.info.rank, len(rng) - 1)])
+    try:  # everything restored here comes from the file: a failure is the file's (or this run's options')
+        run.core.load_state_dict(ckpt.model_state)
+        run.optimizer.load_state_dict(ckpt.training_state["optimizer"])
+        run.scheduler.load_state_dict(ckpt.training_state["scheduler"])
+        if "scaler" in ckpt.training_state:
+            run.scaler.load_state_dict(ckpt.training_state["scaler"])
+        rng = ckpt.training_state["rng"]
+        set_rng_state(rng[min(run.info.rank, len(rng) - 1)])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        detail = " ".join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split())[:200]
+        raise UserError(f"checkpoint {path}: its training state cannot be restored ({type(exc).__name__}: {detail}); "
+                        "the file is damaged, or this run's options (train.train_only, train.pe_lr_scale ...) differ "
+                        "from the run that wrote it") from None
     run.start_step, run.best_val = ckpt.step, ckpt.best_val_nll
     run.positional_init = ckpt.training_state.get("positional_init", run.positional_init)
     if run.info.is_main:
