@@ -4,11 +4,13 @@
     python generate.py output_dir=out/ bars=32 seed=1
     python generate.py prompt=song.mid prompt_bars=8 bars=64 num_samples=4 temperature=1.1 top_p=0.95 seed=7
     python generate.py checkpoint=outputs/.../best.pt tokens=20000
+    python generate.py prompt=song.mid infill=9-12,25-28 num_samples=2     # regenerate bars 9-12 and 25-28
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -36,5 +38,13 @@ def main(cfg) -> None:
               f"stop={piece.stop_reason}, skipped={piece.report.skipped} -> {files}{flag}")
 
 
+def quote_bar_ranges(args: list[str]) -> list[str]:
+    """``infill=9-12,25-28`` as a musician writes it: Hydra would read the comma as a sweep ("ambiguous value"),
+    so the value is passed on quoted."""
+    return [f"infill='{a.split('=', 1)[1]}'" if a.startswith("infill=") and "," in a
+            and a.split("=", 1)[1][:1] not in "'\"[" else a for a in args]
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = quote_bar_ranges(sys.argv[1:])
     main()

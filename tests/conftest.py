@@ -72,3 +72,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_checkpoint(path, model_config=model.config, model_state=model.state_dict(), vocab=tokenizer.vocab,
                     config={"model": TINY}, step=0, best_val_nll=None, train_seq_len=None)
     return path
+
+
+@pytest.fixture(scope="session")
+def note_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained tiny model leaned towards writing notes (support.lean_towards_notes), saved once per session:
+    for tests that need notes in what it writes whatever the seed."""
+    from musicgen.model import build_model
+    from musicgen.tokenizer import REMITokenizer
+    from musicgen.inference.checkpoint import save_checkpoint
+    from support import TINY, lean_towards_notes
+
+    tokenizer = REMITokenizer()
+    torch.manual_seed(0)
+    model = build_model(TINY, len(tokenizer.vocab))
+    lean_towards_notes(model, tokenizer)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_notes.pt"
+    save_checkpoint(path, model_config=model.config, model_state=model.state_dict(), vocab=tokenizer.vocab,
+                    config={"model": TINY}, step=0, best_val_nll=None, train_seq_len=None)
+    return path

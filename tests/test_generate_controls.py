@@ -39,7 +39,7 @@ def balanced_model(tokenizer: REMITokenizer):
     """An untrained model whose choice between another note and moving on is balanced (an untrained model
     otherwise starts a note ~99% of the time, 161 note-start tokens against a few positions, and always hits
     max_notes_per_onset): the final LayerNorm's bias adds a fixed preference per token family through
-    column 0 of the tied embedding (as tests/test_generate.py's lean_towards_notes does)."""
+    column 0 of the tied embedding (as support.lean_towards_notes does)."""
     torch.manual_seed(0)
     model = build_model(TINY, len(tokenizer.vocab)).eval()
     vocab = tokenizer.vocab

@@ -28,6 +28,7 @@ from .options import GenerateOptions
 from .pianoroll import plot_pianoroll
 from .prompt import Prompt, load_prompt, unconditional_prompt
 from .render import render_wav
+from .infill import CONTEXT_TOKENS, InfilledPiece, run_infill
 from .session import GenerationSession, SampleResult, state_nbytes
 from .timeline import midi_seconds
 
@@ -54,6 +55,8 @@ class GeneratedPiece:
     tonal_memory: dict[str, Any] = field(default_factory=dict)  # the pitch-class prior as applied (tonal.py)
     continuation_notes: int = 0  # notes the model wrote after the prompt (one Duration token per note)
     warnings: list[str] = field(default_factory=list)  # e.g. a continuation without a single note
+    infilled: list[tuple[int, int]] = field(default_factory=list)  # regenerated (start, end) ticks (infill)
+    infill: list[dict[str, Any]] = field(default_factory=list)  # per range: notes, candidates' scores, reports
 
     @property
     def n_notes(self) -> int:
@@ -83,6 +86,42 @@ def _decode(tokenizer: REMITokenizer, result: SampleResult, include_prompt: bool
     return midi, report, start_tick
 
 
+def _width(options: GenerateOptions) -> int:
+    """Digits of the sample number in file names (sample_00 ... sample_99, then three digits)."""
+    return max(2, len(str(options.num_samples - 1)))
+
+
+def _generated_piece(index: int, name: str, result: SampleResult, tokenizer: REMITokenizer,
+                     include_prompt: bool) -> GeneratedPiece:
+    vocab = tokenizer.vocab
+    midi, report, start_tick = _decode(tokenizer, result, include_prompt)
+    notes = int((vocab.types[result.ids[result.prompt_length:]] == TokenType.DURATION).sum())
+    piece = GeneratedPiece(index, name, result.ids, result.prompt_length, midi, report, start_tick,
+                           result.stop_reason, result.n_bars, midi_seconds(midi), guards=result.guards,
+                           controls=result.controls, tonal_memory=result.tonal_memory, continuation_notes=notes)
+    warning = no_notes_warning(piece, vocab)
+    if warning:
+        piece.warnings.append(warning)
+    return piece
+
+
+def _infilled_piece(index: int, name: str, filled: InfilledPiece, tokenizer: REMITokenizer) -> GeneratedPiece:
+    """An infilled sample as a GeneratedPiece: the whole piece, its regenerated bars marked (``infilled``) and
+    each range's choice and rule reports under ``infill``."""
+    _, report = tokenizer.decode_with_report(filled.ids)
+    gaps = [{"bars": str(g.range), "ticks": list(span), "notes": notes, "candidates": len(g.scores),
+             "suffix_logprob": g.scores, "chosen": g.chosen, "guards": g.result.guards,
+             "controls": g.result.controls, "tonal_memory": g.result.tonal_memory}
+            for g, span, notes in zip(filled.gaps, filled.spans, filled.notes)]
+    piece = GeneratedPiece(index, name, filled.ids, len(filled.ids), filled.midi, report, filled.spans[0][0],
+                           "infill", sum(g.range.count for g in filled.gaps), midi_seconds(filled.midi),
+                           continuation_notes=sum(filled.notes), infilled=filled.spans, infill=gaps)
+    for g, notes in zip(filled.gaps, filled.notes):
+        if notes == 0:
+            piece.warnings.append(f"{name}: bars {g.range} were filled without a note; try another seed")
+    return piece
+
+
 def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_path: Path, ckpt: Any,
               prompt: Prompt, device: str, tokens_per_second: float) -> dict[str, Any]:
     return {
@@ -101,6 +140,7 @@ def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_p
             "time_signature": "/".join(map(str, prompt.time_signature)) if prompt.time_signature else "file",
             "tokens": len(prompt.ids), "bars": prompt.n_bars, "notes": prompt.n_notes},
         "include_prompt": options.include_prompt,
+        "infill": piece.infill or None,
         "continuation_start_tick": piece.start_tick,
         "stop_reason": piece.stop_reason,
         "tokens": len(piece.ids),
@@ -127,9 +167,10 @@ def _write(piece: GeneratedPiece, folder: Path, options: GenerateOptions, log: L
     atomic_write(mid, lambda handle: piece.midi.dump(file=handle))
     piece.files["mid"] = mid
     if options.pianoroll:
-        shade = piece.start_tick if len(piece.ids) and piece.prompt_length > 1 else 0
+        shade = piece.start_tick if len(piece.ids) and piece.prompt_length > 1 and not piece.infilled else 0
         piece.files["png"] = plot_pianoroll(piece.midi, folder / f"{piece.name}.png", shade,
-                                            title=f"{piece.name}: {piece.n_notes} notes, {piece.seconds:.1f} s")
+                                            title=f"{piece.name}: {piece.n_notes} notes, {piece.seconds:.1f} s",
+                                            regenerated=piece.infilled)
     if options.render == "wav":
         wav, how = render_wav(mid, folder / f"{piece.name}.wav", options.soundfont)
         piece.files["wav"] = wav
@@ -264,37 +305,38 @@ def generate_with(options: GenerateOptions, log: Log | None = print,
                              options.prompt_time_signature)
     else:
         prompt = unconditional_prompt(tokenizer)
-    stop = options.stop
-    if not stop.has_musical_limit:
-        log(f"no bars/tokens/seconds limit set: stopping at EOS or after max_tokens={stop.max_tokens} tokens")
-    check_batch_fits(model, len(vocab), int(options.num_samples), device, len(prompt.ids) + stop.token_limit + 1)
-    session = GenerationSession(model, tokenizer, options.sampling, stop, seed, device, options.guards, controls)
-    results = session.run(prompt, int(options.num_samples), progress=options.progress, on_progress=on_progress)
+    if options.infill is not None:
+        check_batch_fits(model, len(vocab), int(options.infill_candidates), device, 2 * CONTEXT_TOKENS)
+        began = time.perf_counter()
+        pieces = [_infilled_piece(index, f"{options.name}_{index:0{_width(options)}d}", filled, tokenizer)
+                  for index, filled in enumerate(run_infill(model, tokenizer, options, seed, device, log))]
+        rate = sum(len(p.ids) for p in pieces) / max(time.perf_counter() - began, 1e-9)
+    else:
+        stop = options.stop
+        if not stop.has_musical_limit:
+            log(f"no bars/tokens/seconds limit set: stopping at EOS or after max_tokens={stop.max_tokens} tokens")
+        check_batch_fits(model, len(vocab), int(options.num_samples), device,
+                         len(prompt.ids) + stop.token_limit + 1)
+        session = GenerationSession(model, tokenizer, options.sampling, stop, seed, device, options.guards,
+                                    controls)
+        results = session.run(prompt, int(options.num_samples), progress=options.progress,
+                              on_progress=on_progress)
+        rate = session.tokens_per_second
+        pieces = [_generated_piece(index, f"{options.name}_{index:0{_width(options)}d}", result, tokenizer,
+                                   options.include_prompt) for index, result in enumerate(results)]
 
-    width = max(2, len(str(options.num_samples - 1)))
     folder = Path(options.output_dir) if options.output_dir else None
     if folder is not None:
         make_dir(folder, "output_dir")
-    pieces = []
-    for index, result in enumerate(results):
-        midi, report, start_tick = _decode(tokenizer, result, options.include_prompt)
-        notes = int((vocab.types[result.ids[result.prompt_length:]] == TokenType.DURATION).sum())
-        piece = GeneratedPiece(index, f"{options.name}_{index:0{width}d}", result.ids, result.prompt_length, midi,
-                               report, start_tick, result.stop_reason, result.n_bars, midi_seconds(midi),
-                               guards=result.guards, controls=result.controls, tonal_memory=result.tonal_memory,
-                               continuation_notes=notes)
-        warning = no_notes_warning(piece, vocab)
-        if warning:
-            piece.warnings.append(warning)
+    for piece in pieces:
+        for warning in piece.warnings:
             log(f"warning: {warning}")
         if folder is not None:
             _write(piece, folder, options, log)
-            meta = _metadata(piece, options, seed, ckpt_path, ckpt, prompt, device, session.tokens_per_second)
+            meta = _metadata(piece, options, seed, ckpt_path, ckpt, prompt, device, rate)
             json_path = folder / f"{piece.name}.json"
             piece.files["json"] = json_path
             meta["files"]["json"] = str(json_path)
             atomic_write_text(json_path, json.dumps(meta, indent=1))
-        pieces.append(piece)
-    log(f"seed={seed}: {len(pieces)} piece(s), {sum(len(p.ids) for p in pieces)} tokens at "
-        f"{session.tokens_per_second:.0f} tokens/s")
+    log(f"seed={seed}: {len(pieces)} piece(s), {sum(len(p.ids) for p in pieces)} tokens at {rate:.0f} tokens/s")
     return pieces

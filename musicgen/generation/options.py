@@ -20,6 +20,7 @@ from ..config import UserError, check_bool, check_float, check_int, require_know
 from ..inference import DEFAULT_CHECKPOINT
 from .controls import ControlConfig
 from .guards import GuardConfig
+from .infill import infill_ranges
 from ..tokenizer import parse_time_signature
 from .render import RENDER_CHOICES
 from .sampling import SamplingConfig
@@ -39,6 +40,9 @@ class GenerateOptions:
     prompt_seconds: float | None = None
     prompt_time_signature: str = "file"
     include_prompt: bool = True
+    # infilling (infill.py): bars of the prompt to regenerate, e.g. "9-12,25-28"; candidates sampled per range
+    infill: str | None = None
+    infill_candidates: int = 4
     # StopConfig (bars: auto | N | null, resolved by `resolved_bars`)
     bars: int | str | None = "auto"
     tokens: int | None = StopConfig.tokens
@@ -95,6 +99,7 @@ class GenerateOptions:
         self._set("num_samples", check_int("num_samples", self.num_samples, minimum=1))
         self._set("seed", check_int("seed", self.seed, minimum=0, allow_none=True))  # -1 failed after loading
         self._set("prompt_bars", check_int("prompt_bars", self.prompt_bars, minimum=1, allow_none=True))
+        self._set("infill_candidates", check_int("infill_candidates", self.infill_candidates, minimum=1))
         self._set("prompt_seconds", check_float("prompt_seconds", self.prompt_seconds, minimum=0.0,
                                                 exclusive_min=True, allow_none=True))
         # The groups validate (and type) their own fields; the typed values are kept here.
@@ -126,6 +131,8 @@ class GenerateOptions:
             raise UserError(f"name={self.name!r}: must be a plain file-name prefix (no folders)")
         self.stop  # noqa: B018 - validate now
         self.controls  # noqa: B018
+        if self.infill is not None:
+            infill_ranges(self)
 
     def _set(self, name: str, value: Any) -> None:
         """Store a validated value while the instance is being built (it is frozen afterwards: change options

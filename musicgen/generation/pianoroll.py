@@ -18,8 +18,9 @@ from .timeline import bar_ticks, midi_end_tick, tick_to_seconds
 
 
 def plot_pianoroll(midi: miditoolkit.MidiFile, path: str | Path, prompt_end_tick: int = 0,
-                   title: str = "") -> Path:
-    """Write the piano roll of `midi` to `path`; ticks before `prompt_end_tick` are shaded as the prompt."""
+                   title: str = "", regenerated: list[tuple[int, int]] | None = None) -> Path:
+    """Write the piano roll of `midi` to `path`; ticks before `prompt_end_tick` are shaded as the prompt, the
+    (start, end) tick spans of `regenerated` (infilled bars) in another colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +28,7 @@ def plot_pianoroll(midi: miditoolkit.MidiFile, path: str | Path, prompt_end_tick
     from matplotlib.collections import PolyCollection
 
     notes = [n for inst in midi.instruments for n in inst.notes]
-    end_tick = max(midi_end_tick(midi), prompt_end_tick, 1)
+    end_tick = max(midi_end_tick(midi), prompt_end_tick, *(hi for _, hi in regenerated or []), 1)
     lines = bar_ticks(midi, end_tick)
     bar_index = np.arange(len(lines), dtype=np.float64)
 
@@ -38,6 +39,9 @@ def plot_pianoroll(midi: miditoolkit.MidiFile, path: str | Path, prompt_end_tick
     fig, ax = plt.subplots(figsize=(min(max(6.0, 0.35 * n_bars + 2), 40.0), 5.0), dpi=100)
     if prompt_end_tick > 0:
         ax.axvspan(0, float(to_bars(np.asarray([prompt_end_tick]))[0]), color="0.85", zorder=0, label="prompt")
+    for k, (lo, hi) in enumerate(regenerated or []):
+        ax.axvspan(*(float(x) for x in to_bars(np.asarray([lo, hi]))), color="#f6d7a7", zorder=0,
+                   label="regenerated" if k == 0 else None)
     if notes:
         starts = to_bars(np.asarray([n.start for n in notes]))
         ends = to_bars(np.asarray([max(n.end, n.start + 1) for n in notes]))
@@ -61,7 +65,7 @@ def plot_pianoroll(midi: miditoolkit.MidiFile, path: str | Path, prompt_end_tick
     top.set_xlabel("seconds")
     if title:
         ax.set_title(title, fontsize=9)
-    if prompt_end_tick > 0:
+    if prompt_end_tick > 0 or regenerated:
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path = Path(path)

@@ -129,6 +129,12 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
+def grid_step(tick: float, ticks_per_step: float) -> int:
+    """The grid step a note starting at ``tick`` is placed on (rounded half up, never before 0): the one rule
+    both quantization and infilling's choice of which notes a bar holds use."""
+    return max(_round_half_up(tick / ticks_per_step), 0)
+
+
 class Quantizer:
     """Turns a `miditoolkit.MidiFile` into a `Score` (see the module docstring for the exact rules)."""
 
@@ -170,7 +176,7 @@ class Quantizer:
             report.control_changes += len(inst.control_changes)
             for note in inst.notes:
                 start, end = int(note.start), int(note.end)
-                onset = max(_round_half_up(start / ticks_per_step), 0)
+                onset = grid_step(start, ticks_per_step)
                 duration = self.bins.duration_value(max(end - start, 0) / ticks_per_step)
                 notes.append(QNote(onset, program, int(note.pitch), duration,
                                    self.bins.velocity_bin(int(note.velocity))))
