@@ -147,15 +147,16 @@ def step_all(model, x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.stack(outs, 1)
 
 
-def lean_towards_notes(model: torch.nn.Module, tokenizer: Any) -> None:
+def lean_towards_notes(model: torch.nn.Module, tokenizer: Any, bar: float = 0.0) -> None:
     """Make a random model write notes and bar lines rather than EOS, time signatures or program changes,
     so a 4-bar sample has notes whatever the seed. The final LayerNorm's bias adds a fixed per-token
     preference (through column 0 of the tied embedding) on top of the random logits: each token family gets
-    a total weight exp(preference), shared by its tokens (positions get weight e each). Still random and untrained, just not note-shy."""
+    a total weight exp(preference), shared by its tokens (positions get weight e each). Still random and
+    untrained, just not note-shy. ``bar``: the Bar token's preference (lower: even greedy decoding fills bars)."""
     from musicgen.tokenizer import TokenType
 
     vocab = tokenizer.vocab
-    family = {TokenType.EOS: -6.0, TokenType.BAR: 0.0, TokenType.TIME_SIG: -4.0,
+    family = {TokenType.EOS: -6.0, TokenType.BAR: bar, TokenType.TIME_SIG: -4.0,
               TokenType.TEMPO: -3.0, TokenType.CHORD: -3.0, TokenType.PROGRAM: -4.0, TokenType.VELOCITY: 0.5}
     pref = torch.zeros(len(vocab))
     for kind, value in family.items():

@@ -185,3 +185,29 @@ def test_a_checkpoint_whose_bar_clock_reads_other_tokens_is_refused(tmp_path: Pa
     torch.save(data, bad)
     with pytest.raises(ValueError, match="bar clock reads tokens .*not its vocabulary's Bar"):
         load_model(bad, "cpu")
+
+
+def test_focus_points_the_head_at_a_bar_lag() -> None:
+    """A planned form's request (RecallMemory.focus_lag/focus_bonus) moves the copy mass onto the entries that
+    many bars back: the tokens that followed them gain probability, whatever the head's own scores."""
+    model = _model(window=64, sentinel_bias=-2.0, clock=True)
+    x = _bars(8, seed=4)
+    lag = 3
+
+    def read(bonus: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next-token probabilities after x, the tokens that followed entries ``lag`` bars back)."""
+        with torch.inference_mode():
+            state = model.init_state(1, generator=torch.Generator().manual_seed(0))
+            for token in x[:-1]:
+                _, state = model.step(token.view(1), state)
+            memory = state.recall
+            followers = memory.follow[0][(memory.bar_now[0] - memory.bars[0]) == lag].clone()
+            memory.focus_lag, memory.focus_bonus = (lag, bonus) if bonus is not None else (None, 0.0)
+            logits, _ = model.step(x[-1:].view(1), state)
+        return torch.softmax(logits[0], -1), torch.unique(followers[followers != 0])
+
+    plain, targets = read(None)
+    focused, _ = read(8.0)
+    assert len(targets)
+    assert focused[targets].sum() > plain[targets].sum() + 0.2
+    assert focused[targets].sum() > 0.5

@@ -357,3 +357,49 @@ def continuation_report(midi: Any, prompt_bars: int, end_bar: int) -> dict[str, 
         "repeating_share": c_share(form["repeats"]),
         "passage_share": c_share(form["in_passage"]),
     }
+
+
+# --------------------------------------------------------------------------- a planned form's sections
+def own_bars(midi: Any, n_bars: int) -> np.ndarray:
+    """The piece's first ``n_bars`` bars under its own metre (time-signature events), as (n_bars, cells, 128)
+    boolean onsets on a 16th grid from each bar line (cells = the longest bar's 16ths): the bars a plan such as
+    ``form="A8 B8 A8"`` counts, so section k's bars line up with section j's whatever the metre."""
+    from ..tokenizer import midi_bar_lines
+
+    starts, pitches, tpb = note_arrays(midi, 0, np.iinfo(np.int64).max)
+    end = float(starts.max()) if len(starts) else 0.0
+    lines = midi_bar_lines(midi, max(end, 1.0))
+    while len(lines) <= n_bars:  # silent bars at the end still count
+        lines = np.append(lines, lines[-1] + (lines[-1] - lines[-2] if len(lines) > 1 else 4 * tpb))
+    lines = lines[:n_bars + 1]
+    cells = int(round(float(np.diff(lines).max()) * 4 / tpb))
+    out = np.zeros((n_bars, max(cells, 1), PITCHES), dtype=bool)
+    bar = np.searchsorted(lines, starts, side="right") - 1
+    keep = (bar >= 0) & (bar < n_bars) & (pitches >= 0) & (pitches < PITCHES)
+    cell = np.floor((starts[keep] - lines[bar[keep]]) * 4 / tpb + 0.5).astype(np.int64).clip(0, out.shape[1] - 1)
+    out[bar[keep], cell, pitches[keep]] = True
+    return out
+
+
+def section_similarity(bars: np.ndarray, sections: list[tuple[str, int, int]]) -> dict[str, float]:
+    """How much sections with the same letter resemble each other against sections with different letters:
+    the mean similarity (as :func:`bar_similarity`) of bar i of one section with bar i of another, over pairs
+    of sections with the same letter (``same``) and with different letters (``different``), bars with notes
+    only; ``exact_share``: the share of same-letter bar pairs that are identical (a pasted section scores 1).
+    ``sections``: (letter, first bar (0-based), bars)."""
+    _, sim = bar_similarity(bars)
+    has = bars.reshape(len(bars), -1).any(1)
+    same, different = [], []
+    for a in range(len(sections)):
+        for b in range(a + 1, len(sections)):
+            (la, fa, na), (lb, fb, nb) = sections[a], sections[b]
+            for i in range(min(na, nb)):
+                x, y = fa + i, fb + i
+                if x < len(bars) and y < len(bars) and (has[x] or has[y]):
+                    (same if la == lb else different).append(sim[x, y])
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+
+    return {"same": mean(same), "different": mean(different),
+            "exact_share": mean([float(s >= 1.0) for s in same]), "same_pairs": len(same),
+            "different_pairs": len(different)}

@@ -28,8 +28,9 @@ from .options import GenerateOptions
 from .pianoroll import plot_pianoroll
 from .prompt import Prompt, load_prompt, unconditional_prompt
 from .render import render_wav
+from .form_plan import TOKENS_PER_BAR, make_plan, planned_controls, run_planned
 from .infill import CONTEXT_TOKENS, InfilledPiece, run_infill
-from .session import GenerationSession, SampleResult, state_nbytes
+from .session import GenerationSession, SampleResult, StopConfig, sample_seed, state_nbytes
 from .timeline import midi_seconds
 
 Log = Callable[[str], None]
@@ -57,6 +58,7 @@ class GeneratedPiece:
     warnings: list[str] = field(default_factory=list)  # e.g. a continuation without a single note
     infilled: list[tuple[int, int]] = field(default_factory=list)  # regenerated (start, end) ticks (infill)
     infill: list[dict[str, Any]] = field(default_factory=list)  # per range: notes, candidates' scores, reports
+    sections: list[dict[str, Any]] = field(default_factory=list)  # a planned form's sections (form_plan.py)
 
     @property
     def n_notes(self) -> int:
@@ -141,6 +143,7 @@ def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_p
             "tokens": len(prompt.ids), "bars": prompt.n_bars, "notes": prompt.n_notes},
         "include_prompt": options.include_prompt,
         "infill": piece.infill or None,
+        "form": piece.sections or None,
         "continuation_start_tick": piece.start_tick,
         "stop_reason": piece.stop_reason,
         "tokens": len(piece.ids),
@@ -311,6 +314,22 @@ def generate_with(options: GenerateOptions, log: Log | None = print,
         pieces = [_infilled_piece(index, f"{options.name}_{index:0{_width(options)}d}", filled, tokenizer)
                   for index, filled in enumerate(run_infill(model, tokenizer, options, seed, device, log))]
         rate = sum(len(p.ids) for p in pieces) / max(time.perf_counter() - began, 1e-9)
+    elif options.form is not None:
+        plan = make_plan(options.form, prompt)
+        stop = StopConfig(plan.total_bars, None, None, max(options.max_tokens, TOKENS_PER_BAR * plan.total_bars),
+                          False)
+        check_batch_fits(model, len(vocab), 1, device, len(prompt.ids) + stop.token_limit + 1)
+        began, pieces = time.perf_counter(), []
+        for index in range(options.num_samples):  # one at a time: each rewinds at its own bar lines
+            session = GenerationSession(model, tokenizer, options.sampling, stop, sample_seed(seed, index), device,
+                                        options.guards, planned_controls(options, plan))
+            result = run_planned(session, prompt, plan, options.form_recall, progress=options.progress,
+                                 on_progress=on_progress)
+            piece = _generated_piece(index, f"{options.name}_{index:0{_width(options)}d}", result, tokenizer,
+                                     options.include_prompt)
+            piece.sections = plan.describe()
+            pieces.append(piece)
+        rate = sum(len(p.continuation_ids) for p in pieces) / max(time.perf_counter() - began, 1e-9)
     else:
         stop = options.stop
         if not stop.has_musical_limit:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +40,7 @@ from ..tokenizer import MidiReadError, REMITokenizer, TokenType, load_midi
 from ..tokenizer.score import grid_step
 from .bar_ranges import BarRange, check_within, parse_bar_ranges
 from .prompt import Prompt, resolve_time_signature
-from .session import GenerationSession, StopConfig
+from .session import GenerationSession, StopConfig, sample_seed
 
 #: tokens of bars before a gap the model reads (whole bars, the nearest first): the recall head's window
 CONTEXT_TOKENS = 4096
@@ -191,10 +190,6 @@ def _bars_of(tokens: list[int], vocab: Any, count: int) -> list[list[int]]:
     return bars + [[vocab.bar_id] for _ in range(count - len(bars))]
 
 
-def _gap_seed(seed: int, sample: int, gap: int) -> int:
-    return zlib.crc32(f"{seed}:{sample}:{gap}".encode()) & 0x7FFFFFFF
-
-
 def gap_context(tokenizer: REMITokenizer, piece: PieceBars, gap: Gap, replaced: dict[int, list[int]],
                 show_after: bool = True) -> list[int]:
     """What the model reads before writing ``gap``: BOS, the kept bars after it (``show_after``), then the bars
@@ -227,7 +222,7 @@ def fill_gaps(model: Any, tokenizer: REMITokenizer, piece: PieceBars, gaps: list
         context = gap_context(tokenizer, piece, gap, replaced, show_after)
         controls = dataclasses.replace(options.controls, time_signature=f"{metre[0]}/{metre[1]}")
         stop = StopConfig(r.count, None, None, options.max_tokens, False)
-        session = GenerationSession(model, tokenizer, options.sampling, stop, _gap_seed(seed, sample, g), device,
+        session = GenerationSession(model, tokenizer, options.sampling, stop, sample_seed(seed, sample, g), device,
                                     options.guards, controls)
         results = session.run(Prompt(context, n_bars=len(gap.before) + len(gap.after)), candidates, progress=False)
         bars = [_bars_of(res.ids[res.prompt_length:], vocab, r.count) for res in results]

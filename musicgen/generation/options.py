@@ -20,6 +20,7 @@ from ..config import UserError, check_bool, check_float, check_int, require_know
 from ..inference import DEFAULT_CHECKPOINT
 from .controls import ControlConfig
 from .guards import GuardConfig
+from .form_plan import form_conflicts
 from .infill import infill_ranges
 from ..tokenizer import parse_time_signature
 from .render import RENDER_CHOICES
@@ -43,6 +44,10 @@ class GenerateOptions:
     # infilling (infill.py): bars of the prompt to regenerate, e.g. "9-12,25-28"; candidates sampled per range
     infill: str | None = None
     infill_candidates: int = 4
+    # a planned form (form_plan.py): sections such as "A8 B8 A8", and optionally each section's chord chart
+    form: str | None = None
+    form_chords: str | None = None
+    form_recall: float = 3.0
     # StopConfig (bars: auto | N | null, resolved by `resolved_bars`)
     bars: int | str | None = "auto"
     tokens: int | None = StopConfig.tokens
@@ -100,6 +105,7 @@ class GenerateOptions:
         self._set("seed", check_int("seed", self.seed, minimum=0, allow_none=True))  # -1 failed after loading
         self._set("prompt_bars", check_int("prompt_bars", self.prompt_bars, minimum=1, allow_none=True))
         self._set("infill_candidates", check_int("infill_candidates", self.infill_candidates, minimum=1))
+        self._set("form_recall", check_float("form_recall", self.form_recall, minimum=0.0))
         self._set("prompt_seconds", check_float("prompt_seconds", self.prompt_seconds, minimum=0.0,
                                                 exclusive_min=True, allow_none=True))
         # The groups validate (and type) their own fields; the typed values are kept here.
@@ -133,6 +139,10 @@ class GenerateOptions:
         self.controls  # noqa: B018
         if self.infill is not None:
             infill_ranges(self)
+        if self.form is not None:
+            form_conflicts(self)
+        elif self.form_chords is not None:
+            raise UserError("form_chords needs a form (e.g. form='A8 B8 A8')")
 
     def _set(self, name: str, value: Any) -> None:
         """Store a validated value while the instance is being built (it is frozen afterwards: change options

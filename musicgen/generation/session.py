@@ -129,6 +129,14 @@ def split_seed(seed: int) -> tuple[int, int]:
     return int(noise) >> 1, int(sampling) >> 1
 
 
+def sample_seed(seed: int, *parts: int) -> int:
+    """The seed of one part of a run that generates in several sessions (sample ``i``, gap ``g`` ...); part
+    (0, ..., 0) is ``seed`` itself, so the first sample of such a run is the piece ``seed`` names."""
+    if not any(parts):
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), *map(int, parts)]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
 class GenerationSession:
     """Generates a batch of continuations of one prompt with one model (see the module docstring)."""
 
@@ -150,6 +158,7 @@ class GenerationSession:
         self.grammar = tokenizer.grammar
         self._bins = Bins(tokenizer.config)
         noise_seed, sample_seed = split_seed(seed)
+        self._noise_seed = noise_seed
         self._noise_gen = torch.Generator().manual_seed(noise_seed)
         self._sample_gen = torch.Generator().manual_seed(sample_seed)
         self._only_bar = self._mask_of([self.vocab.bar_id])
@@ -213,6 +222,14 @@ class GenerationSession:
         if memory is not None:  # the recall head's ring, one own copy per row
             memory.repeat_rows(batch_size)
         return logits[:, -1].expand(batch_size, -1), tracks, start_step
+
+    @torch.inference_mode()
+    def state_after(self, ids: list[int]) -> Any:
+        """The model's state after ``ids`` alone (one sequence), drawn with the same noise as the prompt
+        ``feed_prompt`` reads: e.g. the state at a prompt's start, which a planned form resumes."""
+        generator = torch.Generator().manual_seed(self._noise_seed)
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self.model.prefill(tokens, generator=generator)[1]
 
     # --- sampling ------------------------------------------------------------------------------------
     def allowed(self, tracks: list[_Track], logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -282,6 +299,19 @@ class GenerationSession:
     @torch.inference_mode()
     def step(self, logits: torch.Tensor, tracks: list[_Track]) -> torch.Tensor:
         """Sample one token per sequence from `logits`, record it, and run the model on it -> next logits."""
+        return self.advance(self.sample(logits, tracks))
+
+    @torch.inference_mode()
+    def advance(self, feed: torch.Tensor) -> torch.Tensor:
+        """Run the model on one token per sequence (``sample``'s result) -> next logits."""
+        next_logits, self.state = self.model.step(feed.to(self.device), self.state)
+        return next_logits
+
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor, tracks: list[_Track]) -> torch.Tensor:
+        """Sample one token per sequence from `logits` and record it -> the tokens to feed the model (PAD for
+        finished sequences). Between ``sample`` and ``advance`` a caller may change the model's state (a planned
+        form resumes a section's state there)."""
         assert self._fed, "call feed_prompt first"
         logits = logits.float().cpu()
         ctx = StepContext([t.state for t in tracks], [t.done for t in tracks], self.sampling.temperature)
@@ -296,8 +326,7 @@ class GenerationSession:
             self._accept(row, track, int(tokens[row]))
             if track.done:
                 feed[row] = self.vocab.pad_id
-        next_logits, self.state = self.model.step(feed.to(self.device), self.state)
-        return next_logits
+        return feed
 
     # --- the loop ------------------------------------------------------------------------------------
     def run(self, prompt: Prompt, num_samples: int, progress: bool = True,
@@ -330,13 +359,17 @@ class GenerationSession:
             on_progress(steps, limit)
         elapsed = max(time.perf_counter() - began, 1e-9)
         self.tokens_per_second = steps * len(tracks) / elapsed
-        results = []
+        return self.results(prompt, tracks, start_step)
+
+    def results(self, prompt: Prompt, tracks: list[_Track], start_step: int) -> list[SampleResult]:
+        """The finished sequences with their rules' reports."""
+        out = []
         for row, t in enumerate(tracks):
             reports = self.reports(row)
             known = {key: reports.pop(key) for key in ("guards", "controls", "tonal_memory")}
-            results.append(SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
-                                        t.last_seconds, **known, other_rules=reports))
-        return results
+            out.append(SampleResult(list(prompt.ids) + t.tokens, len(prompt.ids), start_step, t.reason, t.bars,
+                                    t.last_seconds, **known, other_rules=reports))
+        return out
 
     def reports(self, row: int) -> dict[str, dict[str, Any]]:
         """Each reporting rule's report for one sequence, by its key (a rule that is off reports its settings:

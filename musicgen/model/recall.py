@@ -55,6 +55,10 @@ class RecallMemory:
     onsets: Tensor | None = None  # (B, W) long
     bar_now: Tensor | None = None  # (B,) long
     onset_now: Tensor | None = None  # (B,) long
+    #: a decode-time plan's request (a planned form's returning section): add ``focus_bonus`` to the score of
+    #: every entry ``focus_lag`` bars back, so the head copies from there; None = the model's own scores
+    focus_lag: int | None = None
+    focus_bonus: float = 0.0
 
     def repeat_rows(self, batch_size: int) -> None:
         """One sequence's memory -> the same for ``batch_size`` sequences (own copies), in place."""
@@ -298,6 +302,9 @@ class RecallHead(nn.Module):
             time = self._time_score(memory.bar_now.unsqueeze(1), memory.onset_now.unsqueeze(1), memory.bars,
                                     memory.onsets)[:, 0]
             scores = scores + time.to(scores.dtype)
+            if memory.focus_lag is not None:
+                at = (memory.bar_now.unsqueeze(1) - memory.bars) == memory.focus_lag
+                scores = scores + memory.focus_bonus * at.to(scores.dtype)
         scores = scores.masked_fill(memory.follow == 0, float("-inf"))
         out = self._mix(scores.unsqueeze(1), q.unsqueeze(1), logits.unsqueeze(1), memory.follow.unsqueeze(1))[:, 0]
         slot = (memory.newest + 1) % self.window
