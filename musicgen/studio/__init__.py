@@ -10,9 +10,12 @@ Modules, one job each:
 - :mod:`.upload`  size, format and parse checks of an uploaded prompt MIDI;
 - :mod:`.audio`   WAV rendering (fluidsynth + a General MIDI soundfont where installed, else a built-in synth);
 - :mod:`.roll`    a generated MIDI file -> the note list the page draws as a piano roll;
+- :mod:`.edit`    "Regenerate these bars": the piece's bars as ``infill`` counts them, ranges checked up front;
 - ``static/``     the page (plain HTML + vanilla JS + CSS, all served by the app: it works offline).
 
-It calls only the public generation API (`generate_with(GenerateOptions, on_progress=...)`).
+It calls only the public generation API (`generate_with(GenerateOptions, on_progress=...)`; an edit is
+``infill="a-b"`` on a copy of the piece's MIDI file), and, to number and check bars exactly as ``infill`` does,
+that option's own readers (`generation.infill.load_piece`, `plan_gaps`).
 """
 
 from __future__ import annotations

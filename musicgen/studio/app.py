@@ -8,7 +8,10 @@ byte the page needs is served from ``static/`` by this app.
 
 Routes: ``GET /`` the page, ``GET /static/<file>`` its JS/CSS, ``GET /api/info`` the checkpoint, synthesis and
 limits, ``POST /api/jobs`` a Generate press (multipart form, optional ``prompt`` file) -> 202 ``{"id": ...}``,
-``GET /api/jobs/<id>`` its progress and results, ``GET /api/jobs/<id>/files/<n>.<mid|wav|json>`` downloads.
+``GET /api/jobs/<id>`` its progress and results, ``GET /api/jobs/<id>/files/<n>.<mid|wav|json>`` downloads,
+``POST /api/jobs/<id>/pieces/<n>/infill`` a "Regenerate these bars" press on piece `n` of a finished job (form
+fields: ``infill=a-b`` and the page's sampling and control settings, :data:`.params.INFILL_FIELDS`) -> 202
+``{"id": ...}`` of a new job whose prompt is a copy of that piece's MIDI file (:mod:`.edit`).
 Every refusal is a 4xx JSON ``{"error": "one line"}`` that the page shows as it is. Every request first passes
 :mod:`.guard` (Host allow-list, Origin check on POST, the per-run token): only the studio's own page drives it.
 
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -38,7 +42,8 @@ from ..config import UserError
 from . import audio
 from .guard import StudioGuard
 from .jobs import KINDS, Busy, JobManager, clean_stale_folders
-from .params import FIELDS, Limits, build_options, form_defaults
+from .edit import check_ranges, checkpoint_tokenizer, edit_name
+from .params import FIELDS, INFILL_FIELDS, Limits, build_infill_options, build_options, form_defaults
 from .upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, check_midi, size_text, too_large
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -165,6 +170,68 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
             return error(str(exc), 503)
         return JSONResponse({"id": job.id, "url": f"api/jobs/{job.id}"}, status_code=202)
 
+    async def infill_job(request: Request) -> Response:
+        """Regenerate bars of a shown piece: a new job on a copy of its MIDI file (the old one stays)."""
+        job_id, index = request.path_params["job"], request.path_params["index"]
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            return error("send the form as multipart/form-data (the page does this)", 415)
+        try:
+            body = await read_body(request, 0)  # a form of a few short fields, no file
+        except UploadError:
+            return error("the form is too large (it holds a few settings, no file)", 413)
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        if content_type.startswith("multipart/form-data") and not complete_multipart(body, content_type):
+            return error("the form arrived incomplete (no closing boundary: the upload was cut off?); press "
+                         "Regenerate these bars again")
+        try:
+            form = await Request(request.scope, replay).form(max_files=0, max_fields=len(INFILL_FIELDS) + 4)
+        except Exception as exc:  # noqa: BLE001 - malformed multipart, too many parts, a file
+            if "files" in str(exc).lower():
+                return error("this form takes no file: the piece to edit is already on the server")
+            return error(f"could not read the form: {getattr(exc, 'detail', None) or exc}")
+        if any(not isinstance(v, str) for v in form.values()):
+            return error("this form takes no file: the piece to edit is already on the server")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        source = manager.get(job_id)
+        if source is None:
+            return error("no such job (the server may have restarted, or it was evicted; press Generate again)",
+                         404)
+        if source.status == "error":
+            return error("that job ended with an error: it has no piece to edit", 409)
+        if source.status != "done":
+            return error(f"that job is still {source.status}: its pieces can be edited once it is done", 409)
+        found = manager.piece(job_id, index)
+        if found is None:
+            return error(f"no such piece: job {job_id} has {len(source.pieces)} piece(s)", 404)
+        piece = found[1]
+        shown = f"{piece['name']}.mid"
+        try:
+            data = (source.out / shown).read_bytes()
+        except OSError:
+            return error("that piece's MIDI file is gone (evicted?); press Generate again", 404)
+        edit = int(piece.get("edit", 0)) + 1
+        origin = {"job": job_id, "piece": index, "name": piece["name"], "base": piece.get("base", piece["name"]),
+                  "edit": edit}
+
+        def build(path: str | None) -> Any:
+            assert path is not None
+            options = build_infill_options(fields, path, config.checkpoint, config.device, config.limits,
+                                           name=edit_name(origin["base"], edit))
+            check_ranges(path, str(options.infill), checkpoint_tokenizer(config.checkpoint), shown)
+            return options
+
+        try:  # reading the piece's bars takes a moment for a long piece: not on the event loop
+            job = await run_in_threadpool(manager.submit, build, data, shown, origin)
+        except UserError as exc:
+            return error(str(exc))
+        except Busy as exc:
+            return error(str(exc), 503)
+        return JSONResponse({"id": job.id, "url": f"api/jobs/{job.id}"}, status_code=202)
+
     async def job_status(request: Request) -> Response:
         job = manager.get(request.path_params["job"])
         if job is None:
@@ -200,6 +267,7 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
         Route("/", page), Route("/static/{name}", asset), Route("/api/info", info),
         Route("/api/jobs", create_job, methods=["POST"]), Route("/api/jobs/{job}", job_status),
         Route("/api/jobs/{job}/files/{index:int}.{kind}", job_file),
+        Route("/api/jobs/{job}/pieces/{index:int}/infill", infill_job, methods=["POST"]),
     ], exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan,
         middleware=[Middleware(StudioGuard, listen_host=config.host, token=config.token,
                                allowed_hosts=config.allowed_hosts)])

@@ -12,7 +12,8 @@ load, and further jobs wait in the queue (their status says `queued`).
 
 Files: every job owns one `tempfile.TemporaryDirectory` (the uploaded prompt, the MIDI/JSON/WAV it writes); it
 is deleted when the job is evicted (`keep` finished jobs are kept for download) or the server stops. Nothing
-is written anywhere else.
+is written anywhere else. An edit ("Regenerate these bars") is a job of its own whose prompt is a copy of the
+edited piece's MIDI file, so the version before stays downloadable (the page's Undo) until it is evicted.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..config import UserError
 from ..generation.api import generate_with
 from ..generation.options import GenerateOptions
 from . import audio
+from .edit import bar_ticks, checkpoint_tokenizer
 from .params import expected_tokens
 from .roll import roll_data
 
@@ -114,6 +116,8 @@ class Job:
     log: list[str] = field(default_factory=list)
     pieces: list[dict[str, Any]] = field(default_factory=list)
     seed: int | None = None
+    #: an edit ("Regenerate these bars"): the piece it rewrites {"job", "piece", "name", "base", "edit"}
+    source: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -138,7 +142,9 @@ class Job:
             int(self.options.stop.token_limit), "expected": self.expected, "error": self.error,
             "log": list(self.log), "pieces": list(self.pieces), "seed": self.seed, "prompt": self.prompt_name,
             "bars": self.options.bars, "num_samples": self.options.num_samples,
-            "elapsed": round(now - (self.started or now), 2),
+            "elapsed": round(now - (self.started or now), 2), "infill": self.options.infill,
+            "candidates": self.options.infill_candidates if self.options.infill else None,
+            "source": dict(self.source) if self.source else None,
         }
 
 
@@ -156,9 +162,9 @@ class JobManager:
 
     # --- submitting -----------------------------------------------------------------------------------------
     def submit(self, build: Callable[[str | None], GenerateOptions], prompt: bytes | None = None,
-               prompt_name: str | None = None) -> Job:
+               prompt_name: str | None = None, source: dict[str, Any] | None = None) -> Job:
         """Write the prompt (if any) into a fresh temporary folder, build the options (UserError on a bad value:
-        the folder is removed again), and queue the job."""
+        the folder is removed again), and queue the job. `source`: the piece an edit rewrites (Job.source)."""
         with self._lock:
             pending = sum(1 for j in self._jobs.values() if not j.done)
         if pending >= self.max_pending:
@@ -174,7 +180,7 @@ class JobManager:
         except BaseException:
             workdir.cleanup()
             raise
-        job = Job(uuid.uuid4().hex[:12], options, workdir, expected_tokens(options), prompt_name)
+        job = Job(uuid.uuid4().hex[:12], options, workdir, expected_tokens(options), prompt_name, source=source)
         with self._lock:
             self._jobs[job.id] = job
         self._pool.submit(self._run, job)
@@ -184,6 +190,13 @@ class JobManager:
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             return self._jobs.get(job_id)
+
+    def piece(self, job_id: str, index: int) -> tuple[Job, dict[str, Any]] | None:
+        """A finished job and its piece `index`, or None (no such job or piece, or the job is not done)."""
+        job = self.get(job_id)
+        if job is None or job.status != "done" or not 0 <= index < len(job.pieces):
+            return None
+        return job, job.pieces[index]
 
     def file(self, job_id: str, index: int, kind: str) -> tuple[Path, str] | None:
         """(path, download name) of piece `index`'s .mid/.wav/.json, or None."""
@@ -206,6 +219,7 @@ class JobManager:
         try:
             pieces = generate_with(job.options, log=job.log.append, on_progress=progress)
             job.status = "rendering"
+            tokenizer = checkpoint_tokenizer(job.options.checkpoint)
             results = []
             for piece in pieces:
                 mid = piece.files["mid"]
@@ -213,15 +227,27 @@ class JobManager:
                 how = audio.render(mid, wav, self.synth)
                 if job.seed is None and "json" in piece.files:
                     job.seed = json.loads(Path(piece.files["json"]).read_text()).get("seed")
-                shade = piece.start_tick if piece.prompt_length > 1 and job.options.include_prompt else 0
+                infilled = [(int(a), int(b)) for a, b in piece.infilled]
+                shade = piece.start_tick if piece.prompt_length > 1 and job.options.include_prompt and not infilled \
+                    else 0
+                try:  # the bars the page numbers and selects for an edit: those `infill` counts
+                    measures, bars_error = bar_ticks(mid, tokenizer), None
+                except UserError as exc:  # e.g. a piece without a note: nothing to edit, and the page says why
+                    measures, bars_error = [], public_message(str(exc), job).replace(str(mid), mid.name)
                 base = f"api/jobs/{job.id}/files/{piece.index}"
+                source = job.source or {}
                 results.append({
                     "index": piece.index, "name": piece.name, "notes": piece.n_notes,
                     "continuation_notes": piece.continuation_notes, "bars": piece.n_bars,
                     "seconds": round(piece.seconds, 2), "tokens": len(piece.continuation_ids),
                     "stop_reason": piece.stop_reason, "warnings": list(piece.warnings), "audio": how,
-                    "roll": roll_data(mid, shade),
+                    "roll": roll_data(mid, shade, infilled, measures),
                     "urls": {kind: f"{base}.{kind}" for kind in KINDS},
+                    # editing: the bars `infill` counts (their number), why there are none, what an edit rewrote
+                    "measures": len(measures), "bars_error": bars_error, "infilled": [list(span) for span in infilled],
+                    "infilled_bars": ",".join(g["bars"] for g in piece.infill) or None,
+                    "candidates": [len(g["suffix_logprob"]) for g in piece.infill],
+                    "base": source.get("base", piece.name), "edit": source.get("edit", 0),
                 })
             job.pieces = results
             job.status = "done"

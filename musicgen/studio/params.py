@@ -23,6 +23,11 @@ FIELDS = ("prompt_bars", "prompt_time_signature", "include_prompt", "bars", "all
 #: a rough count of tokens per bar of the shipped model (4/4, no density control), only for the progress bar
 #: the page's lengths (a studio sketches short variations; the CLI's own defaults are in conf/generate.yaml)
 STUDIO_BARS, STUDIO_VARIATIONS, STUDIO_PROMPT_BARS = 8, 2, 4
+#: fields of a "Regenerate these bars" press (POST api/jobs/<id>/pieces/<n>/infill): the bars, the candidates
+#: per range, and the page's sampling and control settings. bpm and time_signature are taken only so the library
+#: can say why they cannot go with infill (the piece keeps its own tempo map and metre); the page omits them.
+INFILL_FIELDS = ("infill", "infill_candidates", "temperature", "top_p", "seed", "chords", "chord_tones", "density",
+                 "key", "tonal_memory", "bpm", "time_signature")
 
 
 def form_defaults() -> dict[str, object]:
@@ -30,7 +35,8 @@ def form_defaults() -> dict[str, object]:
     option dataclasses; the studio's own lengths above), also used for a field left blank."""
     return {"temperature": SamplingConfig.temperature, "top_p": SamplingConfig.top_p,
             "tonal_memory": SamplingConfig.tonal_memory, "chord_tones": ControlConfig.chord_tones,
-            "bars": STUDIO_BARS, "num_samples": STUDIO_VARIATIONS, "prompt_bars": STUDIO_PROMPT_BARS}
+            "bars": STUDIO_BARS, "num_samples": STUDIO_VARIATIONS, "prompt_bars": STUDIO_PROMPT_BARS,
+            "infill_candidates": GenerateOptions.infill_candidates}
 
 
 TOKENS_PER_BAR = 45
@@ -99,8 +105,40 @@ def build_options(form: Mapping[str, str], prompt_path: str | None, checkpoint: 
     return dataclasses.replace(options, max_tokens=max(options.max_tokens, CAP_TOKENS_PER_BAR * int(options.bars)))
 
 
+def build_infill_options(form: Mapping[str, str], prompt_path: str, checkpoint: str, device: str,
+                         limits: Limits = Limits(), name: str = "edit") -> GenerateOptions:
+    """GenerateOptions that regenerate ``form["infill"]`` (e.g. ``3-4``) of the piece at `prompt_path`, one
+    result, with the page's sampling and control settings; raises UserError (one line) on any bad value."""
+    unknown = sorted(set(form) - set(INFILL_FIELDS))
+    if unknown:
+        raise UserError(f"unknown form field(s): {', '.join(unknown)}")
+    get = {key: _blank(form.get(key)) for key in INFILL_FIELDS}
+    if get["infill"] is None:
+        raise UserError("infill: choose the bars to regenerate (drag across them on the piano roll, or give "
+                        "from and to bar)")
+    default = form_defaults()
+    options = GenerateOptions.from_mapping({
+        "checkpoint": checkpoint, "device": device, "prompt": prompt_path, "prompt_time_signature": "file",
+        "infill": get["infill"], "infill_candidates": get["infill_candidates"] or default["infill_candidates"],
+        "num_samples": 1, "progress": False, "pianoroll": False, "render": "none", "name": name,
+        "temperature": get["temperature"] or default["temperature"], "top_p": get["top_p"] or default["top_p"],
+        "seed": get["seed"], "chords": get["chords"], "chord_tones": get["chord_tones"] or default["chord_tones"],
+        "density": get["density"], "key": get["key"], "tonal_memory": get["tonal_memory"] or default["tonal_memory"],
+        "bpm": get["bpm"], "time_signature": get["time_signature"],
+    })
+    if options.infill_candidates > limits.max_variations:
+        raise UserError(f"infill_candidates={options.infill_candidates}: at most {limits.max_variations} per range "
+                        "(start the studio with --max-variations to change that)")
+    return options
+
+
 def expected_tokens(options: GenerateOptions) -> int:
     """About how many tokens each variation will take (for the progress bar; the real count is shown beside it)."""
     density = str(options.density).lower() if options.density is not None else "medium"
     per_bar = TOKENS_PER_BAR * DENSITY_TOKENS.get(density, 1.0)
+    if options.infill is not None:  # the bars of the ranges, each written by every candidate
+        from ..generation.bar_ranges import parse_bar_ranges
+
+        bars = sum(r.count for r in parse_bar_ranges(options.infill)) * int(options.infill_candidates)
+        return max(64, int(per_bar * bars))
     return max(64, min(int(options.max_tokens), int(per_bar * int(options.bars or 16))))

@@ -8,14 +8,18 @@ and the times are the ones the WAV is rendered from (pretty_midi's tempo map), s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 MAX_NOTES = 50_000  # a 300-bar piece has about 6,000; past this the page would only slow down
 
 
-def roll_data(midi_path: str | Path, prompt_end_tick: int = 0) -> dict[str, Any]:
+def roll_data(midi_path: str | Path, prompt_end_tick: int = 0, regenerated: Sequence[tuple[int, int]] = (),
+              measures: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
     """{"notes": [[start s, end s, pitch, velocity, drum 0/1], ...], "bars": [downbeat s, ...],
-    "prompt_end": s, "seconds": s} for the page."""
+    "prompt_end": s, "seconds": s, "regenerated": [[start s, end s], ...], "measures": [[start s, end s], ...]}
+    for the page. `regenerated`: (start, end) ticks of bars an edit rewrote (shaded); `measures`: (start, end)
+    ticks of the piece's bars as the infill option counts them (edit.bar_ticks), which the page numbers and
+    selects; both in the file's ticks."""
     import pretty_midi
 
     pm = pretty_midi.PrettyMIDI(str(midi_path))
@@ -23,9 +27,18 @@ def roll_data(midi_path: str | Path, prompt_end_tick: int = 0) -> dict[str, Any]
              for inst in pm.instruments for n in inst.notes]
     notes.sort(key=lambda n: (n[0], n[2]))
     end = pm.get_end_time()
+
+    def seconds(spans: Sequence[tuple[int, int]]) -> list[list[float]]:
+        return [[round(float(pm.tick_to_time(int(a))), 4), round(float(pm.tick_to_time(int(b))), 4)] for a, b in spans]
+
+    measured = seconds(measures)
+    if measured:
+        end = max(end, measured[-1][1])  # the roll reaches the end of the last bar
     return {
         "notes": notes[:MAX_NOTES],
         "bars": [round(float(t), 4) for t in pm.get_downbeats() if t <= end + 1e-6],
         "prompt_end": round(float(pm.tick_to_time(int(prompt_end_tick))), 4) if prompt_end_tick > 0 else 0.0,
         "seconds": round(float(end), 4),
+        "regenerated": seconds(regenerated),
+        "measures": measured,
     }
