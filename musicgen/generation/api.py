@@ -173,7 +173,8 @@ def _write(piece: GeneratedPiece, folder: Path, options: GenerateOptions, log: L
         shade = piece.start_tick if len(piece.ids) and piece.prompt_length > 1 and not piece.infilled else 0
         piece.files["png"] = plot_pianoroll(piece.midi, folder / f"{piece.name}.png", shade,
                                             title=f"{piece.name}: {piece.n_notes} notes, {piece.seconds:.1f} s",
-                                            regenerated=piece.infilled)
+                                            regenerated=piece.infilled,
+                                            sections=[(s["first_bar"] - 1, s["letter"]) for s in piece.sections])
     if options.render == "wav":
         wav, how = render_wav(mid, folder / f"{piece.name}.wav", options.soundfont)
         piece.files["wav"] = wav

@@ -18,9 +18,11 @@ from .timeline import bar_ticks, midi_end_tick, tick_to_seconds
 
 
 def plot_pianoroll(midi: miditoolkit.MidiFile, path: str | Path, prompt_end_tick: int = 0,
-                   title: str = "", regenerated: list[tuple[int, int]] | None = None) -> Path:
+                   title: str = "", regenerated: list[tuple[int, int]] | None = None,
+                   sections: list[tuple[int, str]] | None = None) -> Path:
     """Write the piano roll of `midi` to `path`; ticks before `prompt_end_tick` are shaded as the prompt, the
-    (start, end) tick spans of `regenerated` (infilled bars) in another colour."""
+    (start, end) tick spans of `regenerated` (infilled bars) in another colour, and a planned form's
+    `sections` ((first bar, 0-based, letter)) are lettered above the roll at their first bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,6 +57,10 @@ def plot_pianoroll(midi: miditoolkit.MidiFile, path: str | Path, prompt_end_tick
     else:
         ax.set_ylim(20, 108)
     ax.vlines(bar_index, *ax.get_ylim(), colors="0.6", linewidth=0.5, zorder=1)
+    for first_bar, letter in sections or []:
+        ax.axvline(first_bar, color="0.2", linewidth=1.2, zorder=1)
+        ax.text(first_bar + 0.15, 1.0, letter, transform=ax.get_xaxis_transform(), va="bottom", ha="left",
+                fontsize=11, fontweight="bold")
     ax.set_xlim(0, max(n_bars, 1e-3))
     ax.set_xlabel("bar")
     ax.set_ylabel("MIDI pitch")
