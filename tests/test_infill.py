@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import miditoolkit
@@ -37,12 +38,16 @@ def filled_notes(midi: miditoolkit.MidiFile, spans: list[tuple[int, int]]) -> li
 
 
 def check_piece(original: Path, piece, ranges: list[tuple[int, int]], metre: str | None = "index") -> None:
-    """Kept bars identical, the filled notes inside their bars, the tokens' bars outside the gaps the
-    original's, and exactly as many bars as the original."""
+    """Kept bars identical (in memory and in the file written and read back), the filled notes inside their
+    bars, the tokens' bars outside the gaps the original's, and exactly as many bars as the original."""
     source = miditoolkit.MidiFile(str(original))
     tokenizer = REMITokenizer()
     _, bars = load_piece(original, tokenizer, metre)
     assert kept_identical(source, piece.midi, piece.infilled, ticks_per_step(source))
+    with tempfile.TemporaryDirectory() as folder:
+        piece.midi.dump(str(Path(folder) / "written.mid"))
+        written = miditoolkit.MidiFile(str(Path(folder) / "written.mid"))
+    assert kept_identical(source, written, piece.infilled, ticks_per_step(source))
     for note in filled_notes(piece.midi, piece.infilled):
         assert any(lo <= note.start and note.end <= hi for lo, hi in piece.infilled), note
     assert piece.infilled == [(round(bars.starts[a - 1] * ticks_per_step(source)),
@@ -122,6 +127,26 @@ def test_controls_apply_inside_the_gap(note_checkpoint: Path, pop909_dir: Path) 
     pitches = [n.pitch for n in filled_notes(piece.midi, piece.infilled)]
     assert pitches and all(p % 12 in (0, 2, 4, 5, 7, 9, 11) for p in pitches)
     assert piece.infill[0]["controls"]["forced_chords"] > 0
+
+
+def test_filled_notes_never_cut_a_held_note(note_checkpoint: Path, tmp_path: Path) -> None:
+    """A kept note held across the gap's first bar line keeps its length in the written file whatever the
+    filled bars play (a filled note of its pitch starting under it would end it at that note-on); the gap
+    here can only stay silent."""
+    midi = miditoolkit.MidiFile(ticks_per_beat=480)
+    piano = miditoolkit.Instrument(program=0, name="piano")
+    for bar in (0, 5, 6, 7):  # whole-bar chords of every MIDI pitch in bars 1 and 6-8 ...
+        piano.notes += [miditoolkit.Note(70, p, bar * 1920, bar * 1920 + 1920) for p in range(128)]
+    # ... and every pitch held from the middle of bar 2 to the middle of bar 5, over the gap (bars 3-4): any
+    # note the model writes there starts under a held note of its pitch
+    piano.notes += [miditoolkit.Note(90, p, 1 * 1920 + 960, 4 * 1920 + 960) for p in range(128)]
+    midi.instruments.append(piano)
+    midi.dump(str(tmp_path / "held.mid"))
+    for seed in range(3):
+        piece = generate(note_checkpoint, tmp_path / "held.mid", infill="3-4", seed=seed, infill_candidates=1,
+                         log=None, progress=False)[0]
+        check_piece(tmp_path / "held.mid", piece, [(3, 4)], metre="file")
+        assert piece.infill[0]["notes"] == 0
 
 
 def made_up_song(path: Path, ticks_per_beat: int, metres: list[tuple[int, int, int]], bars: int) -> Path:

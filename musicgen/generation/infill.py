@@ -254,24 +254,53 @@ def splice(midi: miditoolkit.MidiFile, tokenizer: REMITokenizer, piece: PieceBar
 
     for inst in out.instruments:
         inst.notes = [n for n in inst.notes if not in_gap(grid_step(n.start, ticks_per_step))]
-    written = []
-    for gap, (lo, hi) in zip(gaps, spans):
-        written.append(0)
+    new: dict[int, list[tuple[miditoolkit.Note, int]]] = {}  # track index -> (filled note, its gap)
+    for k, (gap, (lo, hi)) in enumerate(zip(gaps, spans)):
         filled = tokenizer.decode([tokenizer.vocab.bos_id] + piece.join(tokenizer, list(range(gap.first, gap.end)),
                                                                          replaced))
         scale = tpb / (filled.ticks_per_beat or 480)
         for src in filled.instruments:
-            target = _track_for(out, src)
+            target = out.instruments.index(_track_for(out, src))
             for n in src.notes:
                 start = int(round(lo * ticks_per_step + n.start * scale))
                 end = min(int(round(lo * ticks_per_step + n.end * scale)), int(round(hi * ticks_per_step)))
                 if end > start:
-                    target.notes.append(miditoolkit.Note(velocity=n.velocity, pitch=n.pitch, start=start, end=end))
-                    written[-1] += 1
+                    new.setdefault(target, []).append((miditoolkit.Note(n.velocity, n.pitch, start, end), k))
+    written = [0] * len(gaps)
+    for target, notes in new.items():
+        inst = out.instruments[target]
+        for note, k in _fit_between(inst.notes, notes):
+            inst.notes.append(note)
+            written[k] += 1
     for inst in out.instruments:
         inst.notes.sort(key=lambda n: (n.start, n.pitch))
     out.instruments = [inst for inst in out.instruments if inst.notes or inst.name != INFILL_TRACK]
     return out, written
+
+
+def _fit_between(kept: list[miditoolkit.Note], new: list[tuple[miditoolkit.Note, int]]
+                 ) -> list[tuple[miditoolkit.Note, int]]:
+    """The filled notes of one track that can sound beside its kept notes. In a MIDI file a note of one pitch
+    ends at the next note-on of that pitch in its track, so a filled note that started while a kept note of its
+    pitch still sounds (held over the gap's first bar line) would cut that kept note short once written: it is
+    left out (the pitch is sounding already); one that runs into a kept note of its pitch ends where it starts,
+    and of two filled notes of one pitch the first ends where the second starts."""
+    held: dict[int, list[tuple[int, int]]] = {}  # pitch -> the kept notes' (start, end)
+    for n in kept:
+        held.setdefault(n.pitch, []).append((n.start, n.end))
+    out: list[tuple[miditoolkit.Note, int]] = []
+    last: dict[int, miditoolkit.Note] = {}  # pitch -> the latest filled note
+    for note, k in sorted(new, key=lambda nk: (nk[0].start, nk[0].pitch)):
+        spans = held.get(note.pitch, [])
+        if any(start <= note.start < end for start, end in spans):
+            continue
+        note.end = min([note.end] + [start for start, _ in spans if start > note.start])
+        before = last.get(note.pitch)
+        if before is not None and before.end > note.start:
+            before.end = note.start
+        out.append((note, k))
+        last[note.pitch] = note
+    return [(n, k) for n, k in out if n.end > n.start]
 
 
 def gap_steps(piece: PieceBars, gaps: list[Gap]) -> list[tuple[int, int]]:
