@@ -23,7 +23,7 @@ Each (row, L, mode) runs in its own subprocess so peak memory can be measured:
   * CUDA: torch.cuda.max_memory_allocated() after reset, minus the inputs' memory.
 Times are medians over --repeats runs after one warm-up. Results go to benchmarks/results/attention.json.
 
-Usage: python benchmarks/attention.py [--lengths 512 1024 ...] [--repeats 3] [--device cpu]
+Usage: python -m benchmarks.attention [--lengths 512 1024 ...] [--repeats 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ def worker(args: argparse.Namespace) -> dict:
     """Run one (row, L, mode) measurement; returns a dict (printed as JSON by the parent)."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from musicgen.model.ops.linear_attention import causal_linear_attention, require_fast_transformers
     from musicgen.model.feature_maps import EluFeatureMap, PerformerFeatureMap
     from musicgen.model.spe import SineSPE, SPEFilter
@@ -174,11 +173,11 @@ def _model_worker(args: argparse.Namespace, torch, dev, backward: bool) -> dict:
 def _input_baseline_mb(args: argparse.Namespace) -> float:
     """ru_maxrss of a subprocess that only imports torch and builds the inputs (no attention)."""
     code = (
-        "import resource, torch, sys; torch.set_num_threads(%d);"
-        "sys.path.insert(0, %r); import musicgen.model;"
+        "import resource, torch; torch.set_num_threads(%d);"
+        "import musicgen.model;"
         "x=[torch.randn(%d,%d,%d,%d) for _ in range(3)];"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024.0)"
-    ) % (args.threads, str(ROOT), args.batch, args.length, args.heads, args.head_dim)
+    ) % (args.threads, args.batch, args.length, args.heads, args.head_dim)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -220,13 +219,13 @@ def main() -> None:
         for mode in args.modes:
             rows = list(args.rows) + (MODEL_ROWS if length in args.model_lengths else [])
             for row in rows:  # rows interleaved per (L, mode): ratios measured side by side
-                cmd = [sys.executable, __file__, "--worker", "--row", row, "--length", str(length), "--mode", mode,
+                cmd = [sys.executable, "-m", "benchmarks.attention", "--worker", "--row", row, "--length", str(length), "--mode", mode,
                        "--input-rss-mb", str(base)]
                 for key in ("repeats", "batch", "heads", "head_dim", "features", "realizations", "chunk_size",
                             "threads", "device"):
                     cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
                 try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
                     res = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {
                         "status": f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"}
                 except subprocess.TimeoutExpired:

@@ -8,6 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -40,3 +42,22 @@ def write_results(name: str, payload: dict[str, Any], out: str | Path | None = N
     if not quiet:
         print(f"wrote {path}")
     return path
+
+def sem(values: list[float]) -> float:
+    """Standard error of the mean of the finite values (NaN with fewer than two)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    return round(float(x.std(ddof=1) / np.sqrt(len(x))), 4) if len(x) > 1 else float("nan")
+
+
+def parse_options(items: list[str]) -> dict:
+    """``NAME=VALUE`` pairs -> generate() keyword arguments (VALUE read as YAML: 0, 0.5, null, true)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"error: --option {item!r}: expected NAME=VALUE")
+        options[name] = yaml.safe_load(value)
+    return options

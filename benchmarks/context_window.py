@@ -8,7 +8,7 @@ the attention). This script separates them by scoring the *same* targets again w
 context: crops of W + S tokens starting every S tokens, of which only the last S targets are scored,
 so every target sees between W and W + S - 1 tokens (W = L by default: inside the training length).
 
-    python benchmarks/context_window.py [--checkpoint checkpoints/musicgen-small.pt] [--length 2048]
+    python -m benchmarks.context_window [--checkpoint checkpoints/musicgen-small.pt] [--length 2048]
                                         [--window 512] [--stride 256]
 
 Prints NLL per song-position bucket for both and writes benchmarks/results/context_window.json.
@@ -18,19 +18,16 @@ Same SPE / random-feature seed for every forward.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import print_table, write_results  # noqa: E402
-from musicgen.data import SequentialCrops  # noqa: E402
-from musicgen.evaluation.eval_cache import open_eval_cache  # noqa: E402
-from musicgen.inference import load_model  # noqa: E402
+from benchmarks.common import print_table, write_results
+from musicgen.data import SequentialCrops
+from musicgen.evaluation.eval_cache import open_eval_cache
+from musicgen.inference import load_model
 
 
 @torch.no_grad()

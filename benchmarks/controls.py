@@ -1,6 +1,6 @@
 """Do the controls work on a trained model? Chord charts, density and tempo, measured on generated music.
 
-    python benchmarks/controls.py [--checkpoint checkpoints/musicgen-small.pt] [--pieces 20] [--bars 16]
+    python -m benchmarks.controls [--checkpoint checkpoints/musicgen-small.pt] [--pieces 20] [--bars 16]
                                   [--metres 4/4 model] [--chord-tones only prefer free]
                                   [--density-pieces 8] [--bpm-pieces 4] [--seed 1] [--name controls] [--out X.json]
 
@@ -26,21 +26,18 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import print_table, write_results  # noqa: E402
-from musicgen.generation import (ControlConfig, GenerationSession, SamplingConfig, StopConfig,  # noqa: E402
+from benchmarks.common import print_table, write_results
+from musicgen.generation import (ControlConfig, GenerationSession, SamplingConfig, StopConfig,
                                  unconditional_prompt)
-from musicgen.generation.chords import N_QUALITIES, chord_slots, parse_chart  # noqa: E402
-from musicgen.inference import file_sha256, load_model, resolve_checkpoint, resolve_device  # noqa: E402
-from musicgen.tokenizer import DRUM_PROGRAM, PITCH_CLASS_NAMES, Bins, REMITokenizer, TokenType, detect_chords  # noqa: E402
+from musicgen.generation.chords import N_QUALITIES, chord_slots, parse_chart
+from musicgen.inference import file_sha256, load_model, resolve_checkpoint, resolve_device
+from musicgen.tokenizer import DRUM_PROGRAM, PITCH_CLASS_NAMES, Bins, REMITokenizer, TokenType, detect_chords
 
 SUFFIX = {"maj": "", "min": "m", "dim": "dim", "aug": "aug", "sus4": "sus4", "dom7": "7", "maj7": "maj7", "min7": "m7"}
 QUALITY_WEIGHTS = {"maj": 0.45, "min": 0.35, "dom7": 0.08, "min7": 0.06, "maj7": 0.03, "sus4": 0.03}

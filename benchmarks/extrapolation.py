@@ -48,7 +48,7 @@ tokens/s in fp32: ~1 min per variant plus start-up and validation). Free generat
 `--gen-batched` samples all seeds' pieces in one batch (num_samples = number of seeds, seeded with the first
 seed), which costs about one piece per variant. The whole experiment on a GPU (~12-15 min of device time):
 
-    python benchmarks/extrapolation.py --device cuda --gen-batched
+    python -m benchmarks.extrapolation --device cuda --gen-batched
 
 Where one command may run at most 10 minutes, run it first with `--skip-generation --skip-continuation`
 (trains the 5 variants, NLL, streams, attention share, parameter movement) and then exactly as above: the second
@@ -56,12 +56,12 @@ run reuses the checkpoints and stored measurements and only adds generation and 
 x 16 bars, ~30 s per variant). If a time limit cuts a command, run it again: it resumes (SIGTERM stops
 train.py cleanly, which saves last.pt). Keep the same --runs-dir. On a CPU, a smaller model and budget, e.g.
 
-    python benchmarks/extrapolation.py --steps 600 --batch-size 8 --gen-tokens 5000 \
+    python -m benchmarks.extrapolation --steps 600 --batch-size 8 --gen-tokens 5000 \
         --model-overrides "model.n_layers=2 model.d_model=128 model.n_heads=2 model.d_ff=512"
 
 Smoke test (a minute; outputs in /tmp/x):
 
-    python benchmarks/extrapolation.py --steps 2 --seq-len 32 --length-factor 2 --stream-factor 4 --variants ape,decay --max-files 30 --gen-tokens 200 --gen-seeds 1 --prompts 1 --model-overrides "model.n_layers=1 model.d_model=32 model.n_heads=2 model.d_ff=64" --runs-dir /tmp/x --docs-dir /tmp/x --results /tmp/x/r.json
+    python -m benchmarks.extrapolation --steps 2 --seq-len 32 --length-factor 2 --stream-factor 4 --variants ape,decay --max-files 30 --gen-tokens 200 --gen-seeds 1 --prompts 1 --model-overrides "model.n_layers=1 model.d_model=32 model.n_heads=2 model.d_ff=64" --runs-dir /tmp/x --docs-dir /tmp/x --results /tmp/x/r.json
 """
 
 from __future__ import annotations
@@ -79,11 +79,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks.common import RESULTS, shared_data
 
-from common import RESULTS, shared_data  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 #: variant name -> Hydra overrides of train.py. `++` adds the key where the preset does not list it
 #: (kept from when conf/model/none.yaml did not list attention.decay; harmless now that it inherits _base.yaml).
@@ -688,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     if not data_root.is_dir():
         raise SystemExit(f"error: --data-root {data_root}: no such folder (set MUSICGEN_SHARED_DATA or --data-root)")
     runs = Path(args.runs_dir).resolve()
-    command = "python benchmarks/extrapolation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m benchmarks.extrapolation " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     tokens = args.steps * args.batch_size * args.seq_len
     print(f"budget: {args.steps} steps x {args.batch_size} crops x L={args.seq_len} = {tokens:,} training tokens "
           f"per variant; variants: {', '.join(variants)}", flush=True)

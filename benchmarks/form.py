@@ -1,6 +1,6 @@
 """Music with form: do songs, the model's pieces and its continuations restate, and does the model recall?
 
-    python benchmarks/form.py [--checkpoint checkpoints/musicgen-small.pt] [--pieces 8] [--bars 64]
+    python -m benchmarks.form [--checkpoint checkpoints/musicgen-small.pt] [--pieces 8] [--bars 64]
                               [--continuations 8] [--prompt-bars 16] [--recall] [--songs 12]
                               [--option tonal_memory=0 ...] [--out benchmarks/results/form.json]
 
@@ -29,22 +29,19 @@ Prints tables and writes the JSON (default benchmarks/results/form.json).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, print_table, shared_data, write_results  # noqa: E402
-from benchmarks.long_pieces import _parse_options, _sem  # noqa: E402
-from musicgen.config import UserError  # noqa: E402
-from musicgen.evaluation.form import (FORM_KEYS, LAG_BUCKETS, analyse_bars, bar_sets,  # noqa: E402
+from benchmarks.common import RESULTS, parse_options, print_table, sem, shared_data, write_results
+from musicgen.config import UserError
+from musicgen.evaluation.form import (FORM_KEYS, LAG_BUCKETS, analyse_bars, bar_sets,
                                       continuation_report, form_report, random_bars, shuffled_bars)
-from musicgen.generation.prompt import load_prompt  # noqa: E402
-from musicgen.tokenizer import REMITokenizer  # noqa: E402
+from musicgen.generation.prompt import load_prompt
+from musicgen.tokenizer import REMITokenizer
 
 CONTINUATION_KEYS = ("density_ratio", "groove_prompt", "groove_within", "top_voice_shift", "top_gap_prompt",
                      "top_gap_continuation", "restates_prompt_share", "repeating_share", "passage_share")
@@ -67,7 +64,7 @@ def _summary(rows: list[dict], keys) -> dict:
     for k in keys:
         x = np.asarray([r[k] for r in rows], dtype=float)
         out[k] = round(float(np.nanmean(x)), 4) if np.isfinite(x).any() else float("nan")
-        out[k + "_sem"] = _sem(list(x))
+        out[k + "_sem"] = sem(list(x))
     return out
 
 
@@ -201,7 +198,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/form.json)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    options = _parse_options(args.option)
+    options = parse_options(args.option)
     out_path = Path(args.out) if args.out else RESULTS / "form.json"
     result: dict = {"checkpoint": args.checkpoint, "bars": args.bars, "prompt_bars": args.prompt_bars,
                     "options": options}

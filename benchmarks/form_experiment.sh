@@ -8,7 +8,7 @@
 #            model.recall.bar_clock=false), which alone trains (train.train_only=[recall], the rest frozen,
 #            dropout off) on 4,096-token crops: RECALL_STEPS steps of 2 crops (8,192 tokens a step)
 #   clock  = the same with the head's bar clock (the preset as it is), same budget
-# Then measure each with benchmarks/form.py --recall --checkpoint OUT/<variant>/last.pt.
+# Then measure each with python -m benchmarks.form --recall --checkpoint OUT/<variant>/last.pt.
 #   usage: [OUT=/work/runs/form] [VARIANTS="long local recall clock"] [STEPS=300] [RECALL_STEPS=600] [THREADS=1]
 #          bash benchmarks/form_experiment.sh          (docs/form.md: STEPS=300, RECALL_STEPS=600)
 set -euo pipefail

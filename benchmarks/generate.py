@@ -1,8 +1,8 @@
 """Generation speed and memory: the SPE linear-attention model against the same-size softmax model (KV cache).
 
-    python benchmarks/generate.py                       # shipped checkpoint (or a random small model), ~1-2 min on CPU
-    python benchmarks/generate.py --positions 1000 4000 --batch 1 --window 100    # shrink it
-    python benchmarks/generate.py --reach step          # really step to every position (slow: minutes)
+    python -m benchmarks.generate                       # shipped checkpoint (or a random small model), ~1-2 min on CPU
+    python -m benchmarks.generate --positions 1000 4000 --batch 1 --window 100    # shrink it
+    python -m benchmarks.generate --reach step          # really step to every position (slow: minutes)
 
 For each model, batch size and position N it times `--window` generation steps starting at position N
 (after `--warmup` untimed ones) and reports tokens/s = batch * steps / seconds, for
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def _load_models(spec: dict[str, Any]):

@@ -41,7 +41,7 @@ SPE=spe_sine_gated_decay                          # the shipped architecture: ga
 FLA="$SPE+attention.backend=fla"
 NOPE="$SPE+attention.backend=fla+pe.kind=none"    # the same model without positional encoding
 stage "training throughput, bf16 autocast, 8192 tokens per step (L=32768: one sequence of 32768)"
-timeout 230 python3 benchmarks/train_throughput.py --device cuda --dtype bf16 --lengths 2048 8192 32768 \
+timeout 230 python3 -m benchmarks.train_throughput --device cuda --dtype bf16 --lengths 2048 8192 32768 \
     --tokens 8192 --warmup 2 --repeats 3 --timeout 75 \
     --models softmax "$FLA" "$NOPE" "$SPE" \
     --ratio "$FLA" softmax --ratio "$NOPE" "$FLA" --ratio "$FLA" "$SPE" \
@@ -49,12 +49,12 @@ timeout 230 python3 benchmarks/train_throughput.py --device cuda --dtype bf16 --
 cp benchmarks/results/train_throughput_h200_bf16_fla.json "$OUT/" 2>/dev/null
 
 stage "generation step (model.step), eager vs CUDA graph, batch 1 and 64, positions 1k..64k"
-timeout 100 python3 benchmarks/step.py --device cuda --threads 16 --models "$SPE" --positions 1024 4096 16384 65536 \
+timeout 100 python3 -m benchmarks.step --device cuda --threads 16 --models "$SPE" --positions 1024 4096 16384 65536 \
     --batch 1 64 --graphs both --steps 100 --warmup 10 --out benchmarks/results/step_h200_graphs.json
 cp benchmarks/results/step_h200_graphs.json "$OUT/" 2>/dev/null
 
 stage "whole generation loop (GenerationSession: grammar, sampling) on CUDA with graphs, shipped checkpoint"
-timeout 60 python3 benchmarks/generate.py --device cuda --graphs --no-softmax --batch 1 64 --positions 1000 16000 \
+timeout 60 python3 -m benchmarks.generate --device cuda --graphs --no-softmax --batch 1 64 --positions 1000 16000 \
     --window 100 --warmup 10 --out benchmarks/results/generate_h200_graphs.json
 cp benchmarks/results/generate_h200_graphs.json "$OUT/" 2>/dev/null
 

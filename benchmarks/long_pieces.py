@@ -1,6 +1,6 @@
 """Long pieces and continuations, measured the way a listener would: do they stay music, and in the prompt's world?
 
-    python benchmarks/long_pieces.py [--checkpoint checkpoints/musicgen-small.pt] [--tokens 20000]
+    python -m benchmarks.long_pieces [--checkpoint checkpoints/musicgen-small.pt] [--tokens 20000]
                                      [--seeds 5 7 9] [--prompts 12] [--samples 4] [--name long_pieces]
                                      [--option tonal_memory=0 ...]
 
@@ -22,22 +22,20 @@ Prints tables and writes benchmarks/results/<name>.json (+ <name>_piece.png).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, print_table, shared_data, write_results  # noqa: E402
-from musicgen.config import UserError  # noqa: E402
-from musicgen.evaluation.bar_windows import bar_window_statistics, within_range  # noqa: E402
-from musicgen.evaluation.continuation import FIDELITY_KEYS, fidelity, note_arrays  # noqa: E402
-from musicgen.generation import generate  # noqa: E402
-from musicgen.generation.pianoroll import plot_pianoroll  # noqa: E402
-from musicgen.generation.prompt import load_prompt  # noqa: E402
-from musicgen.tokenizer import REMITokenizer  # noqa: E402
+from benchmarks.common import RESULTS, parse_options, print_table, sem, shared_data, write_results
+from musicgen.config import UserError
+from musicgen.evaluation.bar_windows import bar_window_statistics, within_range
+from musicgen.evaluation.continuation import FIDELITY_KEYS, fidelity, note_arrays
+from musicgen.generation import generate
+from musicgen.generation.pianoroll import plot_pianoroll
+from musicgen.generation.prompt import load_prompt
+from musicgen.tokenizer import REMITokenizer
 
 REPO_OUTPUTS = Path(__file__).resolve().parents[1] / "outputs" / "long_pieces"
 WINDOW_KEYS = ("notes_per_bar", "h4", "groove", "scale_share", "max_same_onset_pitch", "max_notes_per_onset")
@@ -113,8 +111,8 @@ def continuations(checkpoint: str, count: int, seed: int, samples: int = 2, opti
             "generated": {k: mean(rows, k) for k in FIDELITY_KEYS},
             "song_itself": {k: mean(real_rows, k) for k in FIDELITY_KEYS},
             # standard errors of those means: 12 songs are few, so differences smaller than ~2 SE are noise
-            "generated_sem": {k: _sem([r[k] for r in rows]) for k in FIDELITY_KEYS},
-            "song_itself_sem": {k: _sem([r[k] for r in real_rows]) for k in FIDELITY_KEYS},
+            "generated_sem": {k: sem([r[k] for r in rows]) for k in FIDELITY_KEYS},
+            "song_itself_sem": {k: sem([r[k] for r in real_rows]) for k in FIDELITY_KEYS},
             # does a continuation move its register the way the song itself moves on (r of the song's signed
             # shift with the mean shift of its samples)? Intros are often higher than what follows.
             "register_shift_mean": {"generated": mean(rows, "register_shift"),
@@ -142,32 +140,12 @@ def _with_shift(prompt: tuple, continuation: tuple) -> dict[str, float]:
     return row
 
 
-def _sem(values: list[float]) -> float:
-    """Standard error of the mean of the finite values (NaN with fewer than two)."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    return round(float(x.std(ddof=1) / np.sqrt(len(x))), 4) if len(x) > 1 else float("nan")
-
-
 def reference_windows(count: int) -> dict:
     tokenizer = REMITokenizer()
     stats = []
     for path in _test_songs(count, tokenizer):
         stats += bar_window_statistics(tokenizer.decode(load_prompt(path, tokenizer, time_signature="index").ids))
     return _window_summary(stats)
-
-
-def _parse_options(items: list[str]) -> dict:
-    """``NAME=VALUE`` pairs -> generate() keyword arguments (VALUE read as YAML: 0, 0.5, null, true)."""
-    import yaml
-
-    options = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"error: --option {item!r}: expected NAME=VALUE")
-        options[name] = yaml.safe_load(value)
-    return options
 
 
 def main() -> None:
@@ -183,7 +161,7 @@ def main() -> None:
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a generate option for every piece, e.g. --option tonal_memory=0 (repeatable)")
     args = p.parse_args()
-    options = _parse_options(args.option)
+    options = parse_options(args.option)
 
     result = {"checkpoint": args.checkpoint, "tokens": args.tokens, "options": options,
               "free": free_generation(args.checkpoint, args.tokens, args.seeds, args.name, options)}

@@ -1,7 +1,7 @@
 """Pin what generate writes, to check that a refactoring changed nothing a user gets.
 
-    python benchmarks/pin_generate.py --write pins.json      # before the change
-    python benchmarks/pin_generate.py --check pins.json      # after it, on the same machine
+    python -m benchmarks.pin_generate --write pins.json      # before the change
+    python -m benchmarks.pin_generate --check pins.json      # after it, on the same machine
 
 For five settings (no prompt; a POP909 prompt; a prompt with a chord chart, density and key; a repetition
 penalty with top-k, temperature and chord_tones=prefer; a sparse prompt with the tonal memory at 1) it hashes
@@ -20,10 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import shared_data  # noqa: E402
-from musicgen.generation import generate  # noqa: E402
+from benchmarks.common import shared_data
+from musicgen.generation import generate
 
 
 def cases() -> dict[str, dict]:

@@ -14,7 +14,7 @@ How position P is reached (documented shortcut, so the benchmark takes seconds, 
 Then ``--warmup`` steps are run untimed and ``--steps`` steps are timed one by one; the table
 reports the median per-token time. Results go to benchmarks/results/step.json.
 
-Usage: python benchmarks/step.py [--positions 1024 4096 16384] [--steps 50] [--models ...]
+Usage: python -m benchmarks.step [--positions 1024 4096 16384] [--steps 50] [--models ...]
                                 [--batch 1 64] [--graphs off|on|both] [--device cuda]
 
 ``--batch``: sequences stepped together (tokens/s = batch / time per step: the aggregate rate).
@@ -28,16 +28,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from musicgen.model import build_model, load_preset
 
-from musicgen.model import build_model, load_preset  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def reach_position(model, state, position: int) -> None:

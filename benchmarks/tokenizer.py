@@ -1,6 +1,6 @@
 """Whole-POP909 tokenization: time, tokens per file/note, round-trip fidelity; MidiTok's REMI side by side.
 
-    python benchmarks/tokenizer.py [--root DIR] [--workers 2] [--max-files N] [--no-miditok]
+    python -m benchmarks.tokenizer [--root DIR] [--workers 2] [--max-files N] [--no-miditok]
 
 Fidelity is measured at the note level against the tokenizer's own quantization (`quantize`): recall =
 share of quantized notes that come back (same pitch, onset step, duration bin, velocity bin, program),
@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import print_table, shared_data, write_results  # noqa: E402
-from musicgen.data.sources import read_pop909_metres  # noqa: E402
-from musicgen.tokenizer import REMITokenizer, load_midi  # noqa: E402
-from musicgen.tokenizer.check import compare_scores  # noqa: E402
+from benchmarks.common import print_table, shared_data, write_results
+from musicgen.data.sources import read_pop909_metres
+from musicgen.tokenizer import REMITokenizer, load_midi
+from musicgen.tokenizer.check import compare_scores
 
 _METRES: dict[int, tuple[int, int]] = {}
 _TOK: REMITokenizer | None = None

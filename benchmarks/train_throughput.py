@@ -1,10 +1,10 @@
 """Training throughput: tokens/s of forward + backward + AdamW step for the small default model.
 
-    python benchmarks/train_throughput.py [--lengths 512 2048 8192] [--tokens 8192] [--repeats 3]
+    python -m benchmarks.train_throughput [--lengths 512 2048 8192] [--tokens 8192] [--repeats 3]
                                           [--models spe_sine_gated ape softmax] [--device cpu]
                                           [--backend torch|fla|auto] [--dtype fp32|bf16]
     # variants of one preset side by side: NAME+key=value[+key=value...]
-    python benchmarks/train_throughput.py --device cuda --dtype bf16 --lengths 2048 8192 \
+    python -m benchmarks.train_throughput --device cuda --dtype bf16 --lengths 2048 8192 \
         --models softmax spe_sine_gated_decay spe_sine_gated_decay+attention.backend=fla \
         --ratio spe_sine_gated_decay+attention.backend=fla softmax
 
@@ -29,9 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import median, print_table, write_results
 
-from benchmarks.common import median, print_table, write_results  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 VOCAB = 637  # the default REMI vocabulary
 
@@ -116,7 +116,7 @@ def main() -> None:
     results, failures = [], []
     for length in args.lengths:
         for name in args.models:
-            cmd = [sys.executable, __file__, "--worker", name, str(length), "--tokens", str(args.tokens),
+            cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--worker", name, str(length), "--tokens", str(args.tokens),
                    "--repeats", str(args.repeats), "--device", args.device, "--precision", args.precision,
                    "--warmup", str(args.warmup)]
             if args.backend:
@@ -124,7 +124,7 @@ def main() -> None:
             for item in args.override:
                 cmd += ["--override", item]
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
             except subprocess.TimeoutExpired:
                 failures.append({"model": name, "length": length, "error": f"timeout after {args.timeout} s"})
                 print(f"{name} L={length}: timed out", flush=True)

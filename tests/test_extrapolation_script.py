@@ -14,10 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks import extrapolation
 
-import extrapolation  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_stream_edges_follow_the_issue():
@@ -49,14 +48,15 @@ def test_script_end_to_end(pop909_dir, tmp_path):
     """Train ape and decay for 2 steps, run every measurement, check the JSON holds real numbers; then rerun and
     check nothing is retrained or remeasured. ~90 s on a busy 2-core CPU."""
     results = tmp_path / "r.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "extrapolation.py"), "--steps", "2", "--seq-len", "32",
+    cmd = [sys.executable, "-m", "benchmarks.extrapolation", "--steps", "2", "--seq-len", "32",
            "--length-factor", "2", "--stream-factor", "4", "--variants", "ape,decay", "--max-files", "30",
            "--gen-tokens", "200", "--gen-seeds", "1", "--prompts", "1", "--model-overrides",
            "model.n_layers=1 model.d_model=32 model.n_heads=2 model.d_ff=64", "--device", "cpu",
            "--data-root", str(pop909_dir), "--runs-dir", str(tmp_path / "runs"), "--docs-dir", str(tmp_path / "docs"),
            "--results", str(results)]
     env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1",
-               MUSICGEN_SHARED_DATA=str(pop909_dir.parent))
+               MUSICGEN_SHARED_DATA=str(pop909_dir.parent),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "budget: 2 steps x 8 crops x L=32 = 512 training tokens" in proc.stdout
