@@ -7,7 +7,8 @@ not to and, before its 2026 releases, loaded fonts and scripts from CDNs; the st
 byte the page needs is served from ``static/`` by this app.
 
 Routes: ``GET /`` the page, ``GET /static/<file>`` its JS/CSS, ``GET /api/info`` the checkpoint, synthesis and
-limits, ``POST /api/jobs`` a Generate press (multipart form, optional ``prompt`` file) -> 202 ``{"id": ...}``,
+limits, ``POST /api/jobs`` a Generate press (multipart form, :data:`.params.FIELDS`, a planned form's ``form``,
+``form_chords`` and ``form_recall`` among them; optional ``prompt`` file) -> 202 ``{"id": ...}``,
 ``GET /api/jobs/<id>`` its progress and results, ``GET /api/jobs/<id>/files/<n>.<mid|wav|json>`` downloads,
 ``POST /api/jobs/<id>/pieces/<n>/infill`` a "Regenerate these bars" press on piece `n` of a finished job (form
 fields: ``infill=a-b`` and the page's sampling and control settings, :data:`.params.INFILL_FIELDS`) -> 202
@@ -225,7 +226,7 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
             return options
 
         try:  # reading the piece's bars takes a moment for a long piece: not on the event loop
-            job = await run_in_threadpool(manager.submit, build, data, shown, origin)
+            job = await run_in_threadpool(manager.submit, build, data, shown, origin, piece.get("sections") or None)
         except UserError as exc:
             return error(str(exc))
         except Busy as exc:

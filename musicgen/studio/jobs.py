@@ -14,6 +14,7 @@ Files: every job owns one `tempfile.TemporaryDirectory` (the uploaded prompt, th
 is deleted when the job is evicted (`keep` finished jobs are kept for download) or the server stops. Nothing
 is written anywhere else. An edit ("Regenerate these bars") is a job of its own whose prompt is a copy of the
 edited piece's MIDI file, so the version before stays downloadable (the page's Undo) until it is evicted.
+An edit keeps its piece's bars, so a planned form's sections (the letters above the roll) carry over to it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class Job:
     seed: int | None = None
     #: an edit ("Regenerate these bars"): the piece it rewrites {"job", "piece", "name", "base", "edit"}
     source: dict[str, Any] | None = None
+    #: a planned form's sections carried over from the piece an edit rewrites (an edit keeps the bars)
+    sections: list[dict[str, Any]] | None = None
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -144,7 +147,7 @@ class Job:
             "bars": self.options.bars, "num_samples": self.options.num_samples,
             "elapsed": round(now - (self.started or now), 2), "infill": self.options.infill,
             "candidates": self.options.infill_candidates if self.options.infill else None,
-            "source": dict(self.source) if self.source else None,
+            "source": dict(self.source) if self.source else None, "form": self.options.form,
         }
 
 
@@ -162,9 +165,11 @@ class JobManager:
 
     # --- submitting -----------------------------------------------------------------------------------------
     def submit(self, build: Callable[[str | None], GenerateOptions], prompt: bytes | None = None,
-               prompt_name: str | None = None, source: dict[str, Any] | None = None) -> Job:
+               prompt_name: str | None = None, source: dict[str, Any] | None = None,
+               sections: list[dict[str, Any]] | None = None) -> Job:
         """Write the prompt (if any) into a fresh temporary folder, build the options (UserError on a bad value:
-        the folder is removed again), and queue the job. `source`: the piece an edit rewrites (Job.source)."""
+        the folder is removed again), and queue the job. `source`: the piece an edit rewrites (Job.source);
+        `sections`: that piece's planned form (Job.sections)."""
         with self._lock:
             pending = sum(1 for j in self._jobs.values() if not j.done)
         if pending >= self.max_pending:
@@ -180,7 +185,8 @@ class JobManager:
         except BaseException:
             workdir.cleanup()
             raise
-        job = Job(uuid.uuid4().hex[:12], options, workdir, expected_tokens(options), prompt_name, source=source)
+        job = Job(uuid.uuid4().hex[:12], options, workdir, expected_tokens(options), prompt_name, source=source,
+                  sections=sections)
         with self._lock:
             self._jobs[job.id] = job
         self._pool.submit(self._run, job)
@@ -236,18 +242,21 @@ class JobManager:
                     measures, bars_error = [], public_message(str(exc), job).replace(str(mid), mid.name)
                 base = f"api/jobs/{job.id}/files/{piece.index}"
                 source = job.source or {}
+                sections = [dict(s) for s in (piece.sections or job.sections or [])]
                 results.append({
                     "index": piece.index, "name": piece.name, "notes": piece.n_notes,
                     "continuation_notes": piece.continuation_notes, "bars": piece.n_bars,
                     "seconds": round(piece.seconds, 2), "tokens": len(piece.continuation_ids),
                     "stop_reason": piece.stop_reason, "warnings": list(piece.warnings), "audio": how,
-                    "roll": roll_data(mid, shade, infilled, measures),
+                    "roll": roll_data(mid, shade, infilled, measures, sections),
                     "urls": {kind: f"{base}.{kind}" for kind in KINDS},
                     # editing: the bars `infill` counts (their number), why there are none, what an edit rewrote
                     "measures": len(measures), "bars_error": bars_error, "infilled": [list(span) for span in infilled],
                     "infilled_bars": ",".join(g["bars"] for g in piece.infill) or None,
                     "candidates": [len(g["suffix_logprob"]) for g in piece.infill],
                     "base": source.get("base", piece.name), "edit": source.get("edit", 0),
+                    # a planned form: {"letter", "bars", "first_bar" (1-based, prompt included), "from"} each
+                    "sections": sections,
                 })
             job.pieces = results
             job.status = "done"

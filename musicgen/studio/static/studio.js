@@ -4,6 +4,9 @@
 // Edit: drag across bars of a roll (numbered as the server's infill counts them: roll.measures) -> "Regenerate
 // these bars" -> POST api/jobs/<id>/pieces/<n>/infill -> poll the new job -> its piece replaces the card (the
 // regenerated bars shaded); the versions before stay in the card's history (Undo, download).
+// A planned form (the "sections" field, sent as `form`): the plan sets the length, so the length field is
+// disabled (a disabled field is not sent) while it is filled; each piece's roll.sections are lettered above its
+// roll at their first bar, with a marker line.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -45,6 +48,8 @@ async function loadInfo() {
 }
 
 // --- the piano roll --------------------------------------------------------------------------------------
+const STRIP = 16;  // px above the roll for a planned form's section letters (no strip without a plan)
+
 // selection: {a, b} (0-based bar indices into roll.measures, either order) or null
 function drawRoll(canvas, roll, playhead, selection) {
   const ratio = window.devicePixelRatio || 1;
@@ -55,27 +60,29 @@ function drawRoll(canvas, roll, playhead, selection) {
   ctx.clearRect(0, 0, width, height);
   const notes = roll.notes.filter((n) => !n[4]);
   const measures = roll.measures || [];
+  const sections = roll.sections || [];
+  const top = sections.length ? STRIP : 0;
   const seconds = Math.max(roll.seconds, 0.001);
   let low = 127, high = 0;
   for (const n of notes) { low = Math.min(low, n[2]); high = Math.max(high, n[2]); }
   if (high < low) { low = 48; high = 72; }
   low -= 2; high += 2;
   const x = (t) => (t / seconds) * width;
-  const rowH = height / (high - low + 1);
-  const y = (p) => (high - p) * rowH;
-  if (roll.prompt_end > 0) { ctx.fillStyle = "#e6e8ee"; ctx.fillRect(0, 0, x(roll.prompt_end), height); }
+  const rowH = (height - top) / (high - low + 1);
+  const y = (p) => top + (high - p) * rowH;
+  if (roll.prompt_end > 0) { ctx.fillStyle = "#e6e8ee"; ctx.fillRect(0, top, x(roll.prompt_end), height - top); }
   ctx.fillStyle = "#fff0c2";  // bars an edit regenerated
-  for (const [a, b] of roll.regenerated || []) ctx.fillRect(x(a), 0, x(b) - x(a), height);
+  for (const [a, b] of roll.regenerated || []) ctx.fillRect(x(a), top, x(b) - x(a), height - top);
   let chosen = null;
   if (selection && measures.length) {
     const first = Math.max(0, Math.min(selection.a, selection.b)), last = Math.min(measures.length - 1, Math.max(selection.a, selection.b));
     chosen = [x(measures[first][0]), x(measures[last][1])];
     ctx.fillStyle = "rgba(43, 95, 217, 0.16)";
-    ctx.fillRect(chosen[0], 0, chosen[1] - chosen[0], height);
+    ctx.fillRect(chosen[0], top, chosen[1] - chosen[0], height - top);
   }
   ctx.strokeStyle = "#c4c8d6"; ctx.lineWidth = 1;
   const lines = measures.length ? measures.map((m) => m[0]).concat(roll.bars.filter((b) => b > measures[measures.length - 1][1] + 1e-3)) : roll.bars;
-  for (const b of lines) { ctx.beginPath(); ctx.moveTo(Math.round(x(b)) + 0.5, 0); ctx.lineTo(Math.round(x(b)) + 0.5, height); ctx.stroke(); }
+  for (const b of lines) { ctx.beginPath(); ctx.moveTo(Math.round(x(b)) + 0.5, top); ctx.lineTo(Math.round(x(b)) + 0.5, height); ctx.stroke(); }
   for (const n of notes) {
     const v = n[3] / 127;
     ctx.fillStyle = `hsl(${225 - 40 * v}, 75%, ${68 - 38 * v}%)`;  // louder: darker
@@ -85,9 +92,21 @@ function drawRoll(canvas, roll, playhead, selection) {
     const span = measures[measures.length - 1][1] - measures[0][0];
     const step = Math.max(1, Math.ceil(22 / Math.max(x(span) / measures.length, 0.1)));
     ctx.fillStyle = "#5a6078"; ctx.font = "10px system-ui, sans-serif"; ctx.textBaseline = "top";
-    measures.forEach((m, i) => { if (i % step === 0) ctx.fillText(String(i + 1), x(m[0]) + 2, 2); });
+    measures.forEach((m, i) => { if (i % step === 0) ctx.fillText(String(i + 1), x(m[0]) + 2, top + 2); });
   }
-  if (chosen) { ctx.strokeStyle = "#2b5fd9"; ctx.lineWidth = 2; ctx.strokeRect(chosen[0] + 1, 1, chosen[1] - chosen[0] - 2, height - 2); ctx.lineWidth = 1; }
+  if (sections.length) {  // a planned form: its letters in a strip above the roll, a line at each section's start
+    ctx.fillStyle = "#eceef5"; ctx.fillRect(0, 0, width, top);
+    ctx.strokeStyle = "#3a3f55"; ctx.lineWidth = 1.5;
+    ctx.font = "bold 12px system-ui, sans-serif"; ctx.textBaseline = "middle";
+    for (const s of sections) {
+      const at = Math.round(x(s.start)) + 0.75;
+      ctx.beginPath(); ctx.moveTo(at, 0); ctx.lineTo(at, height); ctx.stroke();
+      ctx.fillStyle = "#3a3f55"; ctx.fillText(s.letter, at + 4, top / 2 + 1);
+    }
+    ctx.lineWidth = 1;
+    canvas.dataset.sections = sections.map((s) => `${s.letter}@${s.first_bar}`).join(" ");
+  }
+  if (chosen) { ctx.strokeStyle = "#2b5fd9"; ctx.lineWidth = 2; ctx.strokeRect(chosen[0] + 1, top + 1, chosen[1] - chosen[0] - 2, height - top - 2); ctx.lineWidth = 1; }
   if (playhead > 0) { ctx.strokeStyle = "#d22"; ctx.beginPath(); ctx.moveTo(x(playhead), 0); ctx.lineTo(x(playhead), height); ctx.stroke(); }
   canvas.dataset.notes = String(notes.length);
 }
@@ -124,12 +143,19 @@ function pieceCard(piece, job, state) {
   title.textContent = state.label + (piece.edit ? ` · edit ${piece.edit}` : "");
   const meta = document.createElement("p");
   meta.className = "meta";
+  const sections = piece.sections || [];
   if (piece.infilled_bars) {
     meta.textContent = `bars ${piece.infilled_bars} regenerated (shaded; best of ${piece.candidates.join("/")} candidate(s)) · ` +
       `${piece.continuation_notes} new notes (${piece.notes} in the file) · ${piece.seconds.toFixed(1)} s · seed ${job.seed}`;
   } else {
     meta.textContent = `${piece.bars} bars written · ${piece.continuation_notes} new notes (${piece.notes} in the file) · ` +
       `${piece.seconds.toFixed(1)} s · ${piece.tokens} tokens · stopped by ${piece.stop_reason} · seed ${job.seed}`;
+  }
+  if (sections.length) {  // a planned form: its sections first ("form A8 B8 A8 · ...")
+    const form = document.createElement("span");
+    form.className = "sections";
+    form.textContent = "form " + sections.map((s) => s.letter + s.bars).join(" ");
+    meta.prepend(form, " · ");
   }
   const canvas = document.createElement("canvas");
   canvas.className = "roll" + (measures.length ? " selectable" : "");
@@ -264,6 +290,10 @@ function progressText(job) {
   if (job.infill && job.status === "rendering") return "rendering audio…";
   if (job.status === "rendering") return `rendering audio for ${job.num_samples} variation(s)…`;
   const limit = job.limit ? ` (limit ${job.limit})` : "";
+  if (job.form) {
+    return `writing ${job.num_samples} variation(s) of form ${job.form}, one at a time: ${job.tokens} tokens of this one so far, ` +
+      `about ${job.expected} expected${limit} · ${job.elapsed.toFixed(0)} s`;
+  }
   return `writing ${job.num_samples} variation(s) of ${job.bars} bars: ${job.tokens} tokens each so far, ` +
     `about ${job.expected} expected${limit} · ${job.elapsed.toFixed(0)} s`;
 }
@@ -311,6 +341,15 @@ async function generate(event) {
   }
 }
 
+// a planned form sets the length: the length field is disabled (and so not sent) while one is given
+function formChanged() {
+  const planned = $("form_plan").value.trim() !== "";
+  $("bars").disabled = planned;
+  $("allow_eos").disabled = planned;
+}
+
 $("form").addEventListener("submit", generate);
+$("form_plan").addEventListener("input", formChanged);
 window.addEventListener("resize", () => { for (const card of document.querySelectorAll(".piece")) card.roll(); });
+formChanged();  // a value the browser restored
 loadInfo().catch((err) => showError("cannot reach the studio server: " + err.message));
