@@ -10,24 +10,22 @@ generated batch of sequences at generation.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import LayerNoise
-from .block import Block, BlockStepPlan
+from .block import Block
 from .config import ModelConfig
 from .embeddings import build_ape
 from .graphs import StepGraph, graphs_apply
 from .lean import TransposedWeights, autocast_on, parameter_versions
 from .recall import BarClock, RecallHead, RecallMemory
 from .spe import build_code_generator
+from .state import GenerationState, StepPlan
 
 __all__ = ["MusicTransformer", "GenerationState", "build_model"]
 
@@ -43,83 +41,6 @@ def _detach_state(state: Any) -> Any:
     if isinstance(state, tuple):
         return tuple(_detach_state(s) for s in state)
     return state
-
-
-@dataclass
-class GenerationState:
-    """Recurrent state of a batch of sequences being generated.
-
-    ``position`` is the index of the next token. For linear attention every tensor in here has a
-    size independent of ``position`` (see :meth:`nbytes`); the softmax baseline holds a KV cache.
-    ``step`` may update tensors in place: do not reuse a state after passing it to ``step``.
-    """
-
-    position: int
-    code_states: list[Any] = field(default_factory=list)
-    layer_noise: list[LayerNoise] = field(default_factory=list)
-    caches: list[dict] = field(default_factory=list)
-    #: per-sequence constants of the lean step (:class:`StepPlan`), built on the first step
-    plan: Any = field(default=None, repr=False, compare=False)
-    #: the recall head's ring buffer (:class:`~.recall.RecallMemory`), None without a recall head
-    recall: Any = None
-    #: the lean step captured as a CUDA graph (:class:`~.graphs.StepGraph`) when ``model.step_graphs``;
-    #: False after a failed capture (this state then keeps the eager lean step)
-    graph: Any = field(default=None, repr=False, compare=False)
-
-    def nbytes(self) -> int:
-        """Bytes held by tensors of the state (noise, SPE ring buffers, attention states/caches)."""
-        total = 0
-
-        def add(obj: Any) -> None:
-            nonlocal total
-            if isinstance(obj, Tensor):
-                total += obj.numel() * obj.element_size()
-            elif hasattr(obj, "nbytes") and callable(obj.nbytes):
-                total += obj.nbytes()
-            elif isinstance(obj, dict):
-                for v in obj.values():
-                    add(v)
-            elif isinstance(obj, (list, tuple)):
-                for v in obj:
-                    add(v)
-            elif dataclasses.is_dataclass(obj):
-                for f in dataclasses.fields(obj):
-                    add(getattr(obj, f.name))
-
-        add(self.code_states)
-        add(self.layer_noise)
-        add(self.caches)
-        add(self.recall)
-        return total
-
-
-@dataclass
-class StepPlan:
-    """Per-batch constants of the lean step, one plan per module (:meth:`MusicTransformer.step`).
-
-    Rebuilt when a parameter was modified in place (its version counter moved), when inference mode
-    changed, or when the state's caches were replaced (e.g. repeated across a batch after a prefill).
-    """
-
-    params: list[Tensor]  # the model's parameters, and their version counters at build time
-    versions: tuple[int, ...]
-    inference: bool
-    embed: Tensor  # (V, d_model) token embedding pre-multiplied by sqrt(d_model)
-    codes: list[Any]  # per code generator: its plan (e.g. :class:`~.spe.SineStepPlan`)
-    blocks: list[BlockStepPlan]
-    caches: list[dict]  # the caches the block plans update in place
-    lnf: tuple[Tensor, Tensor, float]
-    head: Tensor  # (d_model, V)
-    #: the recall head's query and key projections, transposed (None without a recall head)
-    recall: tuple[Tensor, Tensor] | None = None
-    #: a local window's plan, whose rotary factors serve every layer's window (None without local windows)
-    rotary: Any = None
-
-    def is_current(self, state: "GenerationState") -> bool:
-        return (self.versions == parameter_versions(self.params)
-                and self.inference == torch.is_inference_mode_enabled()
-                and len(self.caches) == len(state.caches)
-                and all(a is b for a, b in zip(self.caches, state.caches)))
 
 
 class MusicTransformer(nn.Module):
