@@ -300,7 +300,7 @@ def _top_voice(bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(tops, dtype=np.float64), np.asarray(gaps, dtype=np.float64)
 
 
-def _cross_groove(a: np.ndarray, b: np.ndarray) -> float:
+def cross_groove(a: np.ndarray, b: np.ndarray) -> float:
     """Mean GS (16 cells) over pairs (bar of a, bar of b), bars with notes only."""
     ga, gb = a.any(axis=2), b.any(axis=2)
     ga, gb = ga[ga.any(1)].astype(np.float64), gb[gb.any(1)].astype(np.float64)
@@ -349,7 +349,7 @@ def continuation_report(midi: Any, prompt_bars: int, end_bar: int) -> dict[str, 
         "prompt_bars": prompt_bars, "continuation_bars": end_bar - prompt_bars,
         "density_ratio": (float((c_notes / len(cont)) / (p_notes / len(prompt))) if p_notes and len(cont)
                           else float("nan")),
-        "groove_prompt": _cross_groove(prompt, cont),
+        "groove_prompt": cross_groove(prompt, cont),
         "groove_within": _public(analyse_bars(prompt))["groove"],
         "top_voice_shift": float(c_top.mean() - p_top.mean()) if len(c_top) and len(p_top) else float("nan"),
         "top_gap_prompt": _nanmean(p_gap), "top_gap_continuation": _nanmean(c_gap),

@@ -20,7 +20,7 @@ from typing import Any
 import miditoolkit
 import numpy as np
 
-from .form import _cross_groove, bar_sets
+from .form import bar_sets, cross_groove
 
 JOIN_KEYS = ("key", "register", "density", "groove")
 
@@ -44,7 +44,7 @@ def join_distances(bars: np.ndarray, lo: int, hi: int, context: int = 4) -> dict
         "key": float(0.5 * np.abs(profile(g_count) - profile(a_count)).sum()),
         "register": float(abs((g_count * pitches).sum() / g_count.sum() - (a_count * pitches).sum() / a_count.sum())),
         "density": float(abs(np.log((g_notes / len(gap)) / (a_notes / len(around))))),
-        "groove": 1.0 - _cross_groove(gap, around),
+        "groove": 1.0 - cross_groove(gap, around),
     }
 
 
