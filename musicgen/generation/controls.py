@@ -55,6 +55,7 @@ Chart and key symbols are parsed in :mod:`.chords`. Hydra note: ``#`` must be qu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -192,6 +193,8 @@ class _Row:
     timesig_id: int | None  # the forced TimeSig token (time_signature)
     scale: frozenset[int] | None  # the key's pitch classes
     bar: int = -1  # continuation bars started, minus one (-1 before the continuation's first Bar)
+    chart_start: int = 0  # the row's bar where the chart's first bar falls (a chart replaced mid-piece: replace)
+    bar_positions: int = 0  # Position tokens in the current bar
     slot: int = 0  # next chord slot of the current bar
     positions: int = 0  # continuation Position tokens
     tempo_placed: bool = False  # the bpm control's Tempo token is in the continuation
@@ -230,22 +233,55 @@ class Controls(DecodeRule):
         self._duration_values = np.asarray(vocab.values[self._duration.start:self._duration.stop])
         self._note_start = note_start_mask(vocab)
         self._pitch_masks: dict[frozenset[int], np.ndarray] = {}
-        parsed: dict[ControlConfig, tuple[Any, ...]] = {}
-        for cfg in configs:
-            if cfg not in parsed:
-                metre = cfg.metre
-                parsed[cfg] = (cfg.chart, metre,
-                               self._tempo.start + self._bins.tempo_bin(cfg.bpm) if cfg.bpm is not None else None,
-                               vocab.time_signature_id(*metre) if metre is not None else None,
-                               parse_key(cfg.key)[1] if cfg.key is not None else None)
+        parsed = {cfg: self._parse(cfg) for cfg in set(configs)}
         self.rows = [_Row(cfg, *parsed[cfg]) for cfg in configs]
-        self._bias = np.zeros((batch_size, size), dtype=np.float32)
-        for row, cfg in enumerate(configs):
-            if cfg.density_factor != 1.0:
-                self._bias[row, self._note_start] = math.log(cfg.density_factor)
+        self._tone_bias = math.log(PREFER_FACTOR)
+        self._biases()
+
+    def _parse(self, cfg: ControlConfig) -> tuple[Any, ...]:
+        """(chart, metre, Tempo token, TimeSig token, key's pitch classes) of one config, as `_Row` takes them."""
+        metre = cfg.metre
+        return (cfg.chart, metre, self._tempo.start + self._bins.tempo_bin(cfg.bpm) if cfg.bpm is not None else None,
+                self.vocab.time_signature_id(*metre) if metre is not None else None,
+                parse_key(cfg.key)[1] if cfg.key is not None else None)
+
+    def _biases(self) -> None:
+        """The density bias and the rows with ``chord_tones=prefer``, from the rows' configs."""
+        self._bias = np.zeros((len(self.rows), self._size), dtype=np.float32)
+        for row, r in enumerate(self.rows):
+            if r.config.density_factor != 1.0:
+                self._bias[row, self._note_start] = math.log(r.config.density_factor)
         self._prefer = np.asarray([r.chart is not None and r.config.chord_tones == "prefer" for r in self.rows])
         self._has_bias = bool(self._bias.any()) or bool(self._prefer.any())
-        self._tone_bias = math.log(PREFER_FACTOR)
+
+    def replace(self, config: ControlConfig | None = None, **settings: Any) -> None:
+        """Change the controls of every row between two steps (what a live stream steers with): ``config`` a
+        whole new :class:`ControlConfig`, or some of its fields (``key="G"``, ``density="high"``; None turns a
+        control off). The rows' bookkeeping (bars, counts, the chord now sounding) stays. Meant for a bar line,
+        right after a row's Bar token (musicgen/generation/stream.py applies changes there): a new chart then
+        starts with its first bar in the bar just opened, a new ``bpm`` is placed as that bar's Tempo token at
+        Position 0, a new metre is forced on the next Bar. Called mid-bar, a new chart starts at the next bar
+        (no further chart chord in this one) and a new bpm comes at the next Position. Invalid settings raise
+        UserError (one line) and change nothing."""
+        unknown = sorted(set(settings) - {f for f in ControlConfig.__dataclass_fields__})
+        if unknown:
+            raise ValueError(f"controls: no setting(s) {unknown}")
+        news = {}
+        for cfg in set(r.config for r in self.rows):
+            new = config if config is not None else dataclasses.replace(cfg, **settings)
+            new.check(self.vocab)
+            news[cfg] = (new, self._parse(new))
+        for r in self.rows:
+            new, (chart, metre, tempo_id, timesig_id, scale) = news[r.config]
+            if chart is not None and (r.chart is None or new.chords != r.config.chords):
+                if r.bar < 0 or r.bar_positions == 0:  # nothing placed in this bar yet: the chart starts here
+                    r.chart_start, r.slot = max(r.bar, 0), 0
+                else:  # mid-bar: from the next bar on
+                    r.chart_start, r.slot = r.bar + 1, 1 << 30
+            if tempo_id != r.tempo_id:
+                r.tempo_placed = False
+            r.config, r.chart, r.metre, r.tempo_id, r.timesig_id, r.scale = new, chart, metre, tempo_id, timesig_id, scale
+        self._biases()
 
     # --- bookkeeping -------------------------------------------------------------------------------
     def pending_slot(self, row: int, state: GrammarState) -> tuple[int, int] | None:
@@ -253,7 +289,7 @@ class Controls(DecodeRule):
         r = self.rows[row]
         if r.chart is None or r.bar < 0:
             return None
-        slots = chord_slots(r.chart.bar(r.bar), state.bar_length, state.metre)
+        slots = chord_slots(r.chart.bar(r.bar - r.chart_start), state.bar_length, state.metre)
         return slots[r.slot] if r.slot < len(slots) else None
 
     def observe(self, row: int, state: GrammarState, token: int, continuation: bool = True) -> None:
@@ -267,8 +303,10 @@ class Controls(DecodeRule):
         if kind == TokenType.BAR:
             r.bar += 1
             r.slot = 0
+            r.bar_positions = 0
         elif kind == TokenType.POSITION:
             r.positions += 1
+            r.bar_positions += 1
         elif kind == TokenType.TEMPO:
             if r.tempo_id is not None and not r.tempo_placed and token == r.tempo_id:
                 r.counts["forced_tempo"] += 1
@@ -397,9 +435,10 @@ class Controls(DecodeRule):
         r = self.rows[row]
         current = r.current_chord
         here = max(state.position, 0)
-        ahead = [(pos, c) for pos, c in chord_slots(r.chart.bar(r.bar), state.bar_length, state.metre) if pos > here]
+        bar = r.bar - r.chart_start
+        ahead = [(pos, c) for pos, c in chord_slots(r.chart.bar(bar), state.bar_length, state.metre) if pos > here]
         ahead += [(state.bar_length + pos, c)
-                  for pos, c in chord_slots(r.chart.bar(r.bar + 1), state.bar_length, state.metre)]
+                  for pos, c in chord_slots(r.chart.bar(bar + 1), state.bar_length, state.metre)]
         for pos, chord in ahead:
             if chord != current:
                 return pos - here

@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-bars", type=int, default=Limits.max_bars, help="longest piece one Generate may ask")
     parser.add_argument("--max-variations", type=int, default=Limits.max_variations,
                         help="most variations per Generate")
+    parser.add_argument("--max-streams", type=int, default=4, help="Play mode: streams playing at once (default 4)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="also answer requests for this host name (default: the --host address and "
                         "localhost/127.0.0.1/::1 only; other names are refused against DNS rebinding)")
@@ -63,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = str(resolve_checkpoint(args.checkpoint))  # a clear error now, not at the first Generate
         check_model_fits(load_checkpoint(checkpoint))  # damaged, crafted or NaN: refused now, not every job
         device = resolve_device(args.device)
-        if args.max_upload_mb <= 0 or args.workers < 1 or args.max_bars < 1 or args.max_variations < 1:
-            raise UserError("--max-upload-mb, --workers, --max-bars and --max-variations must be positive")
+        if args.max_upload_mb <= 0 or args.workers < 1 or args.max_bars < 1 or args.max_variations < 1 \
+                or args.max_streams < 0:
+            raise UserError("--max-upload-mb, --workers, --max-bars and --max-variations must be positive "
+                            "(--max-streams 0 turns Play off)")
         config = StudioConfig(checkpoint=checkpoint, device=device, workers=args.workers,
                               max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), soundfont=args.soundfont,
                               limits=Limits(args.max_bars, args.max_variations), host=args.host,
-                              token=secrets.token_urlsafe(24), allowed_hosts=tuple(args.allow_host))
+                              token=secrets.token_urlsafe(24), allowed_hosts=tuple(args.allow_host),
+                              max_streams=args.max_streams)
         app = create_app(config)
     except (UserError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

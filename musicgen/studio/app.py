@@ -13,6 +13,12 @@ limits, ``POST /api/jobs`` a Generate press (multipart form, :data:`.params.FIEL
 ``POST /api/jobs/<id>/pieces/<n>/infill`` a "Regenerate these bars" press on piece `n` of a finished job (form
 fields: ``infill=a-b`` and the page's sampling and control settings, :data:`.params.INFILL_FIELDS`) -> 202
 ``{"id": ...}`` of a new job whose prompt is a copy of that piece's MIDI file (:mod:`.edit`).
+Play mode (:mod:`.streams`, docs/stream.md): ``POST /api/streams`` a Play press (form: seed, sampling, controls,
+optional ``prompt`` file) -> 201 ``{"id": ...}`` (503 past ``--max-streams``), ``GET /api/streams/<id>`` its
+status, ``GET /api/streams/<id>/events`` its bars as Server-Sent Events (``?from=N`` or ``Last-Event-ID``
+resumes, ``?bars=K`` ends after K bars), ``POST /api/streams/<id>/position`` (JSON ``{"bar": x}``: played so
+far; the heartbeat), ``POST /api/streams/<id>/steer`` (JSON settings -> the bar they take effect from),
+``POST /api/streams/<id>/stop``, ``GET /api/streams/<id>/midi?bars=N`` (Save: the first N bars as MIDI).
 Every refusal is a 4xx JSON ``{"error": "one line"}`` that the page shows as it is. Every request first passes
 :mod:`.guard` (Host allow-list, Origin check on POST, the per-run token): only the studio's own page drives it.
 
@@ -44,11 +50,13 @@ from . import audio
 from .guard import StudioGuard
 from .jobs import KINDS, Busy, JobManager, clean_stale_folders
 from .edit import check_ranges, checkpoint_tokenizer, edit_name
+from .play import play_routes
+from .streams import StreamManager
 from .params import FIELDS, INFILL_FIELDS, Limits, build_infill_options, build_options, form_defaults
 from .upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, check_midi, size_text, too_large
 
 STATIC = Path(__file__).resolve().parent / "static"
-ASSETS = {"studio.js": "text/javascript", "studio.css": "text/css", "favicon.svg": "image/svg+xml"}
+ASSETS = {"studio.js": "text/javascript", "play.js": "text/javascript", "studio.css": "text/css", "favicon.svg": "image/svg+xml"}
 FORM_OVERHEAD = 64 * 1024  # the form's text fields and multipart boundaries, on top of the file itself
 #: the longest prompt the studio takes, in whole notes (bars of 4/4): with the longest piece it writes (512 bars
 #: of up to four whole notes) the result stays within what its piano roll and WAV reader (pretty_midi: 10 M
@@ -74,6 +82,11 @@ class StudioConfig:
     token: str | None = None
     #: more Host names to answer (`--allow-host`, e.g. the machine's name on the network)
     allowed_hosts: tuple[str, ...] = ()
+    #: Play mode: streams playing at once, bars written ahead of what a page has played, and how long a stream
+    #: whose page is gone (no events connection, no position report) plays on before it is stopped
+    max_streams: int = 4
+    stream_ahead_bars: int = 2
+    stream_idle_seconds: float = 5.0
 
 
 def error(message: str, status: int = 400) -> JSONResponse:
@@ -113,6 +126,8 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
     for folder in clean_stale_folders():  # left by a studio that was killed
         LOG.info("removed the job folder %s of a studio that no longer runs", folder)
     manager = JobManager(synth, workers=config.workers, keep=config.keep_jobs)
+    streams = StreamManager(config.checkpoint, config.device, config.max_streams, config.stream_idle_seconds,
+                            config.stream_ahead_bars)
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
@@ -128,7 +143,8 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
             "version": __version__, "checkpoint": Path(config.checkpoint).name, "synthesis": synth.describe(),
             "uses_fluidsynth": synth.uses_fluidsynth, "max_upload_bytes": config.max_upload_bytes,
             "limits": asdict(config.limits), "workers": config.workers, "fields": list(FIELDS),
-            "defaults": form_defaults(),
+            "defaults": form_defaults(), "max_streams": config.max_streams,
+            "stream_ahead_bars": config.stream_ahead_bars,
         })
 
     async def create_job(request: Request) -> Response:
@@ -263,16 +279,19 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
             yield
         finally:
             manager.shutdown()
+            streams.shutdown()
 
     app = Starlette(routes=[
         Route("/", page), Route("/static/{name}", asset), Route("/api/info", info),
         Route("/api/jobs", create_job, methods=["POST"]), Route("/api/jobs/{job}", job_status),
         Route("/api/jobs/{job}/files/{index:int}.{kind}", job_file),
         Route("/api/jobs/{job}/pieces/{index:int}/infill", infill_job, methods=["POST"]),
+        *play_routes(streams, config.max_upload_bytes, STUDIO_MAX_PROMPT_WHOLE_NOTES),
     ], exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan,
         middleware=[Middleware(StudioGuard, listen_host=config.host, token=config.token,
                                allowed_hosts=config.allowed_hosts)])
     app.state.manager = manager
+    app.state.streams = streams
     app.state.config = config
     app.state.synth = synth
     return app
