@@ -27,6 +27,7 @@ from ..tokenizer import MidiReadError, REMITokenizer, TokenizerConfig, Vocabular
 from .cache import TokenCache, cache_lock, write_cache
 from .download import download_pop909
 from .sources import SourceFile, list_sources
+from .stats import read_corpus_statistics
 
 _worker_tokenizer: REMITokenizer | None = None
 
@@ -240,6 +241,7 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
         cache, songs, bad, todo, unchanged = _prepare_locked(data_cfg, tokenizer_cfg, tokenizer, sources, cache_dir,
                                                             settings, root, progress, replace_other_vocabulary,
                                                             skipped)
+        stats = read_corpus_statistics(cache)  # the decoding bounds of this corpus (written when stale)
     if progress:
         n_tokens = sum(len(song[3]) for song in songs)
         print(f"corpus {root}: {len(songs)} songs, {n_tokens:,} tokens ({unchanged} unchanged, "
@@ -249,6 +251,8 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
             print(f"  skipped {path}: {reason}")
         if len(bad) > 10:
             print(f"  ... and {len(bad) - 10} more")
+        bounds = ", ".join(f"{k} {v}" for k, v in stats["decoding"].items())
+        print(f"  decoding bounds measured on its {stats['songs']} {stats['split']} songs: {bounds}")
     return cache
 
 

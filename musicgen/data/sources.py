@@ -102,6 +102,15 @@ def list_sources(data_cfg: Mapping[str, Any], skipped: list[tuple[str, str]] | N
         metres = read_pop909_metres(root)
     elif ts_option != "file":
         forced = parse_time_signature(ts_option)
+    held_out: set[str] = set()
+    if split_rule == "folder":  # a small folder of one's own: a fixed share of its files validates (at least one)
+        fraction = float(data_cfg.get("valid_fraction") or 0.1)
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"data.valid_fraction={fraction}: must be in (0, 1)")
+        names = [p.relative_to(root).as_posix() if p != root else p.name for p in files]
+        ranked = sorted(names, key=lambda n: hashlib.sha1(n.encode("utf-8", "surrogateescape")).hexdigest())
+        count = max(1, round(fraction * len(ranked))) if len(ranked) >= 2 else 0
+        held_out = set(ranked[:count])
     sources = []
     for path in files:
         relpath = path.relative_to(root).as_posix() if path != root else path.name
@@ -117,8 +126,10 @@ def list_sources(data_cfg: Mapping[str, Any], skipped: list[tuple[str, str]] | N
             split = pop909_split(song_id)
         elif split_rule == "hash":
             split = hash_split(relpath)
+        elif split_rule == "folder":
+            split = "valid" if relpath in held_out else "train"
         else:
-            raise ValueError(f"data.split={split_rule}: unknown (use pop909 or hash)")
+            raise ValueError(f"data.split={split_rule}: unknown (use pop909, hash or folder)")
         metre = forced
         if ts_option == "index":
             metre = metres.get(song_id) if song_id is not None else None

@@ -300,6 +300,7 @@ def generate_with(options: GenerateOptions, log: Log | None = print,
         check_writable_dir(options.output_dir, "output_dir")
     seed = options.resolved_seed()
     loaded = loaded or load_model(ckpt_path, device)
+    options = options.with_checkpoint_defaults(loaded.checkpoint.decoding_defaults)  # unset bounds: the corpus'
     model, vocab, ckpt, tokenizer = loaded.model, loaded.vocab, loaded.checkpoint, loaded.tokenizer
     options.check_time_signature(vocab)
     controls = options.controls

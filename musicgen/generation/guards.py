@@ -51,7 +51,7 @@ import copy
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -62,7 +62,7 @@ from ..config import UserError, check_float, check_int
 from ..tokenizer import DRUM_PROGRAM, GrammarState, Phase, TokenType, Vocabulary, note_start_mask
 from .rules import DecodeRule, StepContext
 
-__all__ = ["GuardConfig", "GuardCounts", "MusicGuards", "DEFAULT_MAX_NOTES_PER_ONSET", "DEFAULT_MAX_EMPTY_BARS",
+__all__ = ["GuardConfig", "GuardCounts", "MusicGuards", "CORPUS_OPTIONS", "resolve_guard_values", "DEFAULT_MAX_NOTES_PER_ONSET", "DEFAULT_MAX_EMPTY_BARS",
            "DEFAULT_MIN_BARS",
            "DEFAULT_MIN_NOTES_PER_BAR", "DEFAULT_MAX_NOTES_PER_BAR", "DEFAULT_DENSITY_WINDOW_BARS", "DENSITY_FACTOR",
            "DEFAULT_MAX_MEAN_PITCH", "DEFAULT_MIN_MEAN_PITCH", "DEFAULT_REGISTER_WINDOW_NOTES", "REGISTER_FACTOR"]
@@ -128,6 +128,24 @@ class GuardConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: the bounds a model's training corpus sets by default (measured at prepare time, `musicgen.data.stats`, stored in
+#: the checkpoint as ``corpus_stats["decoding"]``); GuardConfig's own defaults are POP909's values
+CORPUS_OPTIONS = ("max_notes_per_onset", "max_empty_bars", "min_bars", "min_notes_per_bar", "max_notes_per_bar",
+                  "min_mean_pitch", "max_mean_pitch")
+
+
+def resolve_guard_values(explicit: Mapping[str, Any], corpus: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every GuardConfig field by the one rule of decoding bounds: the value the user set (not None) wins, else the
+    checkpoint's corpus statistics (`corpus`: ``corpus_stats["decoding"]``, only `CORPUS_OPTIONS` are read), else
+    GuardConfig's default (POP909's). Generation options, the CLI and the studio all resolve through here."""
+    corpus = {k: v for k, v in (corpus or {}).items() if k in CORPUS_OPTIONS and v is not None}
+    resolved = {}
+    for f in dataclasses.fields(GuardConfig):
+        value = explicit.get(f.name)
+        resolved[f.name] = value if value is not None else corpus.get(f.name, f.default)
+    return resolved
 
 
 @dataclass

@@ -13,13 +13,13 @@ costs nothing and is reported as one line (UserError).
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from ..config import UserError, check_bool, check_float, check_int, require_known_keys
 from ..inference import DEFAULT_CHECKPOINT
 from .controls import ControlConfig
-from .guards import GuardConfig
+from .guards import CORPUS_OPTIONS, GuardConfig, resolve_guard_values
 from .form_plan import form_conflicts
 from .infill import infill_ranges
 from ..tokenizer import parse_time_signature
@@ -63,16 +63,17 @@ class GenerateOptions:
     repetition_window: int = SamplingConfig.repetition_window
     tonal_memory: float = SamplingConfig.tonal_memory
     tonal_half_life: float = SamplingConfig.tonal_half_life
-    # GuardConfig
+    # GuardConfig. The bounds of CORPUS_OPTIONS default to None: the checkpoint's corpus statistics, else
+    # GuardConfig's default (POP909's), by `resolve_guard_values` (see `with_checkpoint_defaults`)
     no_repeated_pitch: bool = GuardConfig.no_repeated_pitch
-    max_notes_per_onset: int = GuardConfig.max_notes_per_onset
-    max_empty_bars: int = GuardConfig.max_empty_bars
-    min_bars: int = GuardConfig.min_bars
-    min_notes_per_bar: float = GuardConfig.min_notes_per_bar
-    max_notes_per_bar: float = GuardConfig.max_notes_per_bar
+    max_notes_per_onset: int | None = None
+    max_empty_bars: int | None = None
+    min_bars: int | None = None
+    min_notes_per_bar: float | None = None
+    max_notes_per_bar: float | None = None
     density_window_bars: int = GuardConfig.density_window_bars
-    max_mean_pitch: float = GuardConfig.max_mean_pitch
-    min_mean_pitch: float = GuardConfig.min_mean_pitch
+    max_mean_pitch: float | None = None
+    min_mean_pitch: float | None = None
     register_window_notes: int = GuardConfig.register_window_notes
     # ControlConfig
     chords: str | None = ControlConfig.chords
@@ -112,7 +113,8 @@ class GenerateOptions:
         for group in (self.sampling, self.guards, StopConfig(None, self.tokens, self.seconds, self.max_tokens,
                                                              self.allow_eos)):
             for f in fields(group):
-                if f.name in _FLAT and f.name != "bars":
+                if f.name in _FLAT and f.name != "bars" and not (f.name in CORPUS_OPTIONS
+                                                                 and getattr(self, f.name) is None):
                     self._set(f.name, getattr(group, f.name))
         if self.bars not in ("auto", None):
             if isinstance(self.bars, str) and not self.bars.strip().lstrip("-").isdigit():
@@ -158,7 +160,20 @@ class GenerateOptions:
 
     @property
     def guards(self) -> GuardConfig:
-        return self._group(GuardConfig)
+        """The decoding rules: options left unset take GuardConfig's defaults here; generation first fills them
+        from the checkpoint's corpus statistics (`with_checkpoint_defaults`)."""
+        return GuardConfig(**resolve_guard_values({f.name: getattr(self, f.name) for f in fields(GuardConfig)
+                                                   if f.name in _FLAT}))
+
+    def with_checkpoint_defaults(self, corpus: Mapping[str, Any] | None) -> "GenerateOptions":
+        """These options with every decoding bound left unset (None) taken from a checkpoint's corpus statistics
+        (`Checkpoint.decoding_defaults`) or, when it has none, from GuardConfig's defaults (`resolve_guard_values`:
+        an explicit option always wins). Called by `generate_with` once the checkpoint is loaded."""
+        unset = {name: None for name in CORPUS_OPTIONS if getattr(self, name) is None}
+        if not unset:
+            return self
+        resolved = resolve_guard_values(unset, corpus)
+        return replace(self, **{name: resolved[name] for name in unset})
 
     @property
     def controls(self) -> ControlConfig:

@@ -9,6 +9,9 @@ everything needed to rebuild the model and to resume training:
 - `vocab`: the vocabulary (`Vocabulary.to_dict()`), so generation tokenizes prompts exactly as in training;
 - `config`: the whole resolved Hydra config of the run (data, tokenizer, model, train);
 - `step`, `best_val_nll`, `train_seq_len`;
+- `corpus_stats` (optional): the training corpus' statistics (`musicgen.data.stats`), whose `decoding` bounds are
+  generation's defaults for this model (absent in the shipped model: it decodes under `GuardConfig`'s defaults,
+  which are POP909's);
 - `optimizer`, `scheduler`, `rng` (absent in inference-only exports such as the shipped model).
 
 Everything in it is a tensor or plain Python data (dict, list, tuple, str, int, float, bool, None; RNG states
@@ -47,6 +50,14 @@ class Checkpoint:
     best_val_nll: float | None = None
     train_seq_len: int | None = None
     training_state: dict[str, Any] = field(default_factory=dict)
+    corpus_stats: dict[str, Any] | None = None
+
+    @property
+    def decoding_defaults(self) -> dict[str, Any]:
+        """The decoding bounds measured on this model's training corpus ({} when it records none)."""
+        stats = self.corpus_stats if isinstance(self.corpus_stats, dict) else {}
+        decoding = stats.get("decoding")
+        return dict(decoding) if isinstance(decoding, dict) else {}
 
     @property
     def sha256(self) -> str:
@@ -152,8 +163,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                          "earlier checkpoint of that run")
     vocab = Vocabulary.from_dict(data["vocab"], source=f"checkpoint {path}")
     training = {k: data[k] for k in ("optimizer", "scheduler", "rng", "scaler", "positional_init") if k in data}
+    stats = data.get("corpus_stats")
     return Checkpoint(path, model_config, state, vocab, config, int(data.get("step", 0)),
-                      data.get("best_val_nll"), data.get("train_seq_len"), training)
+                      data.get("best_val_nll"), data.get("train_seq_len"), training,
+                      stats if isinstance(stats, dict) else None)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -163,7 +176,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def save_checkpoint(path: str | Path, *, model_config: dict[str, Any], model_state: dict[str, torch.Tensor],
                     vocab: Vocabulary, config: dict[str, Any], step: int, best_val_nll: float | None,
-                    train_seq_len: int | None, training_state: dict[str, Any] | None = None) -> None:
+                    train_seq_len: int | None, training_state: dict[str, Any] | None = None,
+                    corpus_stats: dict[str, Any] | None = None) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -175,6 +189,8 @@ def save_checkpoint(path: str | Path, *, model_config: dict[str, Any], model_sta
         "best_val_nll": best_val_nll,
         "train_seq_len": train_seq_len,
     }
+    if corpus_stats is not None:
+        payload["corpus_stats"] = corpus_stats
     payload.update(training_state or {})
     atomic_torch_save(payload, path)
 
@@ -196,5 +212,19 @@ def export_inference_checkpoint(src: str | Path, dst: str | Path, half: bool = T
     keep = {k: v for k, v in ckpt.training_state.items() if k == "positional_init"}
     save_checkpoint(dst, model_config=ckpt.model_config, model_state=state, vocab=ckpt.vocab, config=ckpt.config,
                     step=ckpt.step, best_val_nll=ckpt.best_val_nll, train_seq_len=ckpt.train_seq_len,
-                    training_state=keep)
+                    training_state=keep, corpus_stats=ckpt.corpus_stats)
+    return Path(dst)
+
+
+def stamp_corpus_statistics(src: str | Path, dst: str | Path, corpus_stats: dict[str, Any]) -> Path:
+    """Copy checkpoint `src` to `dst` with `corpus_stats` added (or replaced) and nothing else changed: every
+    other key and tensor is written back as read, so the model generates exactly as before under the same
+    decoding bounds. (How a checkpoint trained before corpus statistics existed gets them, e.g. the shipped
+    model with POP909's, which are `GuardConfig`'s defaults.)"""
+    data = _safe_torch_load(Path(src), "cpu")
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {src}: not a musicgen checkpoint")
+    data["corpus_stats"] = corpus_stats
+    atomic_torch_save(data, dst)
+    load_checkpoint(dst)  # readable, as any checkpoint
     return Path(dst)

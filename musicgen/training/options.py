@@ -46,6 +46,8 @@ class TrainOptions:
     train_only: tuple[str, ...] | None = None
     resume: bool | str | None = False
     log_every: int = 10
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
     transpose: int = 0
     tempo_shift: int = 0
 
@@ -83,6 +85,10 @@ class TrainOptions:
             except (ValueError, KeyError, TypeError) as exc:
                 message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
                 raise UserError(message) from None
+        early = {"early_stop_patience": check_int("train.early_stop_patience", t.get("early_stop_patience", 0) or 0,
+                                                   minimum=0),
+                 "early_stop_min_delta": check_float("train.early_stop_min_delta",
+                                                     t.get("early_stop_min_delta", 0.0) or 0.0, minimum=0.0)}
         train_only = t.get("train_only")
         if train_only is not None:
             if isinstance(train_only, (str, bytes)) or not all(isinstance(p, str) and p for p in train_only) \
@@ -108,4 +114,4 @@ class TrainOptions:
                    ckpt_dir=str(t.ckpt_dir) if t.get("ckpt_dir") else None,
                    init_from=str(t.init_from) if t.get("init_from") else None, resume=t.get("resume"),
                    train_only=train_only,
-                   log_every=log_every, **shifts)
+                   log_every=log_every, **early, **shifts)

@@ -41,6 +41,7 @@ from .options import TrainOptions
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import ckpt_dir_of, guard_checkpoint_dir, resume_path
 from .schedule import warmup_cosine
+from ..data.stats import read_corpus_statistics
 from .signals import StopFlag
 
 
@@ -52,7 +53,8 @@ class TrainResult:
     ckpt_dir: Path
     interrupted: bool
     losses: list[float]
-    #: "finished" (max_steps reached), "stop_at_step" (the train.stop_at_step time-box) or the signal's name
+    #: "finished" (max_steps reached), "stop_at_step" (the train.stop_at_step time-box), "early_stop"
+    #: (train.early_stop_patience validations without a better NLL) or the signal's name
     #: ("SIGTERM", "SIGINT") when a signal stopped the run before max_steps
     stop_reason: str = "finished"
 
@@ -138,6 +140,8 @@ class _Run:
     logger: RunLogger | None = None
     start_step: int = 0
     best_val: float | None = None
+    corpus_stats: dict[str, Any] | None = None  # the training corpus' statistics, stored in every checkpoint
+    bad_validations: int = 0  # validations in a row without a new best (train.early_stop_patience)
 
 
 def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, progress: bool) -> _Run:
@@ -158,6 +162,7 @@ def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
     if not info.is_main:
         cache = TokenCache(str(cfg.data.cache_dir))
     vocab = cache.vocab
+    corpus_stats = read_corpus_statistics(cache) if info.is_main else None
 
     seed_everything(opts.seed)
     model = build_model(cfg.model, len(vocab), time_markers=vocab.time_markers()).to(device)
@@ -172,6 +177,7 @@ def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
     run = _Run(opts, info, ckpt_dir, precision, vocab, model, dict(model.config), optimizer, scheduler,
                torch.amp.GradScaler("cuda", enabled=precision == "fp16"), OmegaConf.to_container(cfg, resolve=True),
                positional_init)
+    run.corpus_stats = corpus_stats
     resume_from = resume_path(opts, ckpt_dir)
     if resume_from is not None:
         _resume(run, resume_from)
@@ -237,7 +243,7 @@ def _save(run: _Run, name: str, step: int) -> None:
         state["scaler"] = run.scaler.state_dict()
     save_checkpoint(run.ckpt_dir / name, model_config=run.model_config, model_state=run.core.state_dict(),
                     vocab=run.vocab, config=run.config_dict, step=step, best_val_nll=run.best_val,
-                    train_seq_len=run.opts.seq_len, training_state=state)
+                    train_seq_len=run.opts.seq_len, training_state=state, corpus_stats=run.corpus_stats)
 
 
 def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, int]:
@@ -280,9 +286,12 @@ def _validate_and_keep_best(run: _Run, step: int) -> None:
                         run.opts.seq_len, run.factor, run.info)
     if run.info.is_main:
         run.logger.log(metrics, step, console=True)
-    if run.best_val is None or metrics["val/nll_nats"] < run.best_val:
+    if run.best_val is None or metrics["val/nll_nats"] < run.best_val - run.opts.early_stop_min_delta:
         run.best_val = metrics["val/nll_nats"]
+        run.bad_validations = 0
         _save(run, "best.pt", step)
+    else:
+        run.bad_validations += 1
 
 
 def _train(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, progress: bool) -> TrainResult:
@@ -317,6 +326,15 @@ def _train(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
                 tokens_seen, t0 = 0, time.perf_counter()
             if run.val_set is not None and (step % opts.val_every == 0 or step == max_steps):
                 _validate_and_keep_best(run, step)
+                if opts.early_stop_patience and run.bad_validations >= opts.early_stop_patience \
+                        and step < max_steps:
+                    _save(run, "last.pt", step)
+                    stop_reason = "early_stop"
+                    if info.is_main:
+                        tqdm.write(f"early stop at step {step}: no better validation NLL in "
+                                   f"{run.bad_validations} validations (train.early_stop_patience); best "
+                                   f"{run.best_val:.4f} nats/token in {run.ckpt_dir / 'best.pt'}")
+                    break
             if step % opts.ckpt_every == 0 or step == max_steps:
                 _save(run, "last.pt", step)
             signalled = stop.raised
