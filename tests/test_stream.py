@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -264,3 +265,56 @@ def test_play_routes_obey_only_the_studios_own_page(note_checkpoint: Path) -> No
         assert app.state.streams.get(sid).stream.alive and app.state.streams.get(sid).stream.played_bars == 0
         assert len(bars(client, sid, 0, 2, headers=PAGE)) == 2
         assert client.post(f"/api/streams/{sid}/stop", headers=PAGE).status_code == 200
+
+
+# --- the page in a real browser -----------------------------------------------------------------------------
+def test_browser_plays_steers_saves_and_stops(note_checkpoint: Path) -> None:
+    from test_studio import CHROMEDRIVER, chromium_or_skip, fetch_bytes, running, tiny_config
+
+    webdriver, binary = chromium_or_skip()
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1200,1500",
+                "--mute-audio", "--no-first-run", "--disable-extensions", "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser.set_page_load_timeout(120)
+    played = "return window.musicgenPlay.bars.map(b => [b.index, b.notes.map(n => [n[2], n[4]]), b.steer])"
+    try:
+        with running(tiny_config(note_checkpoint, workers=1, stream_ahead_bars=8)) as base:
+            browser.get(base)
+            wait = WebDriverWait(browser, 120)
+            seed = browser.find_element(By.ID, "seed")
+            seed.clear()
+            seed.send_keys("3")
+            browser.find_element(By.ID, "play").click()
+            wait.until(lambda d: len(d.execute_script(played)) >= 8 or d.find_element(By.ID, "error").is_displayed())
+            assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
+            assert browser.execute_script("return window.musicgenPlay.scheduled") > 0  # notes went to Web Audio
+            stream = browser.execute_script("return window.musicgenPlay.id")
+            key = browser.find_element(By.ID, "key")
+            key.send_keys("F#")
+            browser.execute_script("arguments[0].dispatchEvent(new Event('change', {bubbles: true}))", key)
+            wait.until(lambda d: "from bar" in d.find_element(By.ID, "play-steer").text)
+            from_bar = int(browser.find_element(By.ID, "play-steer").text.split("from bar ")[1].split()[0]) - 1
+            wait.until(lambda d: any(b[0] >= from_bar + 1 for b in d.execute_script(played)))
+            bars_seen = browser.execute_script(played)
+            after = [b for b in bars_seen if b[0] >= from_bar]
+            assert after[0][2] == {"key": "F#"}
+            notes = [[0, 0, p, 0, g] for b in after for p, g in b[1]]
+            assert not off_key(notes, "F#")
+            midi = miditoolkit.MidiFile(file=io.BytesIO(fetch_bytes(f"{base}api/streams/{stream}/midi?bars=4")))
+            assert sorted(n.pitch for inst in midi.instruments for n in inst.notes) == \
+                sorted(p for b in bars_seen if b[0] < 4 for p, _ in b[1])
+            browser.find_element(By.ID, "play-stop").click()
+            wait.until(lambda d: d.find_element(By.ID, "play").is_enabled())
+            assert json.loads(fetch_bytes(f"{base}api/streams/{stream}"))["status"] == "stopped"
+            shot = os.environ.get("MUSICGEN_STREAM_SCREENSHOT")  # to look at it
+            if shot:
+                browser.save_screenshot(shot)
+    finally:
+        browser.quit()

@@ -56,7 +56,8 @@ from .params import FIELDS, INFILL_FIELDS, Limits, build_infill_options, build_o
 from .upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, check_midi, size_text, too_large
 
 STATIC = Path(__file__).resolve().parent / "static"
-ASSETS = {"studio.js": "text/javascript", "play.js": "text/javascript", "studio.css": "text/css", "favicon.svg": "image/svg+xml"}
+ASSETS = {"studio.js": "text/javascript", "play.js": "text/javascript", "studio.css": "text/css",
+          "favicon.svg": "image/svg+xml"}
 FORM_OVERHEAD = 64 * 1024  # the form's text fields and multipart boundaries, on top of the file itself
 #: the longest prompt the studio takes, in whole notes (bars of 4/4): with the longest piece it writes (512 bars
 #: of up to four whole notes) the result stays within what its piano roll and WAV reader (pretty_midi: 10 M
