@@ -169,6 +169,15 @@ def test_early_stopping_stops_when_validation_stops_improving(folder: Path, tiny
     assert (tmp_path / "ck" / "best.pt").exists()
 
 
+def test_time_limit_stops_a_run_on_a_busy_machine(folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from musicgen.training.trainer import run_training
+
+    cfg = compose_config(folder, tmp_path / "ck", tiny_checkpoint, 0, "cpu", [
+        "data.num_workers=1", "train.max_steps=400", "train.time_limit_minutes=0.0001", *TINY_RUN])
+    result = run_training(cfg, tmp_path, progress=False)
+    assert result.stop_reason == "time_limit" and result.step == 1 and (tmp_path / "ck" / "last.pt").exists()
+
+
 # --------------------------------------------------------------------------------------------------------- #
 # Copying
 # --------------------------------------------------------------------------------------------------------- #

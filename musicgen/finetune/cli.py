@@ -37,7 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--from", dest="init_from", default=None,
                         help="checkpoint to start from (default: the shipped checkpoints/musicgen-small.pt)")
     parser.add_argument("--minutes", type=float, default=10.0,
-                        help="time budget of the training steps on this machine (default 10)")
+                        help="time budget of the training steps on this machine (default 10): the steps are chosen "
+                             "to fit it, and training stops at 1.1 times it whatever happens")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps (default: from the folder's size and --minutes)")
     parser.add_argument("--samples", type=int, default=4,
@@ -184,6 +185,8 @@ def finetune(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     OmegaConf.update(cfg, "train.max_steps", int(steps))
+    if cfg.train.get("time_limit_minutes") is None:  # a busy machine cannot blow the budget: stop at it
+        OmegaConf.update(cfg, "train.time_limit_minutes", float(args.minutes) * 1.1)
     OmegaConf.update(cfg, "train.warmup_steps", min(int(cfg.train.warmup_steps), max(1, steps // 5)))
     OmegaConf.update(cfg, "train.val_every", min(int(cfg.train.val_every), max(1, steps // 4)))
     estimate = steps * per_step + OVERHEAD_S + (args.samples * 8 if args.samples else 0)

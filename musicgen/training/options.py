@@ -48,6 +48,7 @@ class TrainOptions:
     log_every: int = 10
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.0
+    time_limit_minutes: float | None = None
     transpose: int = 0
     tempo_shift: int = 0
 
@@ -88,7 +89,9 @@ class TrainOptions:
         early = {"early_stop_patience": check_int("train.early_stop_patience", t.get("early_stop_patience", 0) or 0,
                                                    minimum=0),
                  "early_stop_min_delta": check_float("train.early_stop_min_delta",
-                                                     t.get("early_stop_min_delta", 0.0) or 0.0, minimum=0.0)}
+                                                     t.get("early_stop_min_delta", 0.0) or 0.0, minimum=0.0),
+                 "time_limit_minutes": check_float("train.time_limit_minutes", t.get("time_limit_minutes"),
+                                                   minimum=0.0, exclusive_min=True, allow_none=True)}
         train_only = t.get("train_only")
         if train_only is not None:
             if isinstance(train_only, (str, bytes)) or not all(isinstance(p, str) and p for p in train_only) \

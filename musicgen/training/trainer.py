@@ -53,7 +53,8 @@ class TrainResult:
     ckpt_dir: Path
     interrupted: bool
     losses: list[float]
-    #: "finished" (max_steps reached), "stop_at_step" (the train.stop_at_step time-box), "early_stop"
+    #: "finished" (max_steps reached), "stop_at_step" (the train.stop_at_step time-box), "time_limit"
+    #: (train.time_limit_minutes), "early_stop"
     #: (train.early_stop_patience validations without a better NLL) or the signal's name
     #: ("SIGTERM", "SIGINT") when a signal stopped the run before max_steps
     stop_reason: str = "finished"
@@ -303,6 +304,7 @@ def _train(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
     bar = tqdm(total=max_steps, initial=run.start_step, desc="train", disable=not (progress and info.is_main),
                unit="step", dynamic_ncols=True)
     tokens_seen, t0 = 0, time.perf_counter()
+    deadline = t0 + 60.0 * opts.time_limit_minutes if opts.time_limit_minutes else None
     run.model.train()
     with StopFlag() as stop:
         while step < max_steps:
@@ -337,6 +339,13 @@ def _train(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
                     break
             if step % opts.ckpt_every == 0 or step == max_steps:
                 _save(run, "last.pt", step)
+            if deadline is not None and step < max_steps and time.perf_counter() > deadline:
+                _save(run, "last.pt", step)
+                stop_reason = "time_limit"
+                if info.is_main:
+                    tqdm.write(f"time limit: stopped at step {step} after train.time_limit_minutes="
+                               f"{opts.time_limit_minutes:g} (best.pt keeps the best validation NLL)")
+                break
             signalled = stop.raised
             if info.enabled:  # every rank stops at the same step, or the collective save below would hang
                 signalled = bool(all_reduce_mean(torch.tensor(float(stop.raised), device=info.device), info) > 0)
