@@ -445,7 +445,7 @@ def evaluate_variant(variant: str, args: argparse.Namespace, runs: Path) -> dict
             print(f"[{variant}] free piece {label}: {g['tokens']} tokens, {g['bars_4_beats']} bars, {g['windows']} "
                   f"windows, all inside POP909's range: {g['range_check']['all_inside']}", flush=True)
     if not args.skip_continuation and args.prompts > 0:
-        from long_pieces import continuations
+        from benchmarks.long_pieces import continuations
 
         out["continuation"] = store.get(variant, "continuation", {"prompts": args.prompts,
                                                                   "seed": args.continuation_seed},
