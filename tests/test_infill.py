@@ -20,7 +20,7 @@ from musicgen.config import UserError
 from musicgen.evaluation.infill import kept_identical, kept_notes
 from musicgen.generation import GenerateOptions, generate
 from musicgen.generation.bar_ranges import BarRange, parse_bar_ranges
-from musicgen.generation.infill import load_piece
+from musicgen.generation.infill import load_piece, split_bars
 from musicgen.tokenizer import REMITokenizer, TokenType
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,14 +62,7 @@ def check_piece(original: Path, piece, ranges: list[tuple[int, int]], metre: str
 
 
 def token_bars(ids: list[int], tokenizer: REMITokenizer) -> list[list[int]]:
-    """``ids`` split at its Bar tokens, TimeSig tokens left out (as PieceBars keeps a piece's bars)."""
-    vocab, bars = tokenizer.vocab, []
-    for token in ids:
-        if token == vocab.bar_id:
-            bars.append([token])
-        elif bars and vocab.type_of(token) not in (TokenType.TIME_SIG, TokenType.EOS):
-            bars[-1].append(token)
-    return bars
+    return split_bars(ids, tokenizer.vocab)
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -176,8 +169,12 @@ def test_other_resolution_and_metre(note_checkpoint: Path, tmp_path: Path) -> No
     check_piece(song, piece, [(6, 8), (12, 12)], metre="file")
     assert piece.midi.ticks_per_beat == 96
     assert piece.infilled[0] == (4 * 4 * 96 + 3 * 96, 4 * 4 * 96 + 4 * 3 * 96)  # bars 6-8 are 3/4 bars
-    with pytest.raises(UserError, match="metre changes"):
+    with pytest.raises(UserError, match="metre changes inside"):
         generate(note_checkpoint, song, infill="4-6", seed=2, log=None, progress=False)
+    starts_waltz = generate(note_checkpoint, song, infill="5-6", seed=2, infill_candidates=2, log=None,
+                            progress=False)[0]  # the range starts where 3/4 starts: it is written in 3/4
+    check_piece(song, starts_waltz, [(5, 6)], metre="file")
+    assert starts_waltz.infilled[0] == (4 * 4 * 96, 4 * 4 * 96 + 2 * 3 * 96)
     with pytest.raises(UserError, match="has 16 bars"):
         generate(note_checkpoint, song, infill="15-17", seed=2, log=None, progress=False)
 

@@ -2,16 +2,17 @@
 
     pieces = generate("checkpoints/musicgen-small.pt", "song.mid", infill="9-12,25-28", num_samples=2, seed=1)
 
-How (training-free; docs/infill.md measures each choice):
+How (training-free; docs/compose.md measures each choice):
 
 * **What the model sees.** The model writes forward only, so the bars *after* a gap are shown to it first: its
   context is ``[the next bars after the gap] [the bars before the gap]``, then it writes the gap. The recall
   head can copy from both sides (a chorus that comes back after the gap is in its window), and the stack hears
   where the music goes. Teacher-forced on POP909 test songs this makes the real missing bars more likely than
-  the bars before alone would (docs/infill.md).
+  the bars before alone would (docs/compose.md).
 * **Exactly the bars asked for.** Each candidate is sampled with the session's grammar-constrained decoder, the
   decoding rules and the controls, and stops at the bar line after the last filled bar; the metre of the gap
-  is imposed (no TimeSig token may change it), so the filled bars end exactly where the kept bars resume.
+  is imposed (no TimeSig token may change it), so the filled bars end exactly where the kept bars resume (a
+  range across a metre change is refused; one that starts at a change gets the new metre).
 * **Joining what follows.** ``infill_candidates`` candidates are sampled per gap, and the one under which the
   model finds the kept bars after the gap most likely (read in the usual order: before, candidate, after) is
   kept: the "sample and rank" baseline of fill-in-the-middle work.
@@ -50,6 +51,19 @@ LOOKAHEAD_BEATS = 32
 INFILL_TRACK = "musicgen infill"
 
 
+def split_bars(tokens: list[int], vocab: Any) -> list[list[int]]:
+    """``tokens`` cut at their Bar tokens: each bar from its Bar token on, without TimeSig tokens (a bar's metre
+    is kept beside it; :meth:`PieceBars.join` writes them back where the metre changes) or BOS / EOS."""
+    timesig = vocab.ranges[TokenType.TIME_SIG]
+    bars: list[list[int]] = []
+    for token in tokens:
+        if token == vocab.bar_id:
+            bars.append([token])
+        elif bars and token != vocab.eos_id and not timesig.start <= token < timesig.stop:
+            bars[-1].append(token)
+    return bars
+
+
 @dataclass
 class PieceBars:
     """A piece tokenized as training sees it, split at its bar lines."""
@@ -63,16 +77,7 @@ class PieceBars:
     def from_midi(cls, tokenizer: REMITokenizer, midi: miditoolkit.MidiFile, metre: tuple[int, int] | None,
                   ) -> "PieceBars":
         score, _ = tokenizer.quantize(midi, metre)
-        ids = tokenizer.encode_score(score)
-        vocab = tokenizer.vocab
-        timesig = vocab.ranges[TokenType.TIME_SIG]
-        bars: list[list[int]] = []
-        for token in ids[1:-1]:  # BOS ... EOS
-            if token == vocab.bar_id:
-                bars.append([token])
-            elif not timesig.start <= token < timesig.stop:
-                bars[-1].append(token)
-        return cls(bars, [(b.numerator, b.denominator) for b in score.bars], [b.start for b in score.bars],
+        return cls(split_bars(tokenizer.encode_score(score), tokenizer.vocab), [(b.numerator, b.denominator) for b in score.bars], [b.start for b in score.bars],
                    [b.length for b in score.bars])
 
     def join(self, tokenizer: REMITokenizer, indices: list[int], replaced: dict[int, list[int]] | None = None,
@@ -133,10 +138,9 @@ def plan_gaps(piece: PieceBars, ranges: tuple[BarRange, ...], path: Path) -> lis
     gaps = []
     for k, r in enumerate(ranges):
         first, end = r.first - 1, r.last
-        metres = set(piece.metres[first:end]) | ({piece.metres[first - 1]} if first > 0 else set())
-        if len(metres) > 1:
-            raise UserError(f"infill={r}: the metre changes at or inside these bars of {path.name}; choose bars "
-                            "in one metre (the filled bars keep the metre of the bars before them)")
+        if len(set(piece.metres[first:end])) > 1:
+            raise UserError(f"infill={r}: the metre changes inside these bars of {path.name}; choose bars in one "
+                            "metre (a range may start where a new metre starts)")
         before, tokens = [], 0
         for i in range(first - 1, -1, -1):
             tokens += len(piece.bars[i])
@@ -157,36 +161,25 @@ def plan_gaps(piece: PieceBars, ranges: tuple[BarRange, ...], path: Path) -> lis
 
 def suffix_logprobs(model: Any, head: list[int], candidates: list[list[int]], tail: list[int],
                     device: torch.device) -> list[float]:
-    """log p(tail | head + candidate) for each candidate, summed over the tail's tokens (one padded batch)."""
+    """log p(tail | head + candidate) for each candidate, summed over the tail's tokens: one parallel pass per
+    candidate (the recall head's pass costs memory in the square of its length, so candidates are not
+    batched), with the same noise draws for every candidate."""
     if not tail:
         return [0.0] * len(candidates)
-    rows = [head + c + tail for c in candidates]
-    width = max(len(r) for r in rows)
-    batch = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        batch[i, :len(r)] = torch.tensor(r, device=device)
-    with torch.inference_mode():
-        logits = model(batch[:, :-1], generator=torch.Generator(device=device).manual_seed(0))
     out = []
-    for i, r in enumerate(rows):
-        lo = len(r) - len(tail)
-        lp = -F.cross_entropy(logits[i, lo - 1:len(r) - 1].float(), batch[i, lo:len(r)], reduction="sum")
-        out.append(float(lp))
+    for candidate in candidates:
+        row = torch.tensor([head + candidate + tail], dtype=torch.long, device=device)
+        with torch.inference_mode():
+            logits = model(row[:, :-1], generator=torch.Generator(device=device).manual_seed(0))[0]
+        start = row.shape[1] - len(tail)
+        out.append(-float(F.cross_entropy(logits[start - 1:].float(), row[0, start:], reduction="sum")))
     return out
 
 
 def _bars_of(tokens: list[int], vocab: Any, count: int) -> list[list[int]]:
-    """A candidate's tokens split into exactly ``count`` bars, without TimeSig tokens (:meth:`PieceBars.join`
-    writes them) or the closing EOS; a candidate cut short by max_tokens is completed with empty bars, so the
-    kept bars after it never move."""
-    bars: list[list[int]] = []
-    timesig = vocab.ranges[TokenType.TIME_SIG]
-    for token in tokens:
-        if token == vocab.bar_id:
-            bars.append([token])
-        elif bars and token != vocab.eos_id and not timesig.start <= token < timesig.stop:
-            bars[-1].append(token)
-    bars = bars[:count]
+    """A candidate's tokens as exactly ``count`` bars (:func:`split_bars`); a candidate cut short by max_tokens is
+    completed with empty bars, so the kept bars after it never move."""
+    bars = split_bars(tokens, vocab)[:count]
     return bars + [[vocab.bar_id] for _ in range(count - len(bars))]
 
 
