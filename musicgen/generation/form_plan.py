@@ -20,6 +20,7 @@ This is a decode-time plan, so it is left out of the form measures of the model 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
@@ -212,8 +213,6 @@ def run_planned(session: GenerationSession, prompt: Prompt, plan: FormPlan, reca
 
 def planned_controls(options: Any, plan: FormPlan) -> Any:
     """The options' controls, with the sections' chord charts as the piece's chart when ``form_chords`` is set."""
-    import dataclasses
-
     if options.form_chords is None:
         return options.controls
     return dataclasses.replace(options.controls, chords=plan.chart(parse_form_chords(options.form_chords,
@@ -225,10 +224,10 @@ def form_conflicts(options: Any) -> None:
     sections = parse_form(options.form)
     if options.form_chords is not None:
         parse_form_chords(options.form_chords, sections)
-    set_ = [name for name, unset in (("bars", options.bars in ("auto", None)), ("tokens", options.tokens is None),
+    given = [name for name, unset in (("bars", options.bars in ("auto", None)), ("tokens", options.tokens is None),
                                      ("seconds", options.seconds is None), ("infill", options.infill is None),
                                      ("chords", options.chords is None or options.form_chords is None))
             if not unset]
-    if set_:
-        raise UserError(f"form={options.form}: {', '.join(set_)} cannot be set with form (the plan says how many "
+    if given:
+        raise UserError(f"form={options.form}: {', '.join(given)} cannot be set with form (the plan says how many "
                         "bars, and form_chords gives each section its chart)")
