@@ -13,11 +13,13 @@
    stream is steered (key, temperature) through ``LiveStream.steer``; the latency in bars is recorded. At the
    end, every 16-bar window of the whole hour (decoded by the tokenizer, as Save does) against POP909's range
    (musicgen/evaluation/bar_windows.py, as benchmarks/long_pieces.py), and the guards' actions.
-2. **Concurrent**: ``--concurrent`` streams at once in one process (as the studio runs them), each played in
+2. **Concurrent**: ``--concurrent`` streams at once, each in its own process (as the studio runs them), played in
    real time for ``--concurrent-seconds`` (a player that starts each stream 0.3 s after its first bar and reports
    its position as the page does): the smallest lead of written over played music (> 0: never starved), the first
    bar's delay from the press (model load included). Then the same streams consumed flat out for
-   ``--capacity-seconds``: what they write per wall second when none waits (the CPU's capacity, shared).
+   ``--capacity-seconds``: what they write per wall second when none waits (the CPU's capacity, shared), in
+   processes and, for comparison, on threads of one process (where a step's Python work holds the interpreter
+   lock, so four threads share about one core).
 
 Prints tables and writes benchmarks/results/<name>.json.
 """
@@ -34,7 +36,7 @@ from benchmarks.common import print_table, write_results
 from musicgen.evaluation.bar_windows import bar_window_statistics, within_range
 from musicgen.generation.guards import MusicGuards
 from musicgen.generation.options import GenerateOptions
-from musicgen.generation.stream import LiveStream
+from musicgen.generation.stream import LiveStream, ProcessStream, start_fork_server
 from musicgen.studio.streams import make_generator
 
 #: steering during the soak, one change every 10 minutes of music
@@ -50,10 +52,13 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def start_stream(checkpoint: str, seed: int, ahead: int) -> tuple[LiveStream, float]:
+def start_stream(checkpoint: str, seed: int, ahead: int, processes: bool = False) -> tuple[Any, float]:
+    """A stream as the studio starts one: in its own process (``processes``) or on a thread of this one."""
     options = GenerateOptions.from_mapping({"checkpoint": checkpoint, "device": "cpu", "seed": seed,
                                             "allow_eos": False, "progress": False})
     began = time.perf_counter()
+    if processes:
+        return ProcessStream(make_generator, (options,), ahead_bars=ahead, name=f"bench-{seed}"), began
     return LiveStream(lambda: make_generator(options), ahead_bars=ahead, name=f"bench-{seed}"), began
 
 
@@ -169,10 +174,14 @@ class PacedConsumer(Consumer):
 PREROLL = 0.3
 
 
-def concurrent(checkpoint: str, count: int, seconds: float, ahead: int, paced: bool) -> list[dict[str, Any]]:
-    """``count`` streams at once, each played in real time (``paced``) or consumed flat out (capacity)."""
+def concurrent(checkpoint: str, count: int, seconds: float, ahead: int, paced: bool,
+               processes: bool = True) -> list[dict[str, Any]]:
+    """``count`` streams at once, each played in real time (``paced``) or consumed flat out (capacity), in
+    processes (as the studio runs them) or on threads."""
     kind = PacedConsumer if paced else Consumer
-    consumers = [kind(*start_stream(checkpoint, 100 + i, ahead)) for i in range(count)]
+    if processes:
+        start_fork_server([make_generator.__module__])  # the studio starts it at launch: not part of a Play
+    consumers = [kind(*start_stream(checkpoint, 100 + i, ahead, processes)) for i in range(count)]
     wall0 = time.perf_counter()
     try:
         while time.perf_counter() - wall0 < seconds:
@@ -194,7 +203,7 @@ def concurrent(checkpoint: str, count: int, seconds: float, ahead: int, paced: b
         row = {"seed": 100 + i, "music_written_s": round(c.music, 1), "wall_s": round(wall, 1),
                "written_x_real_time": round(c.music / wall, 2), "first_bar_s": round(c.first_bar_s or float("nan"), 3),
                "bars": c.next,
-               "tokens_per_s": round(c.stream.generator.tokens_per_second, 1) if c.stream.generator else 0.0}
+               "tokens_per_s": c.stream.snapshot().get("tokens_per_second", 0.0), "processes": processes}
         if paced:
             row.update(played_s=round(c.played_s, 1), min_lead_s=round(c.lead, 2), min_lead_at_s=round(c.lead_at, 1),
                        starved=c.lead < 0)
@@ -239,11 +248,14 @@ def main() -> None:
                       r["tokens_per_s"]] for r in rows])
         result["concurrent_all_ahead"] = not any(r["starved"] for r in rows)
         if args.capacity_seconds:
-            rows = result["capacity"] = concurrent(args.checkpoint, args.concurrent, args.capacity_seconds,
-                                                   args.ahead, paced=False)
-            print_table(["stream (flat out)", "music written (s)", "wall (s)", "x real time", "tokens/s"],
-                        [[r["seed"], r["music_written_s"], r["wall_s"], r["written_x_real_time"], r["tokens_per_s"]]
-                         for r in rows])
+            for processes in (True, False):
+                rows = result["capacity_processes" if processes else "capacity_threads"] = concurrent(
+                    args.checkpoint, args.concurrent, args.capacity_seconds, args.ahead, paced=False,
+                    processes=processes)
+                print_table([f"flat out ({'processes' if processes else 'threads'})", "music written (s)", "wall (s)",
+                             "x real time", "tokens/s"],
+                            [[r["seed"], r["music_written_s"], r["wall_s"], r["written_x_real_time"],
+                              r["tokens_per_s"]] for r in rows])
     write_results(args.name, result)
 
 

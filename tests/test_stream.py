@@ -164,9 +164,10 @@ def bars(client: TestClient, stream: str, first: int, count: int, **kwargs: Any)
     return [e[1] for e in events]
 
 
-@pytest.fixture
-def studio(note_checkpoint: Path):
-    app = create_app(StudioConfig(checkpoint=str(note_checkpoint), device="cpu", workers=1, max_streams=1))
+@pytest.fixture(params=[True, False], ids=["processes", "threads"])
+def studio(note_checkpoint: Path, request: pytest.FixtureRequest):
+    app = create_app(StudioConfig(checkpoint=str(note_checkpoint), device="cpu", workers=1, max_streams=1,
+                                  stream_processes=request.param))
     with TestClient(app, base_url=BASE) as client:
         yield client
 

@@ -88,6 +88,8 @@ class StudioConfig:
     max_streams: int = 4
     stream_ahead_bars: int = 2
     stream_idle_seconds: float = 5.0
+    #: each stream in its own process (False: threads of the studio's process; see streams.StreamManager)
+    stream_processes: bool = True
 
 
 def error(message: str, status: int = 400) -> JSONResponse:
@@ -128,7 +130,7 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
         LOG.info("removed the job folder %s of a studio that no longer runs", folder)
     manager = JobManager(synth, workers=config.workers, keep=config.keep_jobs)
     streams = StreamManager(config.checkpoint, config.device, config.max_streams, config.stream_idle_seconds,
-                            config.stream_ahead_bars)
+                            config.stream_ahead_bars, processes=config.stream_processes)
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")

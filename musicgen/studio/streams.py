@@ -23,8 +23,9 @@ from typing import Any, Mapping
 
 from ..config import UserError
 from ..generation.options import GenerateOptions
-from ..generation.prompt import load_prompt
-from ..generation.stream import STEERABLE, BarGenerator, LiveStream
+from ..generation.prompt import Prompt, load_prompt
+from ..generation.stream import STEERABLE, BarGenerator, LiveStream, ProcessStream, start_fork_server
+from .edit import checkpoint_tokenizer
 from .jobs import Busy
 from .params import STUDIO_PROMPT_BARS, _blank, form_defaults
 
@@ -36,7 +37,7 @@ PLAY_FIELDS = ("seed", "prompt_bars", "prompt_time_signature") + STEERABLE
 @dataclass
 class StreamEntry:
     id: str
-    stream: LiveStream
+    stream: LiveStream | ProcessStream
     seed: int
     settings: dict[str, Any]
     last_seen: float = field(default_factory=time.monotonic)
@@ -68,17 +69,24 @@ def play_options(fields: Mapping[str, str], prompt_path: str | None, checkpoint:
     return GenerateOptions.from_mapping(values)
 
 
-def make_generator(options: GenerateOptions) -> BarGenerator:
-    """Load the model and read the prompt: one endless sequence of these options (UserError when bad)."""
+def read_prompt(options: GenerateOptions, tokenizer: Any) -> Prompt | None:
+    """The prompt of these options, read with the checkpoint's tokenizer (None without one; UserError when bad)."""
+    if not options.prompt:
+        return None
+    return load_prompt(options.prompt, tokenizer, options.prompt_bars, options.prompt_seconds,
+                       options.prompt_time_signature)
+
+
+def make_generator(options: GenerateOptions, prompt: Prompt | None = None) -> BarGenerator:
+    """Load the model: one endless sequence of these options, continuing ``prompt`` (already read), else the
+    options' own prompt file (UserError when bad). A stream's process calls it (module level: picklable)."""
     from ..inference import load_model, resolve_checkpoint, resolve_device
 
     loaded = load_model(resolve_checkpoint(options.checkpoint), resolve_device(options.device))
     options = options.with_checkpoint_defaults(loaded.checkpoint.decoding_defaults)
     options.check_time_signature(loaded.vocab)
-    prompt = None
-    if options.prompt:
-        prompt = load_prompt(options.prompt, loaded.tokenizer, options.prompt_bars, options.prompt_seconds,
-                             options.prompt_time_signature)
+    if prompt is None:
+        prompt = read_prompt(options, loaded.tokenizer)
     return BarGenerator(loaded.model, loaded.tokenizer, options.sampling, options.guards, options.controls,
                         options.resolved_seed(), prompt, loaded.device)
 
@@ -87,10 +95,15 @@ class StreamManager:
     """The studio's live streams (see the module docstring)."""
 
     def __init__(self, checkpoint: str, device: str, max_streams: int = 4, idle_seconds: float = 5.0,
-                 ahead_bars: int = 2, keep_stopped: int = 8) -> None:
+                 ahead_bars: int = 2, keep_stopped: int = 8, processes: bool = True) -> None:
+        """``processes``: each stream in its own process (:class:`ProcessStream`; the default), else on a thread
+        of this one (:class:`LiveStream`: on 2 cores, four threads share one core's worth of Python)."""
         self.checkpoint, self.device = checkpoint, device
         self.max_streams, self.idle_seconds, self.ahead_bars = int(max_streams), float(idle_seconds), int(ahead_bars)
-        self.keep_stopped = int(keep_stopped)
+        self.keep_stopped, self.processes = int(keep_stopped), bool(processes)
+        if self.processes and self.max_streams > 0:  # the fork server imports torch once, now, not at Play
+            threading.Thread(target=start_fork_server, args=([__name__],), name="stream-fork-server",
+                             daemon=True).start()
         self._entries: dict[str, StreamEntry] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -114,18 +127,28 @@ class StreamManager:
             options = play_options(fields, path, self.checkpoint, self.device)
             seed = options.resolved_seed()
             options = GenerateOptions.from_mapping({**options.to_dict(), "seed": seed})
-            try:
-                generator = make_generator(options)
+            try:  # checked here (one-line errors at once); the prompt is read before its file goes
+                tokenizer = checkpoint_tokenizer(self.checkpoint)
+                options.check_time_signature(tokenizer.vocab)
+                options.controls.check(tokenizer.vocab)
+                prompt = read_prompt(options, tokenizer)
             except UserError as exc:
                 raise UserError(str(exc).replace(str(path), "the prompt") if path else str(exc)) from None
+            options = GenerateOptions.from_mapping({**options.to_dict(), "prompt": None, "prompt_bars": None,
+                                                    "prompt_time_signature": "file"})
+        if self.processes:
+            stream: LiveStream | ProcessStream = ProcessStream(make_generator, (options, prompt), self.ahead_bars)
+        else:
+            generator = make_generator(options, prompt)
+            stream = LiveStream(lambda: generator, self.ahead_bars)
         settings = {k: getattr(options, k) for k in STEERABLE}
         with self._lock:
             if sum(1 for e in self._entries.values() if e.stream.alive) >= self.max_streams:
+                stream.stop()
                 raise Busy(f"{self.max_streams} stream(s) already playing, the most this studio plays at once: "
                            "stop one (or start the studio with --max-streams N)")
             stream_id = uuid.uuid4().hex[:12]
-            entry = StreamEntry(stream_id, LiveStream(lambda: generator, self.ahead_bars, name=f"stream-{stream_id}"),
-                                seed, settings)
+            entry = StreamEntry(stream_id, stream, seed, settings)
             self._entries[stream_id] = entry
         LOG.info("stream %s started (seed %d)", stream_id, seed)
         return entry
