@@ -225,7 +225,9 @@ def main() -> None:
     p.add_argument("--name", default="stream")
     args = p.parse_args()
     result: dict[str, Any] = {"checkpoint": args.checkpoint, "ahead_bars": args.ahead, "cpus": os.cpu_count(),
-                              "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+                              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                              # other work on the machine slows every number here: recorded beside them
+                              "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     s = result["soak"] = soak(args.checkpoint, args.minutes, args.seed, args.ahead, args.sample_minutes)
     write_results(args.name, result, quiet=True)
     print_table(["music (min)", "bars", "RSS (MB)", "tokens/s"],
@@ -256,6 +258,7 @@ def main() -> None:
                              "x real time", "tokens/s"],
                             [[r["seed"], r["music_written_s"], r["wall_s"], r["written_x_real_time"],
                               r["tokens_per_s"]] for r in rows])
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     write_results(args.name, result)
 
 
