@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import UserError
-from .generation.stream import STEERABLE, LiveStream
+from .generation.stream import STEERABLE, LiveStream, make_generator
 
 DRUM_CHANNEL = 9
 
@@ -148,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("name the MIDI output: --midi-out NAME (--list shows them)")
         port = open_output(args.midi_out)
         from .generation.options import GenerateOptions
-        from .studio.streams import make_generator
 
         values: dict[str, Any] = {"checkpoint": args.checkpoint, "device": args.device, "seed": args.seed,
                                   "allow_eos": False, "progress": False,

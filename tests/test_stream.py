@@ -319,3 +319,11 @@ def test_browser_plays_steers_saves_and_stops(note_checkpoint: Path) -> None:
                 browser.save_screenshot(shot)
     finally:
         browser.quit()
+
+
+def test_play_off_with_max_streams_zero(note_checkpoint: Path) -> None:
+    app = create_app(StudioConfig(checkpoint=str(note_checkpoint), device="cpu", workers=1, max_streams=0))
+    with TestClient(app, base_url=BASE) as client:
+        answer = client.post("/api/streams", data={"seed": "1"})
+        assert answer.status_code == 503 and "--max-streams 0" in answer.json()["error"]
+        assert client.get("/api/info").json()["max_streams"] == 0

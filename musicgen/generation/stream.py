@@ -35,7 +35,7 @@ import time
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -43,13 +43,16 @@ from ..config import UserError
 from ..tokenizer import Bins, Phase, TokenType
 from .controls import ControlConfig, Controls
 from .guards import GuardConfig
-from .prompt import Prompt, unconditional_prompt
+from .prompt import Prompt, load_prompt, unconditional_prompt
 from .rules import default_rules
 from .sampling import SamplingConfig
 from .session import GenerationSession, StopConfig
 from .tonal import TonalMemory
 
-__all__ = ["Bar", "BarGenerator", "LiveStream", "ProcessStream", "start_fork_server", "STEERABLE", "KEEP_TOKENS", "check_steer"]
+if TYPE_CHECKING:
+    from .options import GenerateOptions
+
+__all__ = ["Bar", "BarGenerator", "make_generator", "read_prompt", "LiveStream", "ProcessStream", "start_fork_server", "STEERABLE", "KEEP_TOKENS", "check_steer"]
 
 #: settings a stream takes while it plays (sampling, tonal memory, the controls)
 SAMPLING_KEYS = ("temperature", "top_p")
@@ -249,6 +252,28 @@ def midi_bytes(midi: Any) -> bytes:
     buffer = io.BytesIO()
     midi.dump(file=buffer)
     return buffer.getvalue()
+
+
+def read_prompt(options: GenerateOptions, tokenizer: Any) -> Prompt | None:
+    """The prompt of these options, read with the checkpoint's tokenizer (None without one; UserError when bad)."""
+    if not options.prompt:
+        return None
+    return load_prompt(options.prompt, tokenizer, options.prompt_bars, options.prompt_seconds,
+                       options.prompt_time_signature)
+
+
+def make_generator(options: GenerateOptions, prompt: Prompt | None = None) -> BarGenerator:
+    """Load the model: one endless sequence of these options, continuing ``prompt`` (already read), else the
+    options' own prompt file (UserError when bad). A stream's process calls it (module level: picklable)."""
+    from ..inference import load_model, resolve_checkpoint, resolve_device
+
+    loaded = load_model(resolve_checkpoint(options.checkpoint), resolve_device(options.device))
+    options = options.with_checkpoint_defaults(loaded.checkpoint.decoding_defaults)
+    options.check_time_signature(loaded.vocab)
+    if prompt is None:
+        prompt = read_prompt(options, loaded.tokenizer)
+    return BarGenerator(loaded.model, loaded.tokenizer, options.sampling, options.guards, options.controls,
+                        options.resolved_seed(), prompt, loaded.device)
 
 
 class LiveStream:

@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: other machines on your network can reach the studio",
               file=sys.stderr)
+    if config.max_streams > 0 and config.stream_processes:  # Play's fork server imports torch once, now
+        import threading
+
+        from ..generation.stream import start_fork_server
+
+        threading.Thread(target=start_fork_server, name="stream-fork-server", daemon=True).start()
     uvicorn.run(app, host=args.host, port=port, log_level="warning")
     return 0
 

@@ -23,8 +23,7 @@ from typing import Any, Mapping
 
 from ..config import UserError
 from ..generation.options import GenerateOptions
-from ..generation.prompt import Prompt, load_prompt
-from ..generation.stream import STEERABLE, BarGenerator, LiveStream, ProcessStream, start_fork_server
+from ..generation.stream import STEERABLE, LiveStream, ProcessStream, make_generator, read_prompt
 from .edit import checkpoint_tokenizer
 from .jobs import Busy
 from .params import STUDIO_PROMPT_BARS, _blank, form_defaults
@@ -69,28 +68,6 @@ def play_options(fields: Mapping[str, str], prompt_path: str | None, checkpoint:
     return GenerateOptions.from_mapping(values)
 
 
-def read_prompt(options: GenerateOptions, tokenizer: Any) -> Prompt | None:
-    """The prompt of these options, read with the checkpoint's tokenizer (None without one; UserError when bad)."""
-    if not options.prompt:
-        return None
-    return load_prompt(options.prompt, tokenizer, options.prompt_bars, options.prompt_seconds,
-                       options.prompt_time_signature)
-
-
-def make_generator(options: GenerateOptions, prompt: Prompt | None = None) -> BarGenerator:
-    """Load the model: one endless sequence of these options, continuing ``prompt`` (already read), else the
-    options' own prompt file (UserError when bad). A stream's process calls it (module level: picklable)."""
-    from ..inference import load_model, resolve_checkpoint, resolve_device
-
-    loaded = load_model(resolve_checkpoint(options.checkpoint), resolve_device(options.device))
-    options = options.with_checkpoint_defaults(loaded.checkpoint.decoding_defaults)
-    options.check_time_signature(loaded.vocab)
-    if prompt is None:
-        prompt = read_prompt(options, loaded.tokenizer)
-    return BarGenerator(loaded.model, loaded.tokenizer, options.sampling, options.guards, options.controls,
-                        options.resolved_seed(), prompt, loaded.device)
-
-
 class StreamManager:
     """The studio's live streams (see the module docstring)."""
 
@@ -101,14 +78,18 @@ class StreamManager:
         self.checkpoint, self.device = checkpoint, device
         self.max_streams, self.idle_seconds, self.ahead_bars = int(max_streams), float(idle_seconds), int(ahead_bars)
         self.keep_stopped, self.processes = int(keep_stopped), bool(processes)
-        if self.processes and self.max_streams > 0:  # the fork server imports torch once, now, not at Play
-            threading.Thread(target=start_fork_server, args=([__name__],), name="stream-fork-server",
-                             daemon=True).start()
         self._entries: dict[str, StreamEntry] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="stream-reaper", daemon=True)
         self._reaper.start()
+
+    def refuse_if_full(self) -> None:
+        if self.max_streams <= 0:
+            raise Busy("Play is off in this studio (it was started with --max-streams 0)")
+        if sum(1 for e in self._entries.values() if e.stream.alive) >= self.max_streams:
+            raise Busy(f"{self.max_streams} stream(s) already playing, the most this studio plays at once: stop "
+                       "one (or start the studio with --max-streams N)")
 
     def playing(self) -> int:
         with self._lock:
@@ -116,9 +97,8 @@ class StreamManager:
 
     def start(self, fields: Mapping[str, str], prompt: bytes | None = None) -> StreamEntry:
         """Start a stream (blocking: loads the model and reads the prompt, about 0.3 s); Busy past the limit."""
-        if self.playing() >= self.max_streams:
-            raise Busy(f"{self.max_streams} stream(s) already playing, the most this studio plays at once: stop "
-                       "one (or start the studio with --max-streams N)")
+        with self._lock:
+            self.refuse_if_full()
         with tempfile.TemporaryDirectory(prefix="musicgen-stream-") as folder:
             path = None
             if prompt is not None:
@@ -143,10 +123,11 @@ class StreamManager:
             stream = LiveStream(lambda: generator, self.ahead_bars)
         settings = {k: getattr(options, k) for k in STEERABLE}
         with self._lock:
-            if sum(1 for e in self._entries.values() if e.stream.alive) >= self.max_streams:
+            try:
+                self.refuse_if_full()
+            except Busy:
                 stream.stop()
-                raise Busy(f"{self.max_streams} stream(s) already playing, the most this studio plays at once: "
-                           "stop one (or start the studio with --max-streams N)")
+                raise
             stream_id = uuid.uuid4().hex[:12]
             entry = StreamEntry(stream_id, stream, seed, settings)
             self._entries[stream_id] = entry
