@@ -47,7 +47,7 @@ class GenerateOptions:
     # a planned form (form_plan.py): sections such as "A8 B8 A8", and optionally each section's chord chart
     form: str | None = None
     form_chords: str | None = None
-    form_recall: float = 3.0
+    form_recall: float = 2.0
     # StopConfig (bars: auto | N | null, resolved by `resolved_bars`)
     bars: int | str | None = "auto"
     tokens: int | None = StopConfig.tokens
