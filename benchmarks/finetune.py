@@ -287,7 +287,7 @@ SWEEP = {"lr1e-3": ["train.lr=1e-3"],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpora", default="chorales,folk,oddities")
+    parser.add_argument("--corpora", default="folk,chorales,oddities")
     parser.add_argument("--work", default=None, help="keep corpora and runs here (default: a temp folder)")
     parser.add_argument("--sweep", action="store_true", help="also the settings sweep on the first corpus")
     parser.add_argument("--sweep-only", action="store_true")
@@ -302,31 +302,43 @@ def main() -> None:
 
     vocab = load_checkpoint(SHIPPED).vocab
     grid = int(vocab.config.grid)
-    pop = describe(pop909_reference(vocab), grid)
-    shipped_pieces = generate_pieces(SHIPPED, work / "shipped_pieces", PIECES)
-    shipped = {"pop909": pop, "style": describe([song_bars(p.ids, vocab) for p in shipped_pieces], grid)}
+    saved = work / "shipped.json"  # the shipped model's pieces and NLLs do not change between runs
+    shipped = json.loads(saved.read_text()) if saved.exists() else {}
+    if "style" not in shipped:
+        pop = describe(pop909_reference(vocab), grid)
+        shipped_pieces = generate_pieces(SHIPPED, work / "shipped_pieces", PIECES)
+        shipped = {"pop909": pop, "style": describe([song_bars(p.ids, vocab) for p in shipped_pieces], grid)}
+        saved.write_text(json.dumps(shipped))
+    pop = shipped["pop909"]
     extra = ["--steps", str(args.steps)] if args.steps else []
     rows = []
     names = [n for n in args.corpora.split(",") if n]
     if not args.sweep_only:
         for name in names:
             rows.append(measure_corpus(name, work, extra, "", shipped, pop))
+            saved.write_text(json.dumps(shipped))
             print_table(rows[-1:], shipped)
+            _write(args, rows, shipped, work)
     if args.sweep or args.sweep_only:
         for tag, overrides in SWEEP.items():
             rows.append(measure_corpus(names[0], work, extra + overrides, f"_{tag}", shipped, pop))
             print_table(rows[-1:], shipped)
+            _write(args, rows, shipped, work)
     print()
     print_table(rows, shipped)
-    result = {"machine": f"{os.cpu_count()} CPUs", "pieces_per_model": PIECES, "bars_per_piece": 16,
-              "shipped": shipped, "rows": rows}
+    print(f"-> {args.out} (corpora and runs in {work})")
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]], shipped: dict[str, Any], work: Path) -> None:
+    """benchmarks/results/finetune.json after every row (a long run keeps what it measured)."""
+    result = {"machine": f"{os.cpu_count()} CPUs", "load_average_at_end": os.getloadavg(),
+              "pieces_per_model": PIECES, "bars_per_piece": 16, "shipped": shipped, "rows": rows}
     path = Path(args.out)
     old = json.loads(path.read_text()) if path.exists() else {}
     if old.get("rows") and args.sweep_only:  # keep the main rows, add the sweep
         result["rows"] = [r for r in old["rows"] if r["variant"] == "default"] + rows
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
-    print(f"-> {path} (corpora and runs in {work})")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,21 @@ def test_corpus_statistics_measure_the_folder(folder: Path, tmp_path: Path) -> N
     GuardConfig(**resolve_guard_values({}, bounds))  # a valid configuration
 
 
+def test_crops_state_their_metre_when_asked(folder: Path, tmp_path: Path) -> None:
+    """data.crop_metre: a crop from the middle of a 3/4 tune opens with Bar TimeSig_3/4 like the tune's start."""
+    from musicgen.data import RandomCrops, prepare_corpus
+
+    cfg = compose_cfg(["data=midi_folder", f"data.root={folder}", f"data.cache_dir={tmp_path / 'cache'}",
+                       "data.split=folder", "data.num_workers=1"])
+    cache = prepare_corpus(cfg.data, cfg.tokenizer, progress=False)
+    tokens = cache.vocab.tokens
+    plain, stated = RandomCrops(cache, "train", 32, seed=1), RandomCrops(cache, "train", 32, seed=1, metre_context=True)
+    heads = [[tokens[int(t)] for t in stated[i][:2]] for i in range(20)]
+    assert all(h == ["Bar", "TimeSig_3/4"] or h[0] == "BOS" for h in heads) and ["Bar", "TimeSig_3/4"] in heads
+    assert all(len(stated[i]) == len(plain[i]) == 33 for i in range(5))
+    assert sum(tokens[int(t)].startswith("TimeSig") for i in range(20) for t in plain[i][:2]) < 20
+
+
 # --------------------------------------------------------------------------------------------------------- #
 # The command, end to end (a tiny model: machinery, not music)
 # --------------------------------------------------------------------------------------------------------- #

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import Augmenter
+from ..tokenizer import TokenType
 from .cache import SongEntry, TokenCache
 
 
@@ -23,10 +24,14 @@ def _pad(ids: np.ndarray, length: int, pad_id: int) -> torch.Tensor:
 
 
 class RandomCrops(Dataset):
-    """Training crops of `seq_len + 1` tokens starting at a random Bar (or song start) of the split."""
+    """Training crops of `seq_len + 1` tokens starting at a random Bar (or song start) of the split.
+
+    `metre_context`: a crop that starts at a Bar in the middle of a song in a metre other than the implicit 4/4
+    gets that metre's TimeSig token after its first Bar (where the song's first bar has it), so that a model learns a
+    corpus' metres from every crop, not only from the few that start at a song's beginning (data.crop_metre)."""
 
     def __init__(self, cache: TokenCache, split: str, seq_len: int, augmenter: Augmenter | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, metre_context: bool = False) -> None:
         songs = cache.split(split)
         if not songs:
             raise ValueError(f"{cache.dir}: the '{split}' split has no songs")
@@ -35,15 +40,31 @@ class RandomCrops(Dataset):
         self.augmenter = augmenter
         self.seed = int(seed)
         vocab = cache.vocab
-        starts, ends = [], []
+        starts, ends, metres = [], [], []
+        span = vocab.ranges[TokenType.TIME_SIG]
         for song in songs:
             ids = cache.song_tokens(song)
             local = np.flatnonzero((ids == vocab.bar_id) | (ids == vocab.bos_id))
             local = local[local < len(ids) - 1]
             starts.append(song.offset + local)
             ends.append(np.full(len(local), song.offset + song.length))
+            # metre_context: the TimeSig in effect at each crop start (-1: the implicit 4/4, or the bar sets its own)
+            in_effect = np.full(len(ids), -1, dtype=np.int64)
+            if metre_context and span.size:
+                is_sig = (ids >= span.start) & (ids < span.stop)
+                last = np.where(is_sig, np.arange(len(ids)), -1)
+                last = np.maximum.accumulate(last)
+                in_effect = np.where(last >= 0, ids[np.maximum(last, 0)].astype(np.int64), -1)
+            metre = in_effect[local]
+            own = np.zeros(len(local), dtype=bool)  # the bar opens with its own TimeSig already
+            nxt = local + 1
+            ok = nxt < len(ids)
+            own[ok] = (ids[nxt[ok]] >= span.start) & (ids[nxt[ok]] < span.stop)
+            metre[own | (ids[local] == vocab.bos_id)] = -1
+            metres.append(metre)
         self.starts = np.concatenate(starts).astype(np.int64)
         self.ends = np.concatenate(ends).astype(np.int64)
+        self.metres = np.concatenate(metres).astype(np.int64)
         self.pad_id = vocab.pad_id
 
     def __len__(self) -> int:
@@ -56,6 +77,8 @@ class RandomCrops(Dataset):
         start = int(self.starts[j])
         stop = min(start + self.seq_len + 1, int(self.ends[j]))
         ids = np.asarray(self.cache.tokens[start:stop], dtype=np.int64)
+        if self.metres[j] >= 0:  # a crop from mid-song states its metre after its first Bar, as the song's start does
+            ids = np.concatenate([ids[:1], [self.metres[j]], ids[1:self.seq_len]])
         if self.augmenter is not None:
             ids = self.augmenter(ids, rng)
         return _pad(ids, self.seq_len + 1, self.pad_id)

@@ -49,6 +49,7 @@ class TrainOptions:
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.0
     time_limit_minutes: float | None = None
+    crop_metre: bool = False
     transpose: int = 0
     tempo_shift: int = 0
 
@@ -108,6 +109,7 @@ class TrainOptions:
         check_int("data.num_workers", data.get("num_workers"), minimum=0, allow_none=True)
         if data.get("download") is not None:
             check_bool("data.download", data.get("download"))
+        crop_metre = check_bool("data.crop_metre", data.get("crop_metre") or False)
         augment = data.get("augment") or {}
         shifts = {name: check_int(f"data.augment.{name}", augment.get(name), minimum=0, allow_none=True) or 0
                   for name in ("transpose", "tempo_shift")}
@@ -117,4 +119,4 @@ class TrainOptions:
                    ckpt_dir=str(t.ckpt_dir) if t.get("ckpt_dir") else None,
                    init_from=str(t.init_from) if t.get("init_from") else None, resume=t.get("resume"),
                    train_only=train_only,
-                   log_every=log_every, **early, **shifts)
+                   log_every=log_every, crop_metre=crop_metre, **early, **shifts)
