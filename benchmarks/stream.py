@@ -210,10 +210,25 @@ def concurrent(checkpoint: str, count: int, seconds: float, ahead: int, paced: b
     return rows
 
 
+def soak_part(result: dict[str, Any], args: argparse.Namespace) -> None:
+    s = result["soak"] = soak(args.checkpoint, args.minutes, args.seed, args.ahead, args.sample_minutes)
+    write_results(args.name, result, quiet=True)
+    print_table(["music (min)", "bars", "RSS (MB)", "tokens/s"],
+                [[x["music_min"], x["bars"], x["rss_mb"], x["tokens_per_s"]] for x in s["samples"]])
+    check = s["range_check"]
+    print_table(["music", "wall", "x real time", "first bar (s)", "slack (s)", "RSS max/min", "tok/s max/min",
+                 "16-bar windows", "all in POP909's range", "guard actions", "steer latency (bars)"],
+                [[f"{s['music_minutes']} min", f"{s['wall_s']} s", s["speed_x_real_time"], s["first_bar_s"],
+                  s["slack_s"], s["rss_max_over_min_after_warmup"], s["tokens_per_s_max_over_min"], s["windows"],
+                  "yes" if check.get("all_inside") else "no",
+                  sum((s["guards"] or {}).get("acted", {}).values()),
+                  ", ".join(str(x["latency_bars"]) for x in s["steers"])]])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/musicgen-small.pt")
-    p.add_argument("--minutes", type=float, default=60.0, help="music the soak streams")
+    p.add_argument("--minutes", type=float, default=60.0, help="music the soak streams (0: no soak)")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--ahead", type=int, default=2, help="bars written past the bar playing")
     p.add_argument("--sample-minutes", type=float, default=2.5, help="music between two RSS/speed samples")
@@ -227,18 +242,8 @@ def main() -> None:
                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                               # other work on the machine slows every number here: recorded beside them
                               "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
-    s = result["soak"] = soak(args.checkpoint, args.minutes, args.seed, args.ahead, args.sample_minutes)
-    write_results(args.name, result, quiet=True)
-    print_table(["music (min)", "bars", "RSS (MB)", "tokens/s"],
-                [[x["music_min"], x["bars"], x["rss_mb"], x["tokens_per_s"]] for x in s["samples"]])
-    check = s["range_check"]
-    print_table(["music", "wall", "x real time", "first bar (s)", "slack (s)", "RSS max/min", "tok/s max/min",
-                 "16-bar windows", "all in POP909's range", "guard actions", "steer latency (bars)"],
-                [[f"{s['music_minutes']} min", f"{s['wall_s']} s", s["speed_x_real_time"], s["first_bar_s"],
-                  s["slack_s"], s["rss_max_over_min_after_warmup"], s["tokens_per_s_max_over_min"], s["windows"],
-                  "yes" if check.get("all_inside") else "no",
-                  sum((s["guards"] or {}).get("acted", {}).values()),
-                  ", ".join(str(x["latency_bars"]) for x in s["steers"])]])
+    if args.minutes > 0:
+        soak_part(result, args)
     if args.concurrent:
         rows = result["concurrent"] = concurrent(args.checkpoint, args.concurrent, args.concurrent_seconds,
                                                  args.ahead, paced=True)
