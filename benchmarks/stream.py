@@ -18,8 +18,7 @@
    its position as the page does): the smallest lead of written over played music (> 0: never starved), the first
    bar's delay from the press (model load included). Then the same streams consumed flat out for
    ``--capacity-seconds``: what they write per wall second when none waits (the CPU's capacity, shared), in
-   processes and, for comparison, on threads of one process (where a step's Python work holds the interpreter
-   lock, so four threads share about one core).
+   processes and, for comparison, on threads of one process.
 
 Prints tables and writes benchmarks/results/<name>.json.
 """

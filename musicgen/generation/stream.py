@@ -488,8 +488,8 @@ def _serve(conn: Any, factory: Callable[..., BarGenerator], args: tuple, ahead_b
 class ProcessStream:
     """A :class:`LiveStream` in its own process (the studio's streams), with the same interface.
 
-    Why: a step's Python work (grammar, rules, sampling) holds the interpreter lock, so streams on threads share
-    one core's worth of Python; in processes each stream gets a core (benchmarks/stream.py measures both). The
+    Why: no interpreter lock shared between streams (a step's grammar, rules and sampling hold it), and a stream
+    that fails cannot take its host down (benchmarks/stream.py measures processes and threads). The
     child (forked from a fork server that imported torch once) loads the model and sends every finished bar
     with its tokens; this side keeps them (4 bytes a token) and decodes Save itself, also after the stream has
     stopped. A child whose parent dies sees its pipe close and stops."""

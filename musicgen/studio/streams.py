@@ -74,7 +74,7 @@ class StreamManager:
     def __init__(self, checkpoint: str, device: str, max_streams: int = 4, idle_seconds: float = 5.0,
                  ahead_bars: int = 2, keep_stopped: int = 8, processes: bool = True) -> None:
         """``processes``: each stream in its own process (:class:`ProcessStream`; the default), else on a thread
-        of this one (:class:`LiveStream`: on 2 cores, four threads share one core's worth of Python)."""
+        of this one (:class:`LiveStream`: they share its interpreter lock, and a failure)."""
         self.checkpoint, self.device = checkpoint, device
         self.max_streams, self.idle_seconds, self.ahead_bars = int(max_streams), float(idle_seconds), int(ahead_bars)
         self.keep_stopped, self.processes = int(keep_stopped), bool(processes)
