@@ -327,3 +327,19 @@ def test_play_off_with_max_streams_zero(note_checkpoint: Path) -> None:
         answer = client.post("/api/streams", data={"seed": "1"})
         assert answer.status_code == 503 and "--max-streams 0" in answer.json()["error"]
         assert client.get("/api/info").json()["max_streams"] == 0
+
+
+def test_a_prompt_starts_the_stream(studio: TestClient) -> None:
+    from test_studio_infill import made_up_prompt
+
+    made = start(studio, {"prompt_bars": "4", "key": "C"},
+                 files={"prompt": ("mine.mid", made_up_prompt(5), "audio/midi")})
+    sid = made["id"]
+    streamed = bars(studio, sid, 0, 3)
+    assert [b["index"] for b in streamed] == [0, 1, 2] and streamed[0]["start"] == 0
+    saved = miditoolkit.MidiFile(file=io.BytesIO(studio.get(f"/api/streams/{sid}/midi?bars=3").content))
+    assert sorted(n.pitch for inst in saved.instruments for n in inst.notes) == \
+        sorted(n[2] for b in streamed for n in b["notes"]), "Save holds the stream, not the prompt"
+    bad = studio.post("/api/streams", data={"seed": "1"}, files={"prompt": ("notes.mid", b"not midi", "audio/midi")})
+    assert bad.status_code == 400 and "\n" not in bad.json()["error"]
+    studio.post(f"/api/streams/{sid}/stop")
