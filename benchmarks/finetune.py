@@ -285,6 +285,44 @@ SWEEP = {"lr1e-3": ["train.lr=1e-3"],
          "partial": ["train.lr=1e-3", "train.train_only=[embed,head,ln_f,recall]"]}
 
 
+def figure(work: Path, path: Path, corpora: list[str]) -> Path:
+    """docs/finetune.png: per corpus, a held-out file's first 16 bars, a piece of the fine-tuned model and a piece of
+    the shipped model (piano rolls side by side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import miditoolkit
+
+    from musicgen.generation.pianoroll import plot_pianoroll
+
+    tmp = Path(tempfile.mkdtemp(prefix="finetune-fig-"))
+    fig, axes = plt.subplots(len(corpora), 3, figsize=(18, 4.6 * len(corpora)))
+    axes = np.atleast_2d(axes)
+    for row, name in enumerate(corpora):
+        held = sorted((work / name / "heldout").glob("*.mid*"))[0]
+        midi = miditoolkit.MidiFile(str(held))
+        bar = 4 * midi.ticks_per_beat
+        if midi.time_signature_changes:
+            ts = midi.time_signature_changes[0]
+            bar = int(midi.ticks_per_beat * 4 * ts.numerator / ts.denominator)
+        for inst in midi.instruments:
+            inst.notes = [n for n in inst.notes if n.start < 16 * bar]
+        panels = [(midi, f"{name}: a held-out file ({held.name}, first 16 bars)"),
+                  (miditoolkit.MidiFile(str(work / "runs" / name / "pieces" / "sample_00.mid")),
+                   f"{name}: fine-tuned model, piece 0 (16 bars, default options)"),
+                  (miditoolkit.MidiFile(str(work / "shipped_pieces" / "sample_00.mid")),
+                   "the shipped model (POP909), piece 0")]
+        for col, (m, title) in enumerate(panels):
+            png = plot_pianoroll(m, tmp / f"{row}_{col}.png", title=title)
+            axes[row, col].imshow(plt.imread(str(png)))
+            axes[row, col].axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default="folk,chorales,oddities")
@@ -293,7 +331,13 @@ def main() -> None:
     parser.add_argument("--sweep-only", action="store_true")
     parser.add_argument("--steps", type=int, default=None, help="fixed steps for every run (the sweep uses it)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--figure", default=None, help="only draw this figure (docs/finetune.png) from --work")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[],
+                        help="extra options of the finetune command for every run (e.g. train.lr=1e-4)")
     args = parser.parse_args()
+    if args.figure:
+        print(figure(Path(args.work), Path(args.figure), [n for n in args.corpora.split(",") if n]))
+        return
     os.environ.setdefault("WANDB_MODE", "disabled")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="musicgen-finetune-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -310,7 +354,7 @@ def main() -> None:
         shipped = {"pop909": pop, "style": describe([song_bars(p.ids, vocab) for p in shipped_pieces], grid)}
         saved.write_text(json.dumps(shipped))
     pop = shipped["pop909"]
-    extra = ["--steps", str(args.steps)] if args.steps else []
+    extra = (["--steps", str(args.steps)] if args.steps else []) + list(args.overrides)
     rows = []
     names = [n for n in args.corpora.split(",") if n]
     if not args.sweep_only:
