@@ -214,8 +214,23 @@ def run_finetune(train: Path, out: Path, extra: list[str]) -> tuple[float, dict[
     return seconds, json.loads((out / "finetune.json").read_text())
 
 
+def reuse_run(out: Path, previous: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """A finished run measured again without training: its checkpoints get the corpus statistics of the current
+    code (they do not affect training: only decoding), the wall time is the one recorded when it ran."""
+    from musicgen.data import TokenCache
+    from musicgen.data.stats import read_corpus_statistics
+    from musicgen.inference.checkpoint import stamp_corpus_statistics
+
+    stats = read_corpus_statistics(TokenCache(out / "cache"))
+    for name in ("best.pt", "last.pt"):
+        if (out / name).exists():
+            stamp_corpus_statistics(out / name, out / name, stats)
+    summary = json.loads((out / "finetune.json").read_text())
+    return float(previous["wall_s"]), summary
+
+
 def measure_corpus(name: str, work: Path, extra: list[str], tag: str, shipped: dict[str, Any],
-                   pop909: dict[str, Any]) -> dict[str, Any]:
+                   pop909: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
     from musicgen.data.stats import song_bars
     from musicgen.finetune import CorpusBars, longest_copied_run
     from musicgen.finetune.copying import piece_bars
@@ -223,11 +238,14 @@ def measure_corpus(name: str, work: Path, extra: list[str], tag: str, shipped: d
 
     train, heldout = corpus_folders(name, work)
     out = work / "runs" / f"{name}{tag}"
-    if out.exists():
-        import shutil
+    if previous is not None and (out / "finetune.json").exists():
+        seconds, summary = reuse_run(out, previous)
+    else:
+        if out.exists():
+            import shutil
 
-        shutil.rmtree(out)
-    seconds, summary = run_finetune(train, out, extra)
+            shutil.rmtree(out)
+        seconds, summary = run_finetune(train, out, extra)
     best = out / "best.pt"
     ckpt = load_checkpoint(best)
     tok_cfg = ckpt.config["tokenizer"]
@@ -281,7 +299,7 @@ def print_table(rows: list[dict[str, Any]], shipped: dict[str, Any]) -> None:
           f"range {s['pitch_range']:.0f}")
 
 
-SWEEP = {"lr1e-3": ["train.lr=1e-3"],
+SWEEP = {"lr3e-4": ["train.lr=3e-4"],
          "partial": ["train.lr=1e-3", "train.train_only=[embed,head,ln_f,recall]"]}
 
 
@@ -331,6 +349,8 @@ def main() -> None:
     parser.add_argument("--sweep-only", action="store_true")
     parser.add_argument("--steps", type=int, default=None, help="fixed steps for every run (the sweep uses it)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--reuse", default="", help="corpora whose finished runs in --work are measured again "
+                        "without training (e.g. after a change to the corpus statistics), comma-separated")
     parser.add_argument("--figure", default=None, help="only draw this figure (docs/finetune.png) from --work")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[],
                         help="extra options of the finetune command for every run (e.g. train.lr=1e-4)")
@@ -357,15 +377,20 @@ def main() -> None:
     extra = (["--steps", str(args.steps)] if args.steps else []) + list(args.overrides)
     rows = []
     names = [n for n in args.corpora.split(",") if n]
+    old_rows = json.loads(Path(args.out).read_text()).get("rows", []) if Path(args.out).exists() else []
+    wanted = set(args.reuse.split(","))  # corpus names, or corpus_variant for the sweep's runs
+    reuse = {(r["corpus"], r["variant"]): r for r in old_rows
+             if (r["corpus"] if r["variant"] == "default" else f"{r['corpus']}{r['variant']}") in wanted}
     if not args.sweep_only:
         for name in names:
-            rows.append(measure_corpus(name, work, extra, "", shipped, pop))
+            rows.append(measure_corpus(name, work, extra, "", shipped, pop, reuse.get((name, "default"))))
             saved.write_text(json.dumps(shipped))
             print_table(rows[-1:], shipped)
             _write(args, rows, shipped, work)
     if args.sweep or args.sweep_only:
         for tag, overrides in SWEEP.items():
-            rows.append(measure_corpus(names[0], work, extra + overrides, f"_{tag}", shipped, pop))
+            rows.append(measure_corpus(names[0], work, extra + overrides, f"_{tag}", shipped, pop,
+                                       reuse.get((names[0], f"_{tag}"))))
             print_table(rows[-1:], shipped)
             _write(args, rows, shipped, work)
     print()

@@ -6,17 +6,20 @@ matching options (`musicgen.generation.guards.resolve_guard_values`: an explicit
 checkpoint's corpus statistics, else `GuardConfig`'s own default). A checkpoint without them (the shipped model,
 trained on POP909 before this existed) decodes under `GuardConfig`'s defaults, which are POP909's.
 
-How each bound is derived from the songs (everything measured on the training split, as tokenized):
+How each bound is derived from the songs (everything measured on the training split, as tokenized). Each song
+counts once, whatever its length, and the bounds are percentiles across songs, so that one odd file (a test file
+striking all 47 drums at once, a dense orchestral tutti) does not set the corpus' rules:
 
-* ``max_notes_per_onset``: the most notes any onset of the corpus starts (POP909: 15, today's default);
+* ``max_notes_per_onset``: the 90th percentile over songs of each song's most notes at one onset (POP909: 15, today's
+  default, is the most of any song);
 * ``max_empty_bars``: one more than the 90th percentile of the corpus' runs of empty bars inside a song (at least
   2; POP909: 90% of its silent stretches are at most 3 bars -> 4, today's default);
 * ``min_bars``: the 10th percentile of the songs' lengths in bars, at most 8 (POP909's songs are long: 8);
-* ``min_notes_per_bar`` / ``max_notes_per_bar``: 0.75 x the 1st percentile / 1.2 x the 99th percentile of the
-  notes per four-beat bar over 16-bar windows (a song shorter than that: its whole length). POP909's sparsest
-  16-bar test window holds 8 notes per bar (-> 6), its densest 34 (-> 40);
-* ``min_mean_pitch`` / ``max_mean_pitch``: the 0.1st / 99.9th percentile of the mean pitch of 64-note windows,
-  widened by 3 semitones (training transposes by up to +-6).
+* ``min_notes_per_bar`` / ``max_notes_per_bar``: 0.75 x the 10th percentile over songs of each song's sparsest
+  16-bar window (notes per four-beat bar; a song shorter than that: its whole length) / 1.2 x the 90th percentile of
+  each song's densest window. POP909's sparsest 16-bar test window holds 8 notes per bar (-> 6), its densest 34 (-> 40);
+* ``min_mean_pitch`` / ``max_mean_pitch``: the 10th / 90th percentile over songs of each song's lowest / highest mean
+  pitch of 64 notes, widened by 3 semitones (training transposes by up to +-6).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 from ..tokenizer import DRUM_PROGRAM, RemiGrammar, TokenType, Vocabulary
 
 STATS_FILE = "corpus_stats.json"
-STATS_VERSION = 1
+STATS_VERSION = 2
 #: the GuardConfig fields a corpus sets (the others, e.g. window lengths, are not the corpus' business)
 DECODING_KEYS = ("max_notes_per_onset", "max_empty_bars", "min_bars", "min_notes_per_bar", "max_notes_per_bar",
                  "min_mean_pitch", "max_mean_pitch")
@@ -81,14 +84,14 @@ def _percentile(values: list[float], q: float, default: float) -> float:
 
 def measure_songs(songs: list[SongBars], grid: int) -> dict[str, Any]:
     """Raw measurements of a list of songs (the input of `decoding_bounds`, and of the benchmark's comparison)."""
-    onset_max, empty_runs, lengths, densities, mean_pitches = 0, [], [], [], []
+    onset_max, empty_runs, lengths, densities, mean_pitches = [], [], [], [], []
     metres: dict[str, int] = {}
     notes_total = bars_total = 0.0
     for song in songs:
         if not song.notes:
             continue
         lengths.append(len(song.notes))
-        run = 0
+        run, song_onset_max = 0, 0
         counts = np.asarray([len(bar) for bar in song.notes], dtype=np.float64)
         quarters = np.asarray([max(n, 1) / grid for n in song.lengths], dtype=np.float64)  # bars of four beats
         notes_total += counts.sum()
@@ -98,26 +101,28 @@ def measure_songs(songs: list[SongBars], grid: int) -> dict[str, Any]:
             per_onset: dict[int, int] = {}
             for step, _prog, _pitch in bar:
                 per_onset[step] = per_onset.get(step, 0) + 1
-            onset_max = max(onset_max, max(per_onset.values(), default=0))
+            song_onset_max = max(song_onset_max, max(per_onset.values(), default=0))
             if bar:
                 if run:
                     empty_runs.append(run)
                 run = 0
             else:
                 run += 1
+        onset_max.append(song_onset_max)
         window = min(DENSITY_WINDOW_BARS, len(counts))
         csum, qsum = np.concatenate([[0], np.cumsum(counts)]), np.concatenate([[0], np.cumsum(quarters)])
-        for start in range(0, len(counts) - window + 1):
-            span = qsum[start + window] - qsum[start]
-            if span > 0:
-                densities.append(float((csum[start + window] - csum[start]) / span))
+        spans = qsum[window:] - qsum[:-window]
+        song_density = (csum[window:] - csum[:-window])[spans > 0] / spans[spans > 0]
+        if len(song_density):
+            densities.append((float(song_density.min()), float(song_density.max())))
         pitches = np.asarray([p for bar in song.notes for _s, prog, p in bar if prog != DRUM_PROGRAM], dtype=np.float64)
         if len(pitches):
             w = min(REGISTER_WINDOW_NOTES, len(pitches))
             c = np.concatenate([[0], np.cumsum(pitches)])
-            mean_pitches.extend(((c[w:] - c[:-w]) / w).tolist())
+            means = (c[w:] - c[:-w]) / w
+            mean_pitches.append((float(means.min()), float(means.max())))
     return {"songs": len(lengths), "max_notes_per_onset": onset_max, "empty_runs": empty_runs, "bars": lengths,
-            "window_density": densities, "window_mean_pitch": mean_pitches, "metres": metres,
+            "density_range": densities, "mean_pitch_range": mean_pitches, "metres": metres,
             "notes_per_bar": notes_total / bars_total if bars_total else 0.0}
 
 
@@ -126,14 +131,16 @@ def decoding_bounds(measured: dict[str, Any]) -> dict[str, float | int]:
     from ..generation.guards import GuardConfig
 
     default = GuardConfig()
-    onset = int(measured["max_notes_per_onset"]) or default.max_notes_per_onset
+    onset = int(math.ceil(_percentile(measured["max_notes_per_onset"], 90, 0))) or default.max_notes_per_onset
     empty = max(2, int(math.ceil(_percentile(measured["empty_runs"], 90, 1.0))) + 1)
     min_bars = int(min(default.min_bars, max(1, math.floor(_percentile(measured["bars"], 10, default.min_bars)))))
-    floor = round(0.75 * _percentile(measured["window_density"], 1, default.min_notes_per_bar / 0.75), 2)
-    ceiling = round(1.2 * _percentile(measured["window_density"], 99, default.max_notes_per_bar / 1.2), 2)
+    sparsest = [lo for lo, _hi in measured["density_range"]]
+    densest = [hi for _lo, hi in measured["density_range"]]
+    floor = round(0.75 * _percentile(sparsest, 10, default.min_notes_per_bar / 0.75), 2)
+    ceiling = round(1.2 * _percentile(densest, 90, default.max_notes_per_bar / 1.2), 2)
     ceiling = max(ceiling, floor + 1.0)
-    low = _percentile(measured["window_mean_pitch"], 0.1, default.min_mean_pitch + 3) - 3
-    high = _percentile(measured["window_mean_pitch"], 99.9, default.max_mean_pitch - 3) + 3
+    low = _percentile([lo for lo, _hi in measured["mean_pitch_range"]], 10, default.min_mean_pitch + 3) - 3
+    high = _percentile([hi for _lo, hi in measured["mean_pitch_range"]], 90, default.max_mean_pitch - 3) + 3
     low, high = max(0.0, round(low, 1)), min(127.0, round(high, 1))
     if high - low < 2:
         low, high = max(0.0, low - 1), min(127.0, high + 1)
