@@ -318,8 +318,13 @@ def figure(work: Path, path: Path, corpora: list[str]) -> Path:
     fig, axes = plt.subplots(len(corpora), 3, figsize=(18, 4.6 * len(corpora)))
     axes = np.atleast_2d(axes)
     for row, name in enumerate(corpora):
-        held = sorted((work / name / "heldout").glob("*.mid*"))[0]
-        midi = miditoolkit.MidiFile(str(held))
+        for held in sorted((work / name / "heldout").glob("*.mid*")):  # the first that reads and holds 16 bars
+            try:
+                midi = miditoolkit.MidiFile(str(held))
+            except Exception:  # noqa: BLE001 - corrupt on purpose (midi-oddities)
+                continue
+            if sum(len(i.notes) for i in midi.instruments) > 100:
+                break
         bar = 4 * midi.ticks_per_beat
         if midi.time_signature_changes:
             ts = midi.time_signature_changes[0]

@@ -123,6 +123,13 @@ def test_corpus_statistics_measure_the_folder(folder: Path, tmp_path: Path) -> N
     assert 0 < bounds["min_notes_per_bar"] < 4 < bounds["max_notes_per_bar"] < 8  # 4 notes per four beats
     assert 45 <= bounds["min_mean_pitch"] < bounds["max_mean_pitch"] <= 85
     GuardConfig(**resolve_guard_values({}, bounds))  # a valid configuration
+    from musicgen.data.stats import corpus_statistics
+    from musicgen.inference.checkpoint import stamp_corpus_statistics
+
+    fresh = corpus_statistics(cache)  # plain data: a checkpoint holding it loads (numpy scalars would be refused)
+    assert fresh["decoding"] == bounds
+    stamped = stamp_corpus_statistics(SHIPPED, tmp_path / "s.pt", fresh)
+    assert load_checkpoint(stamped).decoding_defaults == bounds
 
 
 def test_crops_state_their_metre_when_asked(folder: Path, tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def measure_songs(songs: list[SongBars], grid: int) -> dict[str, Any]:
             mean_pitches.append((float(means.min()), float(means.max())))
     return {"songs": len(lengths), "max_notes_per_onset": onset_max, "empty_runs": empty_runs, "bars": lengths,
             "density_range": densities, "mean_pitch_range": mean_pitches, "metres": metres,
-            "notes_per_bar": notes_total / bars_total if bars_total else 0.0}
+            "notes_per_bar": float(notes_total / bars_total) if bars_total else 0.0}
 
 
 def decoding_bounds(measured: dict[str, Any]) -> dict[str, float | int]:
@@ -156,9 +156,10 @@ def corpus_statistics(cache: Any, split: str = "train") -> dict[str, Any]:
     entries = cache.split(split) or list(cache.songs)
     songs = [song_bars(cache.song_tokens(s), vocab, grammar) for s in entries]
     measured = measure_songs(songs, int(vocab.config.grid))
-    return {"version": STATS_VERSION, "split": split if cache.split(split) else "all", "songs": measured["songs"],
-            "notes_per_bar": round(measured["notes_per_bar"], 3), "metres": measured["metres"],
-            "decoding": decoding_bounds(measured)}
+    stats = {"version": STATS_VERSION, "split": split if cache.split(split) else "all", "songs": measured["songs"],
+             "notes_per_bar": round(measured["notes_per_bar"], 3), "metres": measured["metres"],
+             "decoding": decoding_bounds(measured)}
+    return json.loads(json.dumps(stats))  # plain Python data only (a checkpoint stores it; loading refuses numpy)
 
 
 def write_corpus_statistics(cache: Any) -> dict[str, Any]:
