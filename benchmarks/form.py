@@ -29,6 +29,7 @@ Prints tables and writes the JSON (default benchmarks/results/form.json).
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,8 +41,10 @@ from benchmarks.common import RESULTS, parse_options, print_table, sem, shared_d
 from musicgen.config import UserError
 from musicgen.evaluation.form import (FORM_KEYS, LAG_BUCKETS, analyse_bars, bar_sets,
                                       continuation_report, form_report, random_bars, shuffled_bars)
+from musicgen.data.beat_phase import corpus_aligns_beats
+from musicgen.evaluation.recall import song_ids
 from musicgen.generation.prompt import load_prompt
-from musicgen.tokenizer import REMITokenizer
+from musicgen.tokenizer import MidiReadError, REMITokenizer
 
 CONTINUATION_KEYS = ("density_ratio", "groove_prompt", "groove_within", "top_voice_shift", "top_gap_prompt",
                      "top_gap_continuation", "restates_prompt_share", "repeating_share", "passage_share")
@@ -73,13 +76,17 @@ def pop909_test_songs() -> list[tuple[int, Path]]:
     return [(i, root / f"{i:03d}.mid") for i in range(20, 910, 20) if (root / f"{i:03d}.mid").is_file()]
 
 
-def load_songs(tokenizer: REMITokenizer) -> dict[int, object]:
-    """Song id -> the song as training sees it (tokenized with the index metre, decoded back to MIDI)."""
+def load_songs(tokenizer: REMITokenizer, align: bool = False) -> dict[int, object]:
+    """Song id -> the song as training sees it (tokenized with the index metre, its beats put on the grid when
+    ``align``, decoded back to MIDI)."""
     songs = {}
     for song_id, path in pop909_test_songs():
         try:
-            songs[song_id] = tokenizer.decode(load_prompt(path, tokenizer, time_signature="index").ids)
-        except UserError as exc:
+            if align:
+                songs[song_id] = tokenizer.decode(song_ids(path, tokenizer, "index", align=True))
+            else:
+                songs[song_id] = tokenizer.decode(load_prompt(path, tokenizer, time_signature="index").ids)
+        except (UserError, MidiReadError) as exc:
             print(f"skipped {path.name}: {exc}")
     return songs
 
@@ -129,9 +136,16 @@ def free_pieces(checkpoint: str, count: int, bars: int, seed: int, options: dict
 
 
 def continuations(checkpoint: str, songs: dict, count: int, bars: int, prompt_bars: int, seed: int,
-                  options: dict) -> dict:
+                  options: dict, align: bool = False) -> dict:
     """One continuation per song of the first ``count`` test songs whose metre is 2 or 4 beats (so whole
-    four-beat bars are whole song bars), with notes in the prompt and at least ``bars`` four-beat bars."""
+    four-beat bars are whole song bars), with notes in the prompt and at least ``bars`` four-beat bars.
+    ``align``: the prompts are the songs as a beat-aligned training saw them (``songs``, written to files)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return _continuations(checkpoint, songs, count, bars, prompt_bars, seed, options, align, folder)
+
+
+def _continuations(checkpoint: str, songs: dict, count: int, bars: int, prompt_bars: int, seed: int,
+                   options: dict, align: bool, folder: str) -> dict:
     from musicgen.data.sources import read_pop909_metres
     from musicgen.generation import generate
 
@@ -147,7 +161,11 @@ def continuations(checkpoint: str, songs: dict, count: int, bars: int, prompt_ba
                 or not bar_sets(midi, 0, prompt_bars).any()):
             continue
         per_bar = 4 // beats  # song bars per four-beat bar
-        piece = generate(checkpoint, path, prompt_bars=prompt_bars * per_bar, prompt_time_signature="index",
+        prompt, metre = path, "index"
+        if align:  # the song as training saw it: the aligned file (a prompt itself is never shifted)
+            prompt, metre = Path(folder) / path.name, "{}/{}".format(*metres[song_id])
+            midi.dump(str(prompt))
+        piece = generate(checkpoint, prompt, prompt_bars=prompt_bars * per_bar, prompt_time_signature=metre,
                          bars=(bars - prompt_bars) * per_bar, allow_eos=False, num_samples=1, seed=seed, log=None,
                          progress=False, **{"max_tokens": MAX_TOKENS_PER_BAR * bars, **options})[0]
         if piece.start_tick != prompt_bars * 4 * piece.midi.ticks_per_beat:
@@ -167,15 +185,23 @@ def continuations(checkpoint: str, songs: dict, count: int, bars: int, prompt_ba
             "wall_s": round(time.perf_counter() - began, 1)}
 
 
-def recall(checkpoint: str, count: int) -> dict:
+def recall(checkpoint: str, count: int, align: bool = False) -> dict:
     from musicgen.evaluation.recall import teacher_forced_recall
     from musicgen.inference import load_model
 
     loaded = load_model(checkpoint, "cpu")
     began = time.perf_counter()
-    out = teacher_forced_recall(loaded.model, loaded.tokenizer, [p for _, p in pop909_test_songs()][:count])
+    out = teacher_forced_recall(loaded.model, loaded.tokenizer, [p for _, p in pop909_test_songs()][:count],
+                                align=align)
     out["wall_s"] = round(time.perf_counter() - began, 1)
     return out
+
+
+def checkpoint_aligns(checkpoint: str) -> bool:
+    """Whether the checkpoint was trained on beat-aligned songs (its stored data.align_beats)."""
+    from musicgen.inference.checkpoint import load_checkpoint
+
+    return corpus_aligns_beats(load_checkpoint(checkpoint).config)
 
 
 def _cell(summary: dict, key: str) -> str:
@@ -196,17 +222,21 @@ def main() -> None:
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a generate option for a second run of the model section, e.g. tonal_memory=0 (repeatable)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/form.json)")
+    p.add_argument("--align", choices=("auto", "on", "off"), default="auto",
+                   help="read the test songs with their beats on the grid (auto: as the checkpoint's corpus did, "
+                        "data.align_beats)")
     args = p.parse_args()
     torch.set_num_threads(1)
     options = parse_options(args.option)
+    align = args.align == "on" or (args.align == "auto" and checkpoint_aligns(args.checkpoint))
     out_path = Path(args.out) if args.out else RESULTS / "form.json"
     result: dict = {"checkpoint": args.checkpoint, "bars": args.bars, "prompt_bars": args.prompt_bars,
-                    "options": options}
+                    "options": options, "aligned_songs": align}
     if not (shared_data() / "pop909").is_dir():
         raise SystemExit(f"error: {shared_data() / 'pop909'} not found: set MUSICGEN_SHARED_DATA")
 
     began = time.perf_counter()
-    songs = load_songs(REMITokenizer())
+    songs = load_songs(REMITokenizer(), align)
     result["reference"] = ref = reference(songs, args.bars, args.prompt_bars)
     ref["wall_s"] = round(time.perf_counter() - began, 1)
     write_results("form", result, out_path, quiet=True)
@@ -222,7 +252,7 @@ def main() -> None:
             table.append((f"model pieces ({label})", model["free"]["summary"]))
         if args.continuations > 0:
             model["continuations"] = continuations(args.checkpoint, songs, args.continuations, args.bars,
-                                                   args.prompt_bars, args.seed, opts)
+                                                   args.prompt_bars, args.seed, opts, align)
             if label == "default":
                 table.append((f"songs (the {len(model['continuations']['songs'])} continued)",
                               model["continuations"]["song_itself_form"]))
@@ -251,7 +281,7 @@ def main() -> None:
                 [[name] + [_cell(s, k) for k in CONTINUATION_KEYS] for name, s in cont_table])
 
     if args.recall:
-        result["recall"] = r = recall(args.checkpoint, args.songs)
+        result["recall"] = r = recall(args.checkpoint, args.songs, align)
         print(f"\nteacher-forced recall, {args.checkpoint}, {r['songs']} test songs, first {r['max_tokens']} tokens")
         rows = [("bars restating an earlier bar", "restating", r["ratio"]),
                 ("  nearest source 1-4 bars back", "restating_source_1-4", r["ratio_source_1-4"]),

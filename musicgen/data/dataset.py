@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from .augment import Augmenter
 from ..tokenizer import TokenType
 from .cache import SongEntry, TokenCache
+from .fim import fim_crop
 
 
 def _pad(ids: np.ndarray, length: int, pad_id: int) -> torch.Tensor:
@@ -28,10 +29,12 @@ class RandomCrops(Dataset):
 
     `metre_context`: a crop that starts at a Bar in the middle of a song in a metre other than the implicit 4/4
     gets that metre's TimeSig token after its first Bar (where the song's first bar has it), so that a model learns a
-    corpus' metres from every crop, not only from the few that start at a song's beginning (data.crop_metre)."""
+    corpus' metres from every crop, not only from the few that start at a song's beginning (data.crop_metre).
+
+    `fim_rate`: this share of the crops is rearranged for fill-in-the-middle (`musicgen.data.fim`; train.fim_rate)."""
 
     def __init__(self, cache: TokenCache, split: str, seq_len: int, augmenter: Augmenter | None = None,
-                 seed: int = 0, metre_context: bool = False) -> None:
+                 seed: int = 0, metre_context: bool = False, fim_rate: float = 0.0) -> None:
         songs = cache.split(split)
         if not songs:
             raise ValueError(f"{cache.dir}: the '{split}' split has no songs")
@@ -39,8 +42,9 @@ class RandomCrops(Dataset):
         self.seq_len = int(seq_len)
         self.augmenter = augmenter
         self.seed = int(seed)
+        self.fim_rate = float(fim_rate)
         vocab = cache.vocab
-        starts, ends, metres = [], [], []
+        starts, ends, metres, in_effects = [], [], [], []
         span = vocab.ranges[TokenType.TIME_SIG]
         for song in songs:
             ids = cache.song_tokens(song)
@@ -50,12 +54,13 @@ class RandomCrops(Dataset):
             ends.append(np.full(len(local), song.offset + song.length))
             # metre_context: the TimeSig in effect at each crop start (-1: the implicit 4/4, or the bar sets its own)
             in_effect = np.full(len(ids), -1, dtype=np.int64)
-            if metre_context and span.size:
+            if span.size:
                 is_sig = (ids >= span.start) & (ids < span.stop)
                 last = np.where(is_sig, np.arange(len(ids)), -1)
                 last = np.maximum.accumulate(last)
                 in_effect = np.where(last >= 0, ids[np.maximum(last, 0)].astype(np.int64), -1)
-            metre = in_effect[local]
+            in_effects.append(in_effect[local])
+            metre = in_effect[local].copy() if metre_context else np.full(len(local), -1, dtype=np.int64)
             own = np.zeros(len(local), dtype=bool)  # the bar opens with its own TimeSig already
             nxt = local + 1
             ok = nxt < len(ids)
@@ -65,6 +70,7 @@ class RandomCrops(Dataset):
         self.starts = np.concatenate(starts).astype(np.int64)
         self.ends = np.concatenate(ends).astype(np.int64)
         self.metres = np.concatenate(metres).astype(np.int64)
+        self.in_effect = np.concatenate(in_effects).astype(np.int64)
         self.pad_id = vocab.pad_id
 
     def __len__(self) -> int:
@@ -79,6 +85,9 @@ class RandomCrops(Dataset):
         ids = np.asarray(self.cache.tokens[start:stop], dtype=np.int64)
         if self.metres[j] >= 0:  # a crop from mid-song states its metre after its first Bar, as the song's start does
             ids = np.concatenate([ids[:1], [self.metres[j]], ids[1:self.seq_len]])
+        if self.fim_rate and rng.random() < self.fim_rate:
+            arranged = fim_crop(ids, self.cache.vocab, int(self.in_effect[j]), rng)
+            ids = ids if arranged is None else arranged[: self.seq_len + 1]
         if self.augmenter is not None:
             ids = self.augmenter(ids, rng)
         return _pad(ids, self.seq_len + 1, self.pad_id)

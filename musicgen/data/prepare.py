@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import UserError, check_bool, make_dir
-from ..tokenizer import MidiReadError, REMITokenizer, TokenizerConfig, Vocabulary
+from ..tokenizer import MidiReadError, REMITokenizer, TokenizerConfig, Vocabulary, load_midi
+from .beat_phase import BEAT_PHASE_VERSION, align_beats
 from .cache import TokenCache, cache_lock, write_cache
 from .download import download_pop909
 from .sources import SourceFile, list_sources
@@ -56,7 +57,7 @@ def _tokenize(source: SourceFile) -> tuple[str, np.ndarray | None, str]:
     """(relpath, ids or None, reason when None). Runs in a worker process."""
     assert _worker_tokenizer is not None
     try:
-        ids = _worker_tokenizer.encode(source.path, source.time_signature)
+        ids = encode_source(_worker_tokenizer, source.path, source.time_signature, source.align_beats)
     except MidiReadError as exc:
         return source.relpath, None, exc.cause
     except Exception as exc:  # noqa: BLE001 - a file that parses but breaks tokenization must not stop the corpus
@@ -74,19 +75,39 @@ def file_sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def song_key(file_sha1: str, tokenizer_cfg: TokenizerConfig, time_signature: tuple[int, int] | None) -> str:
+def encode_source(tokenizer: REMITokenizer, path: Path, time_signature: tuple[int, int] | None,
+                  align: bool = False) -> list[int]:
+    """A corpus file's token ids as training sees them: read with its metre, its beats put on the grid first
+    when the corpus asks for it (`data.align_beats`, `musicgen.data.beat_phase`)."""
+    if not align:
+        return tokenizer.encode(path, time_signature)
+    midi = load_midi(path)
+    align_beats(midi)
+    try:
+        return tokenizer.encode(midi, time_signature)
+    except MidiReadError as exc:
+        raise MidiReadError(path, exc.cause) from None
+
+
+def song_key(file_sha1: str, tokenizer_cfg: TokenizerConfig, time_signature: tuple[int, int] | None,
+             align: bool = False) -> str:
     """Hash of every input of one song's tokenization: its bytes, the tokenizer settings, the metre it is read
-    with (None = the file's own events) and `TOKENIZATION_VERSION`. Equal keys mean equal ids."""
+    with (None = the file's own events), whether its beats are aligned and `TOKENIZATION_VERSION`. Equal keys
+    mean equal ids. (Alignment enters the key only when on, so the caches written before it keep theirs.)"""
     metre = "file" if time_signature is None else f"{time_signature[0]}/{time_signature[1]}"
-    blob = json.dumps({"sha1": file_sha1, "tokenizer": tokenizer_cfg.to_dict(), "metre": metre,
-                       "version": TOKENIZATION_VERSION}, sort_keys=True)
+    what: dict[str, Any] = {"sha1": file_sha1, "tokenizer": tokenizer_cfg.to_dict(), "metre": metre,
+                            "version": TOKENIZATION_VERSION}
+    if align:
+        what["align_beats"] = BEAT_PHASE_VERSION
+    blob = json.dumps(what, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
 def _settings(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig) -> dict[str, Any]:
     """What the cached ids depend on besides the files themselves."""
     return {"root": str(Path(str(data_cfg["root"])).resolve()), "time_signature": str(data_cfg.get("time_signature")),
-            "split": str(data_cfg.get("split")), "tokenizer": tokenizer_cfg.to_dict()}
+            "split": str(data_cfg.get("split")), "tokenizer": tokenizer_cfg.to_dict(),
+            "align_beats": bool(data_cfg.get("align_beats") or False)}
 
 
 def _previous_results(cache_dir: Path, tokenizer: REMITokenizer, progress: bool, replace_other_vocabulary: bool = True
@@ -173,7 +194,7 @@ def _prepare_locked(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig,
             continue
         readable.append(s)
     sources = readable
-    keys = {s.relpath: song_key(hashes[s.relpath], tokenizer_cfg, s.time_signature) for s in sources}
+    keys = {s.relpath: song_key(hashes[s.relpath], tokenizer_cfg, s.time_signature, s.align_beats) for s in sources}
     todo = [s for s in sources if keys[s.relpath] not in previous]
     results: dict[str, tuple[np.ndarray | None, str]] = {}
     for s in sources:
@@ -282,7 +303,8 @@ def current_cache(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] 
         return None
     for source in sources:
         try:
-            key = song_key(file_sha1(source.path), tokenizer_cfg, source.time_signature)
+            key = song_key(file_sha1(source.path), tokenizer_cfg, source.time_signature,
+                           source.align_beats)
         except OSError:
             return None
         entry = songs.get(source.relpath)

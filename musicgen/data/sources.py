@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import check_int
+from ..config import check_bool, check_int
 from ..tokenizer import find_midi_files, parse_time_signature
 
 SPLITS = ("train", "valid", "test")
@@ -20,6 +20,7 @@ class SourceFile:
     relpath: str
     split: str
     time_signature: tuple[int, int] | None  # None = use the file's own time-signature events
+    align_beats: bool = False  # shift the file so that its beats fall on the grid (musicgen.data.beat_phase)
 
 
 def pop909_split(song_id: int) -> str:
@@ -95,6 +96,7 @@ def list_sources(data_cfg: Mapping[str, Any], skipped: list[tuple[str, str]] | N
     if max_files is not None:
         files = files[:max_files]
     ts_option = str(data_cfg.get("time_signature", "file"))
+    align = check_bool("data.align_beats", data_cfg.get("align_beats") or False)
     split_rule = str(data_cfg.get("split", "hash"))
     metres: dict[int, tuple[int, int]] = {}
     forced: tuple[int, int] | None = None
@@ -135,5 +137,5 @@ def list_sources(data_cfg: Mapping[str, Any], skipped: list[tuple[str, str]] | N
             metre = metres.get(song_id) if song_id is not None else None
             if metre is None:
                 raise ValueError(f"{path}: no row for song {song_id} in {root / 'index.tsv'}")
-        sources.append(SourceFile(path, relpath, split, metre))
+        sources.append(SourceFile(path, relpath, split, metre, align))
     return sources

@@ -47,7 +47,8 @@ def default_eval_cache_dir(data: Mapping[str, Any], vocab: Any) -> Path:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(data.get("name") or "data")).strip("._") or "data"
     what = json.dumps({"root": str(Path(str(data.get("root", ""))).resolve()), "split": str(data.get("split")),
                        "time_signature": str(data.get("time_signature")), "max_files": data.get("max_files"),
-                       "vocab": vocab.fingerprint}, sort_keys=True)
+                       "vocab": vocab.fingerprint, **({"align_beats": True} if data.get("align_beats") else {})},
+                      sort_keys=True)
     return Path("cache") / f"eval-{name[:40]}-{hashlib.sha1(what.encode()).hexdigest()[:10]}"
 
 

@@ -38,10 +38,14 @@ __all__ = ["pitch_token_bars", "song_ids", "teacher_forced_recall", "SOURCE_LAG_
 SOURCE_LAG_BUCKETS = ((1, 4), (5, 32))
 
 
-def song_ids(path: str | Path, tokenizer: REMITokenizer, time_signature: Any = "index") -> list[int]:
+def song_ids(path: str | Path, tokenizer: REMITokenizer, time_signature: Any = "index", align: bool = False
+             ) -> list[int]:
     """Token ids of a song as training saw them: ``"index"`` reads the metre of a POP909 file (named by its
     id) from the ``index.tsv`` beside it, as the shipped model's data config does (the file's own events when
-    there is no such row); ``"file"`` the file's events; or a (numerator, denominator) pair."""
+    there is no such row); ``"file"`` the file's events; or a (numerator, denominator) pair. ``align``: its
+    beats put on the grid first (`data.align_beats`)."""
+    from ..data.prepare import encode_source
+
     path = Path(path)
     metre = None
     if time_signature == "index":
@@ -51,7 +55,7 @@ def song_ids(path: str | Path, tokenizer: REMITokenizer, time_signature: Any = "
             metre = read_pop909_metres(path.parent).get(int(path.stem))
     elif time_signature != "file":
         metre = tuple(time_signature)
-    return tokenizer.encode(path, metre)
+    return encode_source(tokenizer, path, metre, align)
 
 
 def pitch_token_bars(ids: Sequence[int], tokenizer: REMITokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
@@ -89,11 +93,13 @@ def _groups(steps: np.ndarray, pitches: np.ndarray, n_bars: int) -> dict[str, np
 
 @torch.no_grad()
 def teacher_forced_recall(model: torch.nn.Module, tokenizer: REMITokenizer, paths: Sequence[str | Path],
-                          max_tokens: int = 4096, time_signature: Any = "index", seed: int = 1234) -> dict[str, Any]:
+                          max_tokens: int = 4096, time_signature: Any = "index", seed: int = 1234,
+                          align: bool = False) -> dict[str, Any]:
     """Pitch-token NLL (nats) in restating vs other bars over ``paths`` (module docstring), pooled over songs.
 
     One forward pass per song over its first ``max_tokens + 1`` tokens (``max_tokens`` predictions), the model in
     eval mode; SPE noise / random features drawn from a generator seeded with ``seed`` (as ``position_nll``).
+    ``align``: the songs' beats put on the grid, as a model trained with ``data.align_beats`` saw its songs.
     """
     was_training = model.training
     model.eval()
@@ -104,7 +110,7 @@ def teacher_forced_recall(model: torch.nn.Module, tokenizer: REMITokenizer, path
     per_song = []
     try:
         for path in paths:
-            ids = song_ids(path, tokenizer, time_signature)[:max_tokens + 1]
+            ids = song_ids(path, tokenizer, time_signature, align)[:max_tokens + 1]
             index, steps, pitches, ended = pitch_token_bars(ids, tokenizer)
             index_ok = index >= 1  # the first token has no prediction
             index, steps, pitches = index[index_ok], steps[index_ok], pitches[index_ok]

@@ -29,7 +29,7 @@ from .pianoroll import plot_pianoroll
 from .prompt import Prompt, load_prompt, unconditional_prompt
 from .render import render_wav
 from .form_plan import TOKENS_PER_BAR, make_plan, planned_controls, run_planned
-from .infill import CONTEXT_TOKENS, InfilledPiece, run_infill
+from .infill import CONTEXT_TOKENS, InfilledPiece, run_infill, trained_for_infill
 from .session import GenerationSession, SampleResult, StopConfig, sample_seed, state_nbytes
 from .timeline import midi_seconds
 
@@ -314,7 +314,8 @@ def generate_with(options: GenerateOptions, log: Log | None = print,
         check_batch_fits(model, len(vocab), int(options.infill_candidates), device, 2 * CONTEXT_TOKENS)
         began = time.perf_counter()
         pieces = [_infilled_piece(index, f"{options.name}_{index:0{_width(options)}d}", filled, tokenizer)
-                  for index, filled in enumerate(run_infill(model, tokenizer, options, seed, device, log))]
+                  for index, filled in enumerate(run_infill(model, tokenizer, options, seed, device, log,
+                                                                trained_for_infill(ckpt.config)))]
         rate = sum(len(p.ids) for p in pieces) / max(time.perf_counter() - began, 1e-9)
     elif options.form is not None:
         plan = make_plan(options.form, prompt)

@@ -4,11 +4,12 @@
 
 How (training-free; docs/compose.md measures each choice):
 
-* **What the model sees.** The model writes forward only, so the bars *after* a gap are shown to it first: its
-  context is ``[the next bars after the gap] [the bars before the gap]``, then it writes the gap. The recall
-  head can copy from both sides (a chorus that comes back after the gap is in its window), and the stack hears
-  where the music goes. Teacher-forced on POP909 test songs this makes the real missing bars more likely than
-  the bars before alone would (docs/compose.md).
+* **What the model sees.** The model writes forward only, so the bars *after* a gap are shown to it first, in
+  the fill-in-the-middle layout of `musicgen.data.fim`: ``[BOS] [the next bars after the gap] [BOS] [the bars
+  before the gap]``, then it writes the gap (a checkpoint trained without fill-in-the-middle crops,
+  ``train.fim_rate=0``, reads them without the second BOS, as it was measured before). The recall head can copy
+  from both sides (a chorus that comes back after the gap is in its window), and the stack hears where the
+  music goes. docs/compose.md measures how much likelier this makes the real missing bars.
 * **Exactly the bars asked for.** Each candidate is sampled with the session's grammar-constrained decoder, the
   decoding rules and the controls, and stops at the bar line after the last filled bar; the metre of the gap
   is imposed (no TimeSig token may change it), so the filled bars end exactly where the kept bars resume (a
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import UserError
+from ..data.fim import LOOKAHEAD_BEATS, fim_context
 from ..tokenizer import MidiReadError, REMITokenizer, TokenType, load_midi
 from ..tokenizer.score import grid_step
 from .bar_ranges import BarRange, check_within, parse_bar_ranges
@@ -45,8 +47,6 @@ from .session import GenerationSession, StopConfig, sample_seed
 
 #: tokens of bars before a gap the model reads (whole bars, the nearest first): the recall head's window
 CONTEXT_TOKENS = 4096
-#: beats of kept music after a gap shown before it and scored after it (8 four-beat bars)
-LOOKAHEAD_BEATS = 32
 #: name of the track that receives filled notes when no track of their instrument is unique in the file
 INFILL_TRACK = "musicgen infill"
 
@@ -183,14 +183,20 @@ def _bars_of(tokens: list[int], vocab: Any, count: int) -> list[list[int]]:
     return bars + [[vocab.bar_id] for _ in range(count - len(bars))]
 
 
+def trained_for_infill(config: dict[str, Any] | None) -> bool:
+    """Whether a checkpoint (its stored run config) was trained with fill-in-the-middle crops, and so reads the
+    bars after a gap behind a separating BOS (`musicgen.data.fim`)."""
+    return float(((config or {}).get("train") or {}).get("fim_rate") or 0.0) > 0.0
+
+
 def gap_context(tokenizer: REMITokenizer, piece: PieceBars, gap: Gap, replaced: dict[int, list[int]],
-                show_after: bool = True) -> list[int]:
-    """What the model reads before writing ``gap``: BOS, the kept bars after it (``show_after``), then the bars
-    before it; the gap's bars follow in the metre of the bars before them."""
-    vocab = tokenizer.vocab
+                show_after: bool = True, separated: bool = False) -> list[int]:
+    """What the model reads before writing ``gap`` (`fim_context`): BOS, the kept bars after it (``show_after``),
+    BOS when ``separated``, then the bars before it; the gap's bars follow in the metre of the bars before them."""
     after = piece.join(tokenizer, gap.after, replaced) if show_after else []
     start = piece.metres[gap.after[-1]] if after else (4, 4)
-    return [vocab.bos_id] + after + piece.join(tokenizer, gap.before, replaced, start=start)
+    return fim_context(tokenizer.vocab.bos_id, after, piece.join(tokenizer, gap.before, replaced, start=start),
+                       separated)
 
 
 def gap_tokens(tokenizer: REMITokenizer, piece: PieceBars, gap: Gap, replaced: dict[int, list[int]] | None = None,
@@ -202,17 +208,18 @@ def gap_tokens(tokenizer: REMITokenizer, piece: PieceBars, gap: Gap, replaced: d
 
 def fill_gaps(model: Any, tokenizer: REMITokenizer, piece: PieceBars, gaps: list[Gap], ranges: tuple[BarRange, ...],
               options: Any, seed: int, sample: int, device: torch.device, show_after: bool = True,
-              on_gap: Callable[[], None] | None = None) -> tuple[dict[int, list[int]], list[FilledGap]]:
+              on_gap: Callable[[], None] | None = None, separated: bool = False,
+              ) -> tuple[dict[int, list[int]], list[FilledGap]]:
     """Fill every gap of one sample, left to right (a later gap's context holds the earlier gaps' new bars).
     Returns bar index -> new tokens, and what was chosen per gap. ``show_after=False`` reads only the bars
-    before a gap (the comparison of docs/infill.md)."""
+    before a gap (the comparison of docs/compose.md); ``separated``: the fill-in-the-middle layout (`gap_context`)."""
     vocab = tokenizer.vocab
     replaced: dict[int, list[int]] = {}
     chosen: list[FilledGap] = []
     candidates = int(options.infill_candidates)
     for g, (gap, r) in enumerate(zip(gaps, ranges)):
         metre = piece.metres[gap.first]
-        context = gap_context(tokenizer, piece, gap, replaced, show_after)
+        context = gap_context(tokenizer, piece, gap, replaced, show_after, separated)
         controls = dataclasses.replace(options.controls, time_signature=f"{metre[0]}/{metre[1]}")
         stop = StopConfig(r.count, None, None, options.max_tokens, False)
         session = GenerationSession(model, tokenizer, options.sampling, stop, sample_seed(seed, sample, g), device,
@@ -344,8 +351,9 @@ class InfilledPiece:
 
 
 def run_infill(model: Any, tokenizer: REMITokenizer, options: Any, seed: int, device: str | torch.device,
-               log: Callable[[str], None]) -> list[InfilledPiece]:
-    """``options.num_samples`` independent fillings of ``options.infill`` in ``options.prompt``."""
+               log: Callable[[str], None], separated: bool = False) -> list[InfilledPiece]:
+    """``options.num_samples`` independent fillings of ``options.infill`` in ``options.prompt``; ``separated``:
+    the model was trained for it (`trained_for_infill`)."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
@@ -364,7 +372,7 @@ def run_infill(model: Any, tokenizer: REMITokenizer, options: Any, seed: int, de
     try:
         for sample in range(options.num_samples):
             replaced, chosen = fill_gaps(model, tokenizer, piece, gaps, ranges, options, seed, sample, device,
-                                         on_gap=lambda: bar.update(1))
+                                         on_gap=lambda: bar.update(1), separated=separated)
             spliced, notes = splice(midi, tokenizer, piece, gaps, replaced)
             ids = [vocab.bos_id] + piece.join(tokenizer, list(range(len(piece.bars))), replaced) + [vocab.eos_id]
             out.append(InfilledPiece(spliced, ids, chosen, spans, notes))

@@ -50,6 +50,7 @@ class TrainOptions:
     early_stop_min_delta: float = 0.0
     time_limit_minutes: float | None = None
     crop_metre: bool = False
+    fim_rate: float = 0.0
     transpose: int = 0
     tempo_shift: int = 0
 
@@ -93,6 +94,7 @@ class TrainOptions:
                                                      t.get("early_stop_min_delta", 0.0) or 0.0, minimum=0.0),
                  "time_limit_minutes": check_float("train.time_limit_minutes", t.get("time_limit_minutes"),
                                                    minimum=0.0, exclusive_min=True, allow_none=True)}
+        fim_rate = check_float("train.fim_rate", t.get("fim_rate", 0.0) or 0.0, minimum=0.0, maximum=1.0)
         train_only = t.get("train_only")
         if train_only is not None:
             if isinstance(train_only, (str, bytes)) or not all(isinstance(p, str) and p for p in train_only) \
@@ -119,4 +121,4 @@ class TrainOptions:
                    ckpt_dir=str(t.ckpt_dir) if t.get("ckpt_dir") else None,
                    init_from=str(t.init_from) if t.get("init_from") else None, resume=t.get("resume"),
                    train_only=train_only,
-                   log_every=log_every, crop_metre=crop_metre, **early, **shifts)
+                   log_every=log_every, crop_metre=crop_metre, fim_rate=fim_rate, **early, **shifts)

@@ -184,7 +184,8 @@ def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
         _resume(run, resume_from)
 
     run.train_set = RandomCrops(cache, "train", opts.seq_len, Augmenter(vocab, opts.transpose, opts.tempo_shift),
-                                seed=opts.seed, metre_context=opts.crop_metre)
+                                seed=opts.seed, metre_context=opts.crop_metre,
+                                fim_rate=opts.fim_rate)
     run.val_set = SequentialCrops(cache, "valid", opts.seq_len) if cache.split("valid") else None
     run.factor = opts.val_length_factor or 0
     if run.val_set and run.factor > 1:
