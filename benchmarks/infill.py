@@ -36,7 +36,10 @@ from musicgen.data.sources import read_pop909_metres
 from musicgen.evaluation.infill import JOIN_KEYS, kept_identical, piece_join
 from musicgen.generation import GenerateOptions
 from musicgen.generation.bar_ranges import BarRange
-from musicgen.generation.infill import fill_gaps, gap_context, gap_tokens, load_piece, plan_gaps, splice
+from musicgen.data.beat_phase import align_beats, corpus_aligns_beats
+from musicgen.generation.infill import (PieceBars, fill_gaps, gap_context, gap_tokens, load_piece, plan_gaps, splice,
+                                        trained_for_infill)
+from musicgen.generation.prompt import resolve_time_signature
 from musicgen.inference import load_model
 
 #: the variants of section 2: (name, candidates, show the bars after)
@@ -85,6 +88,8 @@ def main() -> None:
         raise SystemExit(f"error: {root} not found: set MUSICGEN_SHARED_DATA")
     loaded = load_model(args.checkpoint, "cpu")
     model, tokenizer = loaded.model, loaded.tokenizer
+    separated = trained_for_infill(loaded.checkpoint.config)  # the fill-in-the-middle layout it was trained on
+    align = corpus_aligns_beats(loaded.checkpoint.config)  # the songs as its training saw them
     rows: list[dict] = []
     began = time.perf_counter()
     bar = tqdm(total=args.songs, unit="song", desc="infill benchmark", dynamic_ncols=True)
@@ -93,6 +98,9 @@ def main() -> None:
             break
         path = root / f"{song:03d}.mid"
         midi, piece = load_piece(path, tokenizer, "index")
+        if align:
+            align_beats(midi)
+            piece = PieceBars.from_midi(tokenizer, midi, resolve_time_signature("index", path))
         four_beat_bars = len(piece.bars) // per_bar
         if four_beat_bars < 40:
             continue
@@ -103,7 +111,7 @@ def main() -> None:
         real = gap_tokens(tokenizer, piece, gap)
         row = {"song": song, "bars": str(r), "tokens": len(real),
                "nll_before": nll(model, gap_context(tokenizer, piece, gap, {}, show_after=False), real),
-               "nll_both": nll(model, gap_context(tokenizer, piece, gap, {}), real),
+               "nll_both": nll(model, gap_context(tokenizer, piece, gap, {}, separated=separated), real),
                "real": piece_join(midi, lo4, lo4 + args.bars)}
         tps = (midi.ticks_per_beat or 480) / tokenizer.config.steps_per_quarter
         lo_tick = int(round(piece.starts[gap.first] * tps))
@@ -112,7 +120,7 @@ def main() -> None:
             options = GenerateOptions(prompt=str(path), prompt_time_signature="index", infill=str(r),
                                       infill_candidates=candidates, progress=False)
             replaced, chosen = fill_gaps(model, tokenizer, piece, gaps, (r,), options, args.seed, 0,
-                                         torch.device("cpu"), show_after=show_after)
+                                         torch.device("cpu"), show_after=show_after, separated=separated)
             filled, notes = splice(midi, tokenizer, piece, gaps, replaced)
             row[name] = {**piece_join(filled, lo4, lo4 + args.bars), "notes": notes[0],
                          "kept_identical": kept_identical(midi, written(filled), [(lo_tick, hi_tick)], tps),
@@ -152,6 +160,7 @@ def main() -> None:
                     f"{summary[name]['kept_identical_share']:.0%}", f"{summary[name]['bars_exact_share']:.0%}",
                     summary[name]["notes_per_gap"]] for name, _, _ in VARIANTS])
     write_results("infill", {"checkpoint": args.checkpoint, "bars": args.bars, "seed": args.seed,
+                             "fim_layout": separated, "aligned_songs": align,
                              "summary": summary, "rows": rows}, args.out)
 
 

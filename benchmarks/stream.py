@@ -35,7 +35,9 @@ from benchmarks.common import print_table, write_results
 from musicgen.evaluation.bar_windows import bar_window_statistics, within_range
 from musicgen.generation.guards import MusicGuards
 from musicgen.generation.options import GenerateOptions
-from musicgen.generation.stream import LiveStream, ProcessStream, make_generator, start_fork_server
+from musicgen.generation.bar_stream import make_generator
+from musicgen.generation.stream import LiveStream
+from musicgen.generation.stream_process import ProcessStream, start_fork_server
 
 #: steering during the soak, one change every 10 minutes of music
 STEERS = [{"key": "G"}, {"temperature": "0.95"}, {"key": "C"}, {"key": "F", "temperature": "0.9"},

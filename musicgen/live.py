@@ -1,6 +1,6 @@
 """``python -m musicgen.live --midi-out NAME``: play an endless stream to a MIDI output, steered from the keyboard.
 
-The same stream as the studio's Play mode (musicgen/generation/stream.py): written bar by bar at most
+The same stream as the studio's Play mode (musicgen/generation/bar_stream.py, stream.py): written bar by bar at most
 ``--ahead`` bars past the bar playing, its notes sent to the MIDI port named ``NAME`` (a hardware synth, or a
 DAW's virtual port; any output whose name contains NAME) at their musical times, ``--latency-ms`` later.
 While it plays, type a change and press Enter, e.g. ``key=G``, ``density=high``, ``chords=Am F C G``,
@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import UserError
-from .generation.stream import STEERABLE, LiveStream, make_generator
+from .generation.bar_stream import STEERABLE, make_generator
+from .generation.stream import LiveStream
 
 DRUM_CHANNEL = 9
 

@@ -27,7 +27,8 @@ from musicgen.generation.chords import parse_key
 from musicgen.generation.controls import ControlConfig, Controls
 from musicgen.generation.guards import GuardConfig
 from musicgen.generation.sampling import SamplingConfig
-from musicgen.generation.stream import BarGenerator, LiveStream, check_steer
+from musicgen.generation.bar_stream import BarGenerator, check_steer
+from musicgen.generation.stream import LiveStream
 from musicgen.generation.timeline import tick_to_seconds
 from musicgen.inference import load_model
 from musicgen.tokenizer import DRUM_PROGRAM

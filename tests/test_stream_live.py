@@ -13,7 +13,8 @@ from musicgen.config import UserError
 from musicgen.generation.controls import ControlConfig
 from musicgen.generation.guards import GuardConfig
 from musicgen.generation.sampling import SamplingConfig
-from musicgen.generation.stream import BarGenerator, LiveStream
+from musicgen.generation.bar_stream import BarGenerator
+from musicgen.generation.stream import LiveStream
 from musicgen.inference import load_model
 
 

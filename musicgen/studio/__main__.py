@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.max_streams > 0 and config.stream_processes:  # Play's fork server imports torch once, now
         import threading
 
-        from ..generation.stream import start_fork_server
+        from ..generation.stream_process import start_fork_server
 
         threading.Thread(target=start_fork_server, name="stream-fork-server", daemon=True).start()
     uvicorn.run(app, host=args.host, port=port, log_level="warning")

@@ -23,7 +23,9 @@ from typing import Any, Mapping
 
 from ..config import UserError
 from ..generation.options import GenerateOptions
-from ..generation.stream import STEERABLE, LiveStream, ProcessStream, make_generator, read_prompt
+from ..generation.bar_stream import STEERABLE, make_generator, read_prompt
+from ..generation.stream import LiveStream
+from ..generation.stream_process import ProcessStream
 from .edit import checkpoint_tokenizer
 from .jobs import Busy
 from .params import STUDIO_PROMPT_BARS, _blank, form_defaults
