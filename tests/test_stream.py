@@ -103,6 +103,46 @@ def test_check_steer_refuses_in_one_line(note_checkpoint: Path) -> None:
         assert "\n" not in str(info.value)
 
 
+def test_a_stream_follows_a_planned_form_and_its_changes(note_checkpoint: Path) -> None:
+    """form= while playing: from the next bar line the plan repeats, each letter's return resuming the stack's
+    state of its first time (so the model's position, part of that state, is the same at each start of A)."""
+    gen = generator(note_checkpoint, seed=6)
+    gen.next_bar()  # bar 1 is open
+    gen.steer({"form": "A2 B1"})  # from bar 2: A A B A A B ...
+    opened = []
+    for _ in range(6):
+        gen.next_bar()
+        opened.append(gen.session.state.position)  # just after the Bar token of bars 2..7
+    assert opened[0] == opened[3] and opened[2] == opened[5]  # A at 2 and 5, B at 4 and 7
+    assert opened[1] > opened[0] and opened[4] > opened[3]  # inside a section the piece goes on
+    assert set(gen.form.kept) == {"A", "B"}
+    gen.steer({"form": "A2 C1"})  # a new plan keeps A's music
+    assert gen.form.kept.keys() >= {"A", "B"} and gen.form.origin == gen.bars + 1
+    gen.next_bar()
+    assert gen.session.state.position == opened[0]  # A resumed at once
+    gen.steer({"form": ""})
+    assert gen.form is None
+    with pytest.raises(UserError, match="form") as info:
+        check_steer({"form": "A8 B"}, SamplingConfig(), ControlConfig(), gen.vocab)
+    assert "\n" not in str(info.value)
+
+
+def test_play_takes_a_planned_form(note_checkpoint: Path) -> None:
+    from musicgen.studio.streams import play_options
+
+    options = play_options({"form": "A4 B4", "form_recall": "1.5"}, None, str(note_checkpoint), "cpu")
+    assert options.form == "A4 B4" and options.form_recall == 1.5
+    gen = BarGenerator(*_loaded_parts(note_checkpoint), seed=2, form=options.form, form_recall=options.form_recall)
+    assert gen.form is not None and gen.form.origin == 1 and gen.form.cycle
+    with pytest.raises(UserError, match="form"):
+        play_options({"form": "A4 B"}, None, str(note_checkpoint), "cpu")
+
+
+def _loaded_parts(checkpoint: Path) -> tuple:
+    loaded = load_model(checkpoint, "cpu")
+    return loaded.model, loaded.tokenizer, SamplingConfig(), GuardConfig(), ControlConfig()
+
+
 def test_controls_replace_chart_and_tempo(note_checkpoint: Path) -> None:
     gen = generator(note_checkpoint, seed=5)
     gen.next_bar()

@@ -31,6 +31,7 @@ import torch
 from ..config import UserError
 from ..tokenizer import Bins, Phase, TokenType
 from .controls import ControlConfig, Controls
+from .form_plan import FormCursor, parse_form
 from .guards import GuardConfig
 from .prompt import Prompt, load_prompt, unconditional_prompt
 from .rules import default_rules
@@ -46,7 +47,9 @@ __all__ = ["Bar", "BarGenerator", "check_steer", "decode_bars", "make_generator"
 #: settings a stream takes while it plays (sampling, tonal memory, the controls)
 SAMPLING_KEYS = ("temperature", "top_p")
 CONTROL_KEYS = ("chords", "chord_tones", "key", "density", "bpm", "time_signature")
-STEERABLE = SAMPLING_KEYS + ("tonal_memory",) + CONTROL_KEYS
+#: a planned form (form_plan.py), repeated for ever; a new plan starts at the bar after the one carrying it
+FORM_KEYS = ("form",)
+STEERABLE = SAMPLING_KEYS + ("tonal_memory",) + CONTROL_KEYS + FORM_KEYS
 #: tokens the session's own per-sequence list keeps (it only needs the last event boundary to close a piece,
 #: which an endless stream never does)
 KEEP_TOKENS = 4096
@@ -98,6 +101,8 @@ def check_steer(settings: Mapping[str, Any], sampling: SamplingConfig, controls:
     if new_controls.chord_tones is None:
         new_controls = dataclasses.replace(new_controls, chord_tones="only")
     new_controls.check(vocab)
+    if change.get("form") is not None:
+        parse_form(change["form"])
     return new_sampling, new_controls, change
 
 
@@ -106,7 +111,7 @@ class BarGenerator:
 
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig, guards: GuardConfig,
                  controls: ControlConfig, seed: int, prompt: Prompt | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", form: str | None = None, form_recall: float = 0.0) -> None:
         self.tokenizer, self.vocab = tokenizer, tokenizer.vocab
         controls.check(self.vocab)
         self.controls = controls
@@ -134,6 +139,10 @@ class BarGenerator:
         self._open = False  # a bar has been opened (its Bar token sampled)
         self._metre: tuple[int, int] = (4, 4)
         self._steer_next: dict[str, Any] = {}
+        self.form_recall = float(form_recall)
+        self.form: FormCursor | None = None  # the planned form, repeated (FormCursor with cycle)
+        if form is not None:
+            self._plan(form)
 
     @property
     def track(self) -> Any:
@@ -153,6 +162,9 @@ class BarGenerator:
         feed = self.session.sample(self._logits, self._tracks)
         track = self.track
         token = int(track.tokens[-1])
+        if self.form is not None and self._types[token] == TokenType.BAR:  # before the model reads the Bar
+            bar = len(self.bar_offsets) + 1
+            self.form.at_bar(bar, bar, self.session.state, getattr(self.session.state, "recall", None))
         self._logits = self.session.advance(feed)
         self.elapsed += time.perf_counter() - began
         self.steps += 1
@@ -209,7 +221,21 @@ class BarGenerator:
         if any(k in change for k in CONTROL_KEYS):
             session.replace_settings(Controls, config=controls)
             self.controls = controls
+        if "form" in change:
+            self._plan(change["form"])
         self._steer_next = {**self._steer_next, **change}
+
+    def _plan(self, form: str | None) -> None:
+        """Follow ``form`` (repeated) from the next bar line on; None stops following a plan."""
+        memory = getattr(self.session.state, "recall", None)
+        if form is None:
+            self.form = None
+            if memory is not None:
+                memory.focus_lag = None
+            return
+        sections, origin = parse_form(form), len(self.bar_offsets) + 1
+        self.form = self.form.replaced(sections, origin) if self.form is not None else \
+            FormCursor(sections, self.form_recall, origin, cycle=True)
 
     @property
     def tokens_per_second(self) -> float:
@@ -262,4 +288,4 @@ def make_generator(options: GenerateOptions, prompt: Prompt | None = None) -> Ba
     if prompt is None:
         prompt = read_prompt(options, loaded.tokenizer)
     return BarGenerator(loaded.model, loaded.tokenizer, options.sampling, options.guards, options.controls,
-                        options.resolved_seed(), prompt, loaded.device)
+                        options.resolved_seed(), prompt, loaded.device, options.form, options.form_recall)

@@ -165,19 +165,71 @@ class SectionState:
         state.graph = None
 
 
+class FormCursor:
+    """A plan followed bar by bar: at the Bar token that opens a section (sampled, not yet read by the model) the
+    stack's state is kept (the letter's first time) or resumed (it returns), and the recall head is pointed at
+    that letter's earlier bars. The one place this happens, for a piece (`run_planned`) and for an endless stream
+    (`musicgen.generation.bar_stream`).
+
+    ``origin``: the bar number (as the caller counts bars) where the plan's first section starts. ``cycle``: the
+    plan repeats for ever (a stream), and a returning section is pointed at its *latest* time rather than its
+    first (the recall ring holds the last few dozen bars; a first time an hour back is long gone from it). Kept
+    states and first bars carry over to a cursor that :meth:`replaced` makes, so a letter keeps its music when a
+    stream's plan changes."""
+
+    def __init__(self, sections: tuple[Section, ...], recall: float, origin: int = 1, cycle: bool = False,
+                 kept: dict[str, SectionState] | None = None, seen: dict[str, int] | None = None) -> None:
+        self.sections, self.recall, self.origin, self.cycle = tuple(sections), float(recall), int(origin), cycle
+        self.kept: dict[str, SectionState] = dict(kept or {})
+        self.seen: dict[str, int] = dict(seen or {})  # letter -> the bar (recall clock) it is pointed back to
+        self._starts, bar = {}, 0
+        for section in self.sections:
+            self._starts[bar] = section
+            bar += section.bars
+        self.length = bar
+
+    def section_at(self, bar: int) -> Section | None:
+        """The section that starts at ``bar`` (None: no section starts there)."""
+        offset = bar - self.origin
+        if offset < 0 or (not self.cycle and offset >= self.length):
+            return None
+        return self._starts.get(offset % self.length if self.cycle else offset)
+
+    def at_bar(self, bar: int, here: int, state: Any, memory: Any) -> Section | None:
+        """``bar`` was just opened (its Bar token sampled, the model has not read it): rewind or keep the state
+        of ``state`` there and point ``memory`` (the recall ring; None without a head) back. ``here``: the same
+        bar on the recall head's bar clock."""
+        section = self.section_at(bar)
+        if section is None:
+            return None
+        letter = section.letter
+        back = self.seen.get(letter)
+        if letter in self.kept:
+            self.kept[letter].restore(state)
+        else:
+            self.kept[letter] = SectionState.capture(state)
+        if back is None or self.cycle:
+            self.seen[letter] = here
+        if memory is not None:
+            memory.focus_lag = here - back if back is not None and back != here and self.recall > 0 else None
+            memory.focus_bonus = self.recall
+        return section
+
+    def replaced(self, sections: tuple[Section, ...], origin: int) -> "FormCursor":
+        """A new plan from bar ``origin`` on, keeping what this one kept (a letter that returns brings its music)."""
+        return FormCursor(sections, self.recall, origin, self.cycle, self.kept, self.seen)
+
+
 def run_planned(session: GenerationSession, prompt: Prompt, plan: FormPlan, recall: float,
                 progress: bool = True, on_progress: Callable[[int, int], None] | None = None) -> SampleResult:
     """One piece following ``plan`` (a batch of one: each sample rewinds at its own bar lines). ``recall``: the
     score the recall head adds to the first occurrence's bars while a section returns (``form_recall``)."""
     logits, tracks, start_step = session.feed_prompt(prompt, 1)
     track = tracks[0]
-    kept: dict[str, SectionState] = {}
-    if plan.prompt_is_first:  # the prompt is the first section: it starts right after BOS
-        kept[plan.sections[0].letter] = SectionState.capture(session.state_after(prompt.ids[:1]))
-    starts = plan.starts()
-    first_bar: dict[str, int] = {}  # each letter's first bar in the piece (the clock counts the prompt's bars)
-    if plan.prompt_is_first:
-        first_bar[plan.sections[0].letter] = 1
+    cursor = FormCursor(plan.generated, recall)
+    if plan.prompt_is_first:  # the prompt is the first section: it starts right after BOS, at bar 1
+        cursor.kept[plan.sections[0].letter] = SectionState.capture(session.state_after(prompt.ids[:1]))
+        cursor.seen[plan.sections[0].letter] = 1
     memory = getattr(session.state, "recall", None)
     limit = session.stop.token_limit
     bar = tqdm(total=limit, unit="tok", desc="generating (planned form)", disable=not progress,
@@ -188,18 +240,7 @@ def run_planned(session: GenerationSession, prompt: Prompt, plan: FormPlan, reca
             feed = session.sample(logits, tracks)
             if track.bars != bars_seen and not track.done:  # this token is the Bar of a new bar
                 bars_seen = track.bars
-                section = starts.get(bars_seen)
-                if section is not None:
-                    here = prompt.n_bars + bars_seen
-                    if section.letter in kept:
-                        kept[section.letter].restore(session.state)
-                    else:
-                        kept[section.letter] = SectionState.capture(session.state)
-                        first_bar[section.letter] = here
-                    if memory is not None:
-                        returning = first_bar[section.letter] != here
-                        memory.focus_lag = here - first_bar[section.letter] if returning and recall > 0 else None
-                        memory.focus_bonus = float(recall)
+                cursor.at_bar(bars_seen, prompt.n_bars + bars_seen, session.state, memory)
             logits = session.advance(feed)
             steps += 1
             bar.update(1)

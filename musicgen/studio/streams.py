@@ -32,7 +32,7 @@ from .params import STUDIO_PROMPT_BARS, _blank, form_defaults
 
 LOG = logging.getLogger("musicgen.studio")
 #: fields of a Play press (POST api/streams; the prompt file comes separately)
-PLAY_FIELDS = ("seed", "prompt_bars", "prompt_time_signature") + STEERABLE
+PLAY_FIELDS = ("seed", "prompt_bars", "prompt_time_signature", "form_recall") + STEERABLE
 
 
 @dataclass
@@ -62,7 +62,8 @@ def play_options(fields: Mapping[str, str], prompt_path: str | None, checkpoint:
         "temperature": get["temperature"] or default["temperature"], "top_p": get["top_p"] or default["top_p"],
         "tonal_memory": get["tonal_memory"] or default["tonal_memory"], "chords": get["chords"],
         "chord_tones": get["chord_tones"] or default["chord_tones"], "key": get["key"], "density": get["density"],
-        "bpm": get["bpm"], "time_signature": get["time_signature"], "allow_eos": False}
+        "bpm": get["bpm"], "time_signature": get["time_signature"], "allow_eos": False, "form": get["form"],
+        "form_recall": get["form_recall"] if get["form_recall"] is not None else default["form_recall"]}
     if prompt_path is not None:
         values["prompt"] = prompt_path
         values["prompt_bars"] = get["prompt_bars"] or STUDIO_PROMPT_BARS

@@ -5,14 +5,16 @@
 // and drawn on a scrolling piano roll. Every 250 ms the page reports the bar it is playing (POST .../position:
 // the server writes at most a few bars past it, and the report is the stream's heartbeat). While playing, a
 // change to a steerable field of the form (key, chords, density, bpm, temperature, top-p, tonal memory, chord
-// tones) is sent at once (POST .../steer): the answer names the bar it takes effect from. Save downloads the
+// tones, the planned form's sections) is sent at once (POST .../steer): the answer names the bar it takes effect from. Save downloads the
 // bars played so far as MIDI; Stop ends the stream. A reload resumes a stream still playing (sessionStorage).
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const STEER_FIELDS = ["key", "chords", "chord_tones", "density", "bpm", "temperature", "top_p", "tonal_memory"];
-  const START_FIELDS = ["seed", "prompt_bars", "prompt_time_signature", "time_signature", ...STEER_FIELDS];
+  const STEER_FIELDS = ["key", "chords", "chord_tones", "density", "bpm", "temperature", "top_p", "tonal_memory",
+    "form"];
+  const START_FIELDS = ["seed", "prompt_bars", "prompt_time_signature", "time_signature", "form_recall",
+    ...STEER_FIELDS];
   const PREROLL = 0.35;  // seconds between the first bar's arrival and its sound
   const VIEW_BEFORE = 6, VIEW_AFTER = 4;  // seconds of the roll left and right of the playhead
   const state = { id: null, source: null, audio: null, master: null, t0: null, bars: [], changes: [],
@@ -204,11 +206,12 @@
   }
 
   async function steer(event) {
-    if (!state.source || !STEER_FIELDS.includes(event.target.id)) return;
-    const [response, body] = await postJson(`api/streams/${state.id}/steer`, { [event.target.id]: event.target.value });
+    const name = event.target.id === "form_plan" ? "form" : event.target.id;  // the sections box is named form
+    if (!state.source || !STEER_FIELDS.includes(name)) return;
+    const [response, body] = await postJson(`api/streams/${state.id}/steer`, { [name]: event.target.value });
     if (!response.ok) { error(body.error || "could not change that"); return; }
     error("");
-    $("play-steer").textContent = `${event.target.id} = ${event.target.value || "model"}: from bar ${body.from_bar + 1} ` +
+    $("play-steer").textContent = `${name} = ${event.target.value || "model"}: from bar ${body.from_bar + 1} ` +
       `(${body.latency_bars} bar${body.latency_bars === 1 ? "" : "s"} after the bar playing)`;
   }
 
