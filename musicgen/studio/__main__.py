@@ -8,7 +8,7 @@ address and, for POSTs, from the studio's own page are served (`guard.py`).
 from __future__ import annotations
 
 import argparse
-import os
+from pathlib import Path
 import secrets
 import socket
 import sys
@@ -32,7 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port; default 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: only "
                         "this machine; anything else exposes the studio to your network)")
-    parser.add_argument("--checkpoint", default="checkpoints/musicgen-small.pt", help="model checkpoint")
+    parser.add_argument("--checkpoint", default="checkpoints/musicgen-small.pt", help="model checkpoint (the default "
+                        "of the page's model list)")
+    parser.add_argument("--model", action="append", default=[], metavar="PATH",
+                        help="another checkpoint the page may choose (repeatable); runs/*/best.pt (what "
+                        "python -m musicgen.finetune writes) are listed too")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--workers", type=int, default=2, help="generations that run at once (default 2)")
     parser.add_argument("--max-upload-mb", type=float, default=2.0, help="largest prompt MIDI accepted (MiB)")
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..inference import load_checkpoint, resolve_checkpoint, resolve_device
         from ..inference.loader import check_model_fits
         from .app import StudioConfig, create_app
+        from .models import find_models
     except ImportError as exc:
         print(f"error: the studio needs its extra packages ({exc.name} is missing): pip install -e '.[studio]'",
               file=sys.stderr)
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         checkpoint = str(resolve_checkpoint(args.checkpoint))  # a clear error now, not at the first Generate
         check_model_fits(load_checkpoint(checkpoint))  # damaged, crafted or NaN: refused now, not every job
+        models = find_models(checkpoint, args.model, Path.cwd())
         device = resolve_device(args.device)
         if args.max_upload_mb <= 0 or args.workers < 1 or args.max_bars < 1 or args.max_variations < 1 \
                 or args.max_streams < 0:
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                               max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), soundfont=args.soundfont,
                               limits=Limits(args.max_bars, args.max_variations), host=args.host,
                               token=secrets.token_urlsafe(24), allowed_hosts=tuple(args.allow_host),
-                              max_streams=args.max_streams)
+                              max_streams=args.max_streams, models=models)
         app = create_app(config)
     except (UserError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
               "pick another --port)", file=sys.stderr)
         return 2
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"musicgen studio: http://{shown}:{port}/?token={config.token}  (checkpoint {os.path.basename(checkpoint)}, device {device}; "
+    print(f"musicgen studio: http://{shown}:{port}/?token={config.token}  (models: {', '.join(n for n, _ in models)}; device {device}; "
           f"audio: {app.state.synth.describe()}; Ctrl-C stops it)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: other machines on your network can reach the studio",

@@ -50,6 +50,7 @@ from . import audio
 from .guard import StudioGuard
 from .jobs import KINDS, Busy, JobManager, clean_stale_folders
 from .edit import check_ranges, checkpoint_tokenizer, edit_name
+from .models import model_name, pick_model
 from .play import play_routes
 from .streams import StreamManager
 from .params import FIELDS, INFILL_FIELDS, Limits, build_infill_options, build_options, form_defaults
@@ -90,6 +91,12 @@ class StudioConfig:
     stream_idle_seconds: float = 5.0
     #: each stream in its own process (False: threads of the studio's process; see streams.StreamManager)
     stream_processes: bool = True
+    #: the (name, path) of the models the page may choose, ``checkpoint`` first (`models.find_models`); empty:
+    #: ``checkpoint`` alone
+    models: tuple[tuple[str, str], ...] = ()
+
+    def choices(self) -> tuple[tuple[str, str], ...]:
+        return self.models or ((model_name(self.checkpoint), self.checkpoint),)
 
 
 def error(message: str, status: int = 400) -> JSONResponse:
@@ -129,8 +136,9 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
     for folder in clean_stale_folders():  # left by a studio that was killed
         LOG.info("removed the job folder %s of a studio that no longer runs", folder)
     manager = JobManager(synth, workers=config.workers, keep=config.keep_jobs)
+    models = config.choices()
     streams = StreamManager(config.checkpoint, config.device, config.max_streams, config.stream_idle_seconds,
-                            config.stream_ahead_bars, processes=config.stream_processes)
+                            config.stream_ahead_bars, processes=config.stream_processes, models=models)
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
@@ -144,6 +152,7 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
     async def info(request: Request) -> Response:
         return JSONResponse({
             "version": __version__, "checkpoint": Path(config.checkpoint).name, "synthesis": synth.describe(),
+            "models": [name for name, _ in models],
             "uses_fluidsynth": synth.uses_fluidsynth, "max_upload_bytes": config.max_upload_bytes,
             "limits": asdict(config.limits), "workers": config.workers, "fields": list(FIELDS),
             "defaults": form_defaults(), "max_streams": config.max_streams,
@@ -170,6 +179,10 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
         except Exception as exc:  # noqa: BLE001 - malformed multipart, too many parts
             return error(f"could not read the form: {exc}")
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        try:
+            checkpoint = pick_model(models, fields.pop("model", None))
+        except UserError as exc:
+            return error(str(exc))
         prompt, prompt_name = None, None
         upload = form.get("prompt")
         if isinstance(upload, UploadFile) and (upload.filename or upload.size):
@@ -182,7 +195,7 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
                 return error(str(exc), exc.status)
             prompt = data
         try:
-            job = manager.submit(lambda path: build_options(fields, path, config.checkpoint, config.device,
+            job = manager.submit(lambda path: build_options(fields, path, checkpoint, config.device,
                                                             config.limits), prompt, prompt_name)
         except UserError as exc:
             return error(str(exc))
@@ -216,6 +229,10 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
         if any(not isinstance(v, str) for v in form.values()):
             return error("this form takes no file: the piece to edit is already on the server")
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        try:
+            checkpoint = pick_model(models, fields.pop("model", None))
+        except UserError as exc:
+            return error(str(exc))
         source = manager.get(job_id)
         if source is None:
             return error("no such job (the server may have restarted, or it was evicted; press Generate again)",
@@ -239,9 +256,9 @@ def create_app(config: StudioConfig | None = None) -> Starlette:
 
         def build(path: str | None) -> Any:
             assert path is not None
-            options = build_infill_options(fields, path, config.checkpoint, config.device, config.limits,
+            options = build_infill_options(fields, path, checkpoint, config.device, config.limits,
                                            name=edit_name(origin["base"], edit))
-            check_ranges(path, str(options.infill), checkpoint_tokenizer(config.checkpoint), shown)
+            check_ranges(path, str(options.infill), checkpoint_tokenizer(checkpoint), shown)
             return options
 
         try:  # reading the piece's bars takes a moment for a long piece: not on the event loop

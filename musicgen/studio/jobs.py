@@ -41,6 +41,7 @@ from ..generation.api import generate_with
 from ..generation.options import GenerateOptions
 from . import audio
 from .edit import bar_ticks, checkpoint_tokenizer
+from .models import model_name
 from .params import expected_tokens
 from .roll import roll_data
 
@@ -148,6 +149,7 @@ class Job:
             "elapsed": round(now - (self.started or now), 2), "infill": self.options.infill,
             "candidates": self.options.infill_candidates if self.options.infill else None,
             "source": dict(self.source) if self.source else None, "form": self.options.form,
+            "model": model_name(self.options.checkpoint or ""),
         }
 
 

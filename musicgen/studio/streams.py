@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 from ..config import UserError
 from ..generation.options import GenerateOptions
+from .models import model_name, pick_model
 from ..generation.bar_stream import STEERABLE, make_generator, read_prompt
 from ..generation.stream import LiveStream
 from ..generation.stream_process import ProcessStream
@@ -52,7 +53,7 @@ class StreamEntry:
 
 def play_options(fields: Mapping[str, str], prompt_path: str | None, checkpoint: str, device: str) -> GenerateOptions:
     """A Play press's fields -> validated GenerateOptions (the same one-line errors as Generate)."""
-    unknown = sorted(set(fields) - set(PLAY_FIELDS) - {"prompt"})
+    unknown = sorted(set(fields) - set(PLAY_FIELDS) - {"prompt", "model"})
     if unknown:
         raise UserError(f"unknown form field(s): {', '.join(unknown)}")
     get = {name: _blank(fields.get(name)) for name in PLAY_FIELDS}
@@ -75,10 +76,13 @@ class StreamManager:
     """The studio's live streams (see the module docstring)."""
 
     def __init__(self, checkpoint: str, device: str, max_streams: int = 4, idle_seconds: float = 5.0,
-                 ahead_bars: int = 2, keep_stopped: int = 8, processes: bool = True) -> None:
+                 ahead_bars: int = 2, keep_stopped: int = 8, processes: bool = True,
+                 models: tuple[tuple[str, str], ...] = ()) -> None:
         """``processes``: each stream in its own process (:class:`ProcessStream`; the default), else on a thread
-        of this one (:class:`LiveStream`: they share its interpreter lock, and a failure)."""
+        of this one (:class:`LiveStream`: they share its interpreter lock, and a failure). ``models``: the
+        (name, path) the page may choose with its ``model`` field (:mod:`.models`; ``checkpoint`` is the default)."""
         self.checkpoint, self.device = checkpoint, device
+        self.models = models or ((model_name(checkpoint), checkpoint),)
         self.max_streams, self.idle_seconds, self.ahead_bars = int(max_streams), float(idle_seconds), int(ahead_bars)
         self.keep_stopped, self.processes = int(keep_stopped), bool(processes)
         self._entries: dict[str, StreamEntry] = {}
@@ -102,16 +106,18 @@ class StreamManager:
         """Start a stream (blocking: loads the model and reads the prompt, about 0.3 s); Busy past the limit."""
         with self._lock:
             self.refuse_if_full()
+        fields = dict(fields)
+        checkpoint = pick_model(self.models, fields.pop("model", None))
         with tempfile.TemporaryDirectory(prefix="musicgen-stream-") as folder:
             path = None
             if prompt is not None:
                 path = str(Path(folder) / "prompt.mid")
                 Path(path).write_bytes(prompt)
-            options = play_options(fields, path, self.checkpoint, self.device)
+            options = play_options(fields, path, checkpoint, self.device)
             seed = options.resolved_seed()
             options = GenerateOptions.from_mapping({**options.to_dict(), "seed": seed})
             try:  # checked here (one-line errors at once); the prompt is read before its file goes
-                tokenizer = checkpoint_tokenizer(self.checkpoint)
+                tokenizer = checkpoint_tokenizer(checkpoint)
                 options.check_time_signature(tokenizer.vocab)
                 options.controls.check(tokenizer.vocab)
                 prompt = read_prompt(options, tokenizer)

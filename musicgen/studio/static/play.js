@@ -13,7 +13,7 @@
   const $ = (id) => document.getElementById(id);
   const STEER_FIELDS = ["key", "chords", "chord_tones", "density", "bpm", "temperature", "top_p", "tonal_memory",
     "form"];
-  const START_FIELDS = ["seed", "prompt_bars", "prompt_time_signature", "time_signature", "form_recall",
+  const START_FIELDS = ["model", "seed", "prompt_bars", "prompt_time_signature", "time_signature", "form_recall",
     ...STEER_FIELDS];
   const PREROLL = 0.35;  // seconds between the first bar's arrival and its sound
   const VIEW_BEFORE = 6, VIEW_AFTER = 4;  // seconds of the roll left and right of the playhead

@@ -12,7 +12,7 @@
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 400;
 // the page's settings an edit sends (bpm and time signature stay the piece's own)
-const EDIT_FIELDS = ["infill_candidates", "temperature", "top_p", "seed", "chords", "chord_tones", "density", "key",
+const EDIT_FIELDS = ["model", "infill_candidates", "temperature", "top_p", "seed", "chords", "chord_tones", "density", "key",
   "tonal_memory"];
 let maxUpload = 2 * 1024 * 1024;
 
@@ -37,6 +37,14 @@ async function loadInfo() {
   const response = await fetch("api/info");
   const info = await readJson(response);
   $("checkpoint").textContent = info.checkpoint || "?";
+  const models = $("model");  // the server's own list: the page names a model, never a path
+  models.innerHTML = "";
+  for (const name of info.models || [info.checkpoint]) {
+    const option = document.createElement("option");
+    option.value = name; option.textContent = name;
+    models.appendChild(option);
+  }
+  models.onchange = () => { $("checkpoint").textContent = models.value; };
   $("synth").textContent = info.synthesis || "?";
   if (info.max_upload_bytes) maxUpload = info.max_upload_bytes;
   if (info.limits) { $("bars").max = info.limits.max_bars; $("num_samples").max = info.limits.max_variations; }
