@@ -4,7 +4,9 @@
                                 [--concurrent 4] [--concurrent-seconds 90] [--name stream]
 
 1. **Soak**: one :class:`~musicgen.generation.stream.LiveStream` (the studio's own class: a thread at most
-   ``ahead_bars`` past its player) streams ``--minutes`` of music. The consumer plays *simulated* time: it takes
+   ``ahead_bars`` past its player) streams ``--minutes`` of music. With ``--pace real`` the consumer plays in wall
+   time as the page does (an hour of music takes an hour; the lead of written over played music is the slack).
+   By default it plays *simulated* time: it takes
    each bar the moment it is written and reports it as playing (the music's own clock, never a sleep), so an
    hour of music takes minutes, and the generator runs as fast as the buffer lets it, the hardest case for
    memory and speed. A real-time player that began when the first bar arrived needs bar k by wall time
@@ -92,16 +94,27 @@ class Consumer:
         return float(min(first + start - ready for ready, start in self.ready[1:]))
 
 
-def soak(checkpoint: str, minutes: float, seed: int, ahead: int, sample_minutes: float) -> dict[str, Any]:
+def soak(checkpoint: str, minutes: float, seed: int, ahead: int, sample_minutes: float,
+         pace: str = "simulated") -> dict[str, Any]:
+    """``pace``: ``simulated`` (each bar taken as soon as it is written) or ``real`` (a player in wall time, as
+    the page plays: an hour of music takes an hour, and the stream waits for it)."""
     stream, began = start_stream(checkpoint, seed, ahead)
-    consumer = Consumer(stream, began)
+    real = pace == "real"
+    consumer = PacedConsumer(stream, began) if real else Consumer(stream, began)
     samples, steers = [], []
     next_sample, next_steer, steer_i = sample_minutes * 60, 600.0, 0
     last_tokens, last_elapsed = 0, 0.0
     wall0 = time.perf_counter()
     try:
-        while consumer.music < minutes * 60:
-            if not consumer.poll(30.0) and not stream.alive:
+        while (consumer.played_s if real else consumer.music) < minutes * 60:
+            if real:
+                consumer.tick()
+                time.sleep(0.05)
+                if not stream.alive:
+                    raise RuntimeError(f"the stream ended: {stream.error}")
+                if stream.generator is None:
+                    continue
+            elif not consumer.poll(30.0) and not stream.alive:
                 raise RuntimeError(f"the stream ended: {stream.error}")
             gen = stream.generator
             if consumer.music >= next_sample:
@@ -128,9 +141,11 @@ def soak(checkpoint: str, minutes: float, seed: int, ahead: int, sample_minutes:
     warm = [s for s in samples if s["music_min"] > 5.0] or samples
     rss = [s["rss_mb"] for s in warm]
     rates = [s["tokens_per_s"] for s in warm]
-    return {"music_minutes": round(consumer.music / 60, 2), "bars": consumer.next, "tokens": len(gen.tokens),
-            "wall_s": round(wall, 1), "speed_x_real_time": round(consumer.music / wall, 2),
-            "first_bar_s": round(consumer.first_bar_s or float("nan"), 3), "slack_s": round(consumer.slack(), 2),
+    slack = consumer.lead if real else consumer.slack()  # real: the smallest lead of written over played music
+    return {"pace": pace, "music_minutes": round(consumer.music / 60, 2), "bars": consumer.next,
+            "tokens": len(gen.tokens), "wall_s": round(wall, 1), "speed_x_real_time": round(consumer.music / wall, 2),
+            "generation_x_real_time": round(consumer.music / max(gen.elapsed, 1e-9), 2),
+            "first_bar_s": round(consumer.first_bar_s or float("nan"), 3), "slack_s": round(slack, 2),
             "rss_max_over_min_after_warmup": round(max(rss) / min(rss), 4),
             "tokens_per_s_min_max_after_warmup": [min(rates), max(rates)],
             "tokens_per_s_max_over_min": round(max(rates) / min(rates), 3),
@@ -212,7 +227,7 @@ def concurrent(checkpoint: str, count: int, seconds: float, ahead: int, paced: b
 
 
 def soak_part(result: dict[str, Any], args: argparse.Namespace) -> None:
-    s = result["soak"] = soak(args.checkpoint, args.minutes, args.seed, args.ahead, args.sample_minutes)
+    s = result["soak"] = soak(args.checkpoint, args.minutes, args.seed, args.ahead, args.sample_minutes, args.pace)
     write_results(args.name, result, quiet=True)
     print_table(["music (min)", "bars", "RSS (MB)", "tokens/s"],
                 [[x["music_min"], x["bars"], x["rss_mb"], x["tokens_per_s"]] for x in s["samples"]])
@@ -233,6 +248,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--ahead", type=int, default=2, help="bars written past the bar playing")
     p.add_argument("--sample-minutes", type=float, default=2.5, help="music between two RSS/speed samples")
+    p.add_argument("--pace", choices=("simulated", "real"), default="simulated",
+                   help="the soak's player: each bar as soon as it is written, or in wall time as the page plays")
     p.add_argument("--concurrent", type=int, default=4)
     p.add_argument("--concurrent-seconds", type=float, default=120.0, help="wall time the streams play in real time")
     p.add_argument("--capacity-seconds", type=float, default=30.0,

@@ -22,7 +22,7 @@ def _existing_path(path: str | Path) -> Path:
 
 
 def eval_data_config(ckpt_config: Mapping[str, Any], root: str | None = None,
-                     cache_dir: str | None = None) -> dict[str, Any]:
+                     cache_dir: str | None = None, align: bool | None = None) -> dict[str, Any]:
     """The checkpoint's data settings (metre rule, split rule, max_files ...) with `root`/`cache_dir` swapped in.
 
     Why the checkpoint's: the split and metre rules define which songs are "test" and how they were tokenized,
@@ -38,6 +38,8 @@ def eval_data_config(ckpt_config: Mapping[str, Any], root: str | None = None,
     data["cache_dir"] = str(cache_dir) if cache_dir is not None else str(_existing_path(data["cache_dir"]))
     data["root"] = str(root) if root is not None else str(own_root)
     data["download"] = False  # evaluation never fetches data behind the user's back
+    if align is not None:  # data.align_beats=: the songs read otherwise than the checkpoint's training read them
+        data["align_beats"] = bool(align)
     return data
 
 
@@ -53,7 +55,7 @@ def default_eval_cache_dir(data: Mapping[str, Any], vocab: Any) -> Path:
 
 
 def open_eval_cache(ckpt_config: Mapping[str, Any], vocab: Any, root: str | None = None,
-                    cache_dir: str | None = None, progress: bool = True) -> Any:
+                    cache_dir: str | None = None, progress: bool = True, align: bool | None = None) -> Any:
     """Token cache for evaluation, with the checkpoint's tokenizer (its vocabulary) and data settings.
 
     - `cache_dir` given (data.cache_dir=): prepared or reused there; a cache of another vocabulary in that
@@ -66,7 +68,7 @@ def open_eval_cache(ckpt_config: Mapping[str, Any], vocab: Any, root: str | None
     from ..data import prepare_corpus
     from ..data.prepare import current_cache
 
-    data = eval_data_config(ckpt_config, root, cache_dir)
+    data = eval_data_config(ckpt_config, root, cache_dir, align)
     tokenizer_cfg = vocab.config  # the checkpoint's vocabulary defines what the ids mean
     if cache_dir is None:
         own = data["cache_dir"]

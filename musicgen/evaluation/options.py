@@ -19,6 +19,9 @@ class EvaluateOptions:
     checkpoint: str | None = "checkpoints/musicgen-small.pt"
     data_root: str | None = None
     data_cache_dir: str | None = None
+    #: read the songs with their beats on the grid (None: as the checkpoint's training did, data.align_beats);
+    #: to compare a model trained on aligned songs with one trained on the files as they are, on the same songs
+    data_align_beats: bool | None = None
     split: str = "test"
     max_files: int | None = None
     length_factor: int = 4
@@ -41,10 +44,12 @@ class EvaluateOptions:
         """From the Hydra config (conf/evaluate.yaml; `data.root`/`data.cache_dir` nest) or a flat dict."""
         values = {k: v for k, v in dict(values).items() if k != "hydra"}
         data = values.pop("data", None) or {}
-        unknown_data = sorted(set(data) - {"root", "cache_dir"})
+        unknown_data = sorted(set(data) - {"root", "cache_dir", "align_beats"})
         if unknown_data:
-            raise UserError(f"unknown data option(s): {', '.join(unknown_data)} (evaluate.py takes data.root and "
-                            "data.cache_dir; every other data setting comes from the checkpoint)")
+            raise UserError(f"unknown data option(s): {', '.join(unknown_data)} (evaluate.py takes data.root, "
+                            "data.cache_dir and data.align_beats; every other data setting comes from the checkpoint)")
+        if data.get("align_beats") is not None:
+            values["data_align_beats"] = check_bool("data.align_beats", data["align_beats"])
         if data.get("root") is not None:
             values["data_root"] = data["root"]
         if data.get("cache_dir") is not None:

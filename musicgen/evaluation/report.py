@@ -113,7 +113,7 @@ def evaluate(options: EvaluateOptions, log: Log | None = print) -> EvaluationRes
     if not train_len:
         raise UserError(f"checkpoint {ckpt_path}: no training length recorded (train_seq_len)")
     cache = open_eval_cache(ckpt.config or {}, vocab, options.data_root, options.data_cache_dir,
-                            progress=options.progress)
+                            progress=options.progress, align=options.data_align_beats)
     files: dict[str, Path] = {}
 
     lik = likelihood_report(model, cache, train_len, split=options.split, length_factor=int(options.length_factor),
