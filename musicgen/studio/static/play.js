@@ -238,8 +238,14 @@
     const body = await answer(response);
     if (!response.ok || body.status !== "playing") { sessionStorage.removeItem("musicgen-stream"); return; }
     state.id = id;
+    // until Resume is pressed the page keeps the stream alive (a stream whose page is gone stops within
+    // seconds); position 0 never moves a stream back, so the music waits where it was
+    const keepAlive = setInterval(() => postJson(`api/streams/${id}/position`, { bar: 0 }), 2000);
     $("play").textContent = "Resume";
-    $("play").onclick = () => { $("play").textContent = "Play"; $("play").onclick = play; ensureAudio(); connect(id); };
+    $("play").onclick = () => {
+      clearInterval(keepAlive);
+      $("play").textContent = "Play"; $("play").onclick = play; ensureAudio(); connect(id);
+    };
     $("play-stop").disabled = false; $("play-save").disabled = false;
     message(`stream ${id} is still playing: press Resume`);
   }
