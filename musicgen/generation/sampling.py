@@ -35,7 +35,7 @@ class SamplingConfig:
 
     temperature: float = 0.9  # below 1: a restatement, once begun, is followed through (docs/form.md)
     top_k: int = 0  # 0 = off
-    top_p: float = 0.95  # 1.0 = off (see conf/generate.yaml: why 0.95)
+    top_p: float = 0.95  # 1.0 = off (why 0.95: docs/decoding.md)
     repetition_penalty: float = 1.0  # 1.0 = off
     repetition_window: int = 16  # last N pitch tokens of each sequence
     tonal_memory: float = 0.75  # strength of the prompt's pitch-class prior on continuations (tonal.py); 0 = off

@@ -16,15 +16,11 @@ every pitch's logit gets
 
 (add-one smoothing: a pitch class the prompt never played keeps a finite, smaller chance). The profile is
 the prompt's alone and stays fixed: fed with the piece's own notes the prior reinforces itself, and
-20,000-token pieces lost pitch-class variety (4-bar pitch-class entropy from a median of 2.65 to 2.23 bits,
-below every POP909 test window's, >= 2.30). Without a prompt there is no profile and no bias. The bias is
+20,000-token pieces lost pitch-class variety (docs/decoding.md). Without a prompt there is no profile and no bias. The bias is
 multiplied by the temperature so that the probability ratios it imposes do not depend on it.
 ``tonal_memory=0`` turns it off; drums are never biased. Strength 1 is the plain product of the two experts.
-Measured with the shipped model on 12 POP909 test prompts x 4 continuations of 16 bars at top_p=0.95:
-pitch-class distance to the prompt 0.227 / 0.196 / 0.201 at strength 0.5 / 0.75 / 1 (the songs' own next 16
-bars: 0.186), notes outside the prompt's scale 3.5% / 2.2% / 1.8% (songs: 1.8%), density distance 0.74 /
-0.70 / 0.61 (songs: 0.74). The default, 0.75, keeps the key as well as the songs do; a stronger memory thins
-the notes out. (The model shipped before it: 0.33 / 0.25 / 0.19 at 0 / 0.5 / 1, hence its default of 0.5.)
+Why the default strength is what it is (it keeps the key as well as the songs do; a stronger memory thins the
+notes out) is measured in docs/decoding.md, where the numbers live.
 """
 
 from __future__ import annotations
