@@ -20,13 +20,29 @@ TINY = {"name": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, 
         "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
 
 
-def tiny_train_overrides(pop909_dir: Path, cache: Path, ckpt: Path, steps: int = 20) -> list[str]:
-    """The one command line of a tiny training run on 20 POP909 files (seconds on a CPU)."""
-    return [f"data.root={pop909_dir}", "data.max_files=20", f"data.cache_dir={cache}", "model.n_layers=2",
-            "model.d_model=64", "model.n_heads=2", "model.d_ff=128", "model.dropout=0.1", "train.seq_len=128",
-            "train.batch_size=4", f"train.max_steps={steps}", "train.warmup_steps=2", "train.val_every=10",
-            "train.val_batches=2", "train.val_length_factor=2", "train.val_long_batches=1", "train.ckpt_every=10",
-            "train.lr=2e-3", "logger=none", f"train.ckpt_dir={ckpt}", "data.num_workers=1"]
+#: the one tiny training run of the tests, as Hydra overrides (key -> value); `micro` is the 1-layer, 32-token
+#: variant for tests that train many times and only look at the machinery (resume, faults, error lines)
+TINY_TRAINING = {"data.max_files": 20, "model.n_layers": 2, "model.d_model": 64, "model.n_heads": 2, "model.d_ff": 128,
+                 "model.dropout": 0.1, "train.seq_len": 128, "train.batch_size": 4, "train.warmup_steps": 2,
+                 "train.val_every": 10, "train.val_batches": 2, "train.val_length_factor": 2,
+                 "train.val_long_batches": 1, "train.ckpt_every": 10, "train.lr": 2e-3, "logger": "none",
+                 "data.num_workers": 1}
+MICRO_TRAINING = {**TINY_TRAINING, "data.max_files": None, "model.n_layers": 1, "model.d_model": 32, "model.d_ff": 64,
+                  "model.dropout": None, "train.seq_len": 32, "train.batch_size": 2, "train.warmup_steps": 1,
+                  "train.val_every": 2, "train.val_batches": 1, "train.val_length_factor": 0,
+                  "train.val_long_batches": None, "train.ckpt_every": 2, "train.lr": None,
+                  "data.augment.transpose": 0, "device": "cpu"}
+
+
+def tiny_train_overrides(pop909_dir: Path, cache: Path, ckpt: Path, steps: int = 20, micro: bool = False,
+                         **settings: Any) -> list[str]:
+    """The one command line of a tiny training run (seconds on a CPU): on `pop909_dir` (20 files) or another
+    folder, its cache in `cache`, checkpoints in `ckpt`. ``settings``: more overrides or replaced ones, dots as
+    double underscores (``train__seq_len=64``); None leaves a key out."""
+    values: dict[str, Any] = {"data.root": pop909_dir, "data.cache_dir": cache, "train.ckpt_dir": ckpt,
+                              **(MICRO_TRAINING if micro else TINY_TRAINING), "train.max_steps": steps}
+    values.update({key.replace("__", "."): value for key, value in settings.items()})
+    return [f"{key}={value}" for key, value in values.items() if value is not None]
 
 
 def compose_cfg(overrides: list[str]):

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from musicgen.config import CONF_DIR, UserError
 from musicgen.evaluation.report import EvaluateOptions, evaluate
 from musicgen.evaluation.tables import nll_by_position_line
 from musicgen.evaluation.unigram import unigram_log_probs
 from musicgen.evaluation.windows import WindowDecoder
+from support import compose_cfg, tiny_train_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,14 +31,10 @@ def tiny_ckpt(pop909_dir: Path, tmp_path_factory) -> Path:
     from musicgen.training.trainer import run_training
 
     root = tmp_path_factory.mktemp("eval")
-    overrides = [f"data.root={pop909_dir}", "data.max_files=20", f"data.cache_dir={root / 'cache'}",
-                 "model.n_layers=2", "model.d_model=64", "model.n_heads=2", "model.d_ff=128", "train.seq_len=64",
-                 "train.batch_size=4", "train.max_steps=10", "train.warmup_steps=2", "train.val_every=10",
-                 "train.val_batches=1", "train.val_length_factor=0", "train.ckpt_every=10", "train.lr=2e-3",
-                 "logger=none", f"train.ckpt_dir={root / 'ckpt'}", "data.num_workers=1", "device=cpu"]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    run_training(cfg, root / "run", progress=False)
+    overrides = tiny_train_overrides(pop909_dir, root / "cache", root / "ckpt", 10, train__seq_len=64,
+                                     train__val_batches=1, train__val_length_factor=0, train__val_long_batches=None,
+                                     model__dropout=None, device="cpu")
+    run_training(compose_cfg(overrides), root / "run", progress=False)
     return root / "ckpt" / "last.pt"
 
 

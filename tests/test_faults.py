@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from musicgen.config import CONF_DIR, UserError
+from musicgen.config import UserError
 from musicgen.data import TokenCache, prepare_corpus
 from musicgen.data.cache import CacheError
 from musicgen.data.sources import list_sources
@@ -44,7 +43,7 @@ from musicgen.training.rng import set_rng_state
 from musicgen.training.rundir import CheckpointDirLock
 from musicgen.training.trainer import run_training, validate_train_config
 
-from support import env, run_cli, single_error_line
+from support import compose_cfg, env, run_cli, single_error_line, tiny_train_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
@@ -87,16 +86,7 @@ def assert_cache_matches(cache: TokenCache, references: dict[tuple[str, str], li
 
 
 def train_overrides(root: Path, cache: Path, ckpt: Path, steps: int = 4, *extra: str) -> list[str]:
-    return [f"data.root={root}", f"data.cache_dir={cache}", "data.num_workers=1", "data.augment.transpose=0",
-            "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "train.seq_len=32",
-            "train.batch_size=2", f"train.max_steps={steps}", "train.warmup_steps=1", "train.val_every=2",
-            "train.val_batches=1", "train.val_length_factor=0", "train.ckpt_every=2", "logger=none",
-            f"train.ckpt_dir={ckpt}", "device=cpu", *extra]
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return tiny_train_overrides(root, cache, ckpt, steps, micro=True) + list(extra)
 
 
 @pytest.fixture(scope="module")

@@ -357,7 +357,7 @@ def test_hostile_guarded_studio_page_still_works_in_a_browser(tiny_ckpt: Path, t
     """The page opened from the token URL: its GETs carry the cookie, its POST its own Origin (skips where
     headless Chromium is missing, as the studio's browser test does)."""
     pytest.importorskip("uvicorn")
-    from test_studio import CHROMEDRIVER, chromium_or_skip
+    from studio_support import CHROMEDRIVER, chromium_or_skip
 
     webdriver, binary = chromium_or_skip()
     from selenium.webdriver.chrome.service import Service

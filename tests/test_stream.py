@@ -311,7 +311,7 @@ def test_play_routes_obey_only_the_studios_own_page(note_checkpoint: Path) -> No
 
 # --- the page in a real browser -----------------------------------------------------------------------------
 def test_browser_plays_steers_saves_and_stops(note_checkpoint: Path) -> None:
-    from test_studio import CHROMEDRIVER, chromium_or_skip, fetch_bytes, running, tiny_config
+    from studio_support import CHROMEDRIVER, chromium_or_skip, fetch_bytes, running, tiny_config
 
     webdriver, binary = chromium_or_skip()
     from selenium.webdriver.chrome.service import Service
@@ -371,7 +371,7 @@ def test_play_off_with_max_streams_zero(note_checkpoint: Path) -> None:
 
 
 def test_a_prompt_starts_the_stream(studio: TestClient) -> None:
-    from test_studio_infill import made_up_prompt
+    from studio_support import made_up_prompt
 
     made = start(studio, {"prompt_bars": "4", "key": "C"},
                  files={"prompt": ("mine.mid", made_up_prompt(5), "audio/midi")})

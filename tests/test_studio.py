@@ -11,12 +11,10 @@ the MIDI and parse it. MUSICGEN_STUDIO_SCREENSHOT=path.png also saves a screensh
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,29 +35,17 @@ pytest.importorskip("multipart", reason="the studio extra is not installed: pip 
 
 from musicgen.generation.api import generate_with  # noqa: E402
 from musicgen.generation.options import GenerateOptions  # noqa: E402
-from musicgen.studio import StudioConfig, create_app  # noqa: E402
-from support import serve_studio  # noqa: E402
+from musicgen.studio import StudioConfig  # noqa: E402
+from studio_support import CHROMEDRIVER, chromium_or_skip, fetch_bytes, running, tiny_config  # noqa: E402
 
 
 REPO = Path(__file__).absolute().parents[1]
 SHIPPED = REPO / "checkpoints" / "musicgen-small.pt"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
 def pop909_song(pop909_dir: Path) -> Path:
     return pop909_dir / "020.mid"
-
-
-@contextlib.contextmanager
-def running(config: StudioConfig) -> Iterator[str]:
-    """The studio served by uvicorn in a thread on a free local port; yields its base URL."""
-    server, thread, port = serve_studio(create_app(config))
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(60)
 
 
 def multipart(fields: dict[str, str], file: tuple[str, bytes] | None = None) -> tuple[bytes, str]:
@@ -97,15 +83,6 @@ def wait_done(base: str, job_id: str, timeout: float = 600) -> dict[str, Any]:
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} not finished after {timeout} s")
-
-
-def fetch_bytes(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=120) as response:
-        return response.read()
-
-
-def tiny_config(checkpoint: Path, **kwargs: Any) -> StudioConfig:
-    return StudioConfig(checkpoint=str(checkpoint), device="cpu", **kwargs)
 
 
 # --- the progress hook of the public API ---------------------------------------------------------------------
@@ -351,17 +328,6 @@ def test_command_line_prints_its_url_and_serves(tiny_checkpoint: Path, capsys: p
 
 
 # --- the page in a real browser --------------------------------------------------------------------------
-def chromium_or_skip() -> tuple[Any, str]:
-    """(selenium webdriver module, chromium binary), or skip saying what is missing."""
-    try:
-        from selenium import webdriver
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not binary or not Path(CHROMEDRIVER).is_file():
-        pytest.skip("headless Chromium is not available: `apt-get install chromium chromium-driver` (Debian; "
-                    "`make test` does this when run as root) provides /usr/bin/chromium and /usr/bin/chromedriver")
-    return webdriver, binary
 
 
 @pytest.fixture

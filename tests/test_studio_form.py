@@ -29,7 +29,7 @@ with warnings.catch_warnings():  # Starlette 1.x: "Using `httpx` with TestClient
 from musicgen.generation.options import GenerateOptions  # noqa: E402
 from musicgen.studio import StudioConfig, create_app  # noqa: E402
 from musicgen.studio.roll import section_starts  # noqa: E402
-from test_studio_infill import BASE, TOKEN, infill_url, jobs_held, made_up_prompt, run_job  # noqa: E402
+from studio_support import BASE, TOKEN, infill_url, jobs_held, made_up_prompt, run_job  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 FORM = {"form": "A2 B1 A2", "seed": "3", "num_samples": "2"}
@@ -169,7 +169,7 @@ def test_form_requests_obey_only_the_studios_own_page(note_checkpoint: Path) -> 
 
 # --- the page in a real browser --------------------------------------------------------------------------
 def test_browser_draws_the_section_letters(note_checkpoint: Path) -> None:
-    from test_studio import CHROMEDRIVER, chromium_or_skip, fetch_bytes, running, tiny_config
+    from studio_support import CHROMEDRIVER, chromium_or_skip, fetch_bytes, running, tiny_config
 
     webdriver, binary = chromium_or_skip()
     from selenium.webdriver.chrome.service import Service

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,32 +31,11 @@ from musicgen.evaluation.infill import kept_identical  # noqa: E402
 from musicgen.generation.infill import load_piece  # noqa: E402
 from musicgen.generation.options import GenerateOptions  # noqa: E402
 from musicgen.studio import StudioConfig, create_app  # noqa: E402
+from studio_support import BASE, TOKEN, infill_url, jobs_held, made_up_prompt, run_job, wait  # noqa: E402
 from musicgen.tokenizer import REMITokenizer  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-BASE = "http://127.0.0.1:8000"
-TOKEN = "s3cret-token"
 GENERATE = {"bars": "6", "seed": "3", "num_samples": "2", "allow_eos": "false"}
-
-
-def wait(client: TestClient, job_id: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        answer = client.get(f"/api/jobs/{job_id}")
-        assert answer.status_code == 200, answer.text
-        job = answer.json()
-        if job["status"] in ("done", "error"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not finished after {timeout} s")
-
-
-def run_job(client: TestClient, url: str, fields: dict[str, str], **kwargs: Any) -> dict[str, Any]:
-    answer = client.post(url, data=fields, **kwargs)
-    assert answer.status_code == 202, answer.text
-    job = wait(client, answer.json()["id"])
-    assert job["status"] == "done", job["error"]
-    return job
 
 
 def midi_at(client: TestClient, url: str) -> miditoolkit.MidiFile:
@@ -68,26 +46,6 @@ def midi_at(client: TestClient, url: str) -> miditoolkit.MidiFile:
 
 def ticks_per_step(midi: miditoolkit.MidiFile) -> float:
     return midi.ticks_per_beat / REMITokenizer().config.steps_per_quarter
-
-
-def infill_url(job: dict[str, Any], index: int) -> str:
-    return f"/api/jobs/{job['id']}/pieces/{index}/infill"
-
-
-def made_up_prompt(bars: int = 5) -> bytes:
-    """A 4/4 piano prompt of quarter notes, none sounding across a bar line."""
-    midi = miditoolkit.MidiFile(ticks_per_beat=480)
-    piano = miditoolkit.Instrument(program=0, name="piano")
-    for bar in range(bars):
-        for beat in range(4):
-            tick = bar * 1920 + beat * 480
-            piano.notes.append(miditoolkit.Note(80, 60 + (2 * bar + 3 * beat) % 12, tick, tick + 480))
-    midi.instruments.append(piano)
-    midi.tempo_changes.append(miditoolkit.TempoChange(100.0, 0))
-    midi.time_signature_changes.append(miditoolkit.TimeSignature(4, 4, 0))
-    buffer = io.BytesIO()
-    midi.dump(file=buffer)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +62,6 @@ def studio(note_checkpoint: Path) -> Iterator[tuple[TestClient, dict[str, Any]]]
         job = run_job(client, "/api/jobs", {**GENERATE, "bars": "2", "prompt_bars": "5"},
                       files={"prompt": ("mine.mid", made_up_prompt(), "audio/midi")})
         yield client, job
-
-
-def jobs_held(client: TestClient) -> int:
-    return len(client.app.state.manager._jobs)
 
 
 # --- editing ---------------------------------------------------------------------------------------------
@@ -287,7 +241,7 @@ def test_edit_route_obeys_only_the_studios_own_page(note_checkpoint: Path) -> No
 
 # --- the page in a real browser --------------------------------------------------------------------------
 def test_browser_select_bars_regenerate_undo(note_checkpoint: Path, tmp_path: Path) -> None:
-    from test_studio import chromium_or_skip, fetch_bytes, running, tiny_config
+    from studio_support import chromium_or_skip, fetch_bytes, running, tiny_config
 
     webdriver, binary = chromium_or_skip()
     from selenium.webdriver.chrome.service import Service
@@ -295,7 +249,7 @@ def test_browser_select_bars_regenerate_undo(note_checkpoint: Path, tmp_path: Pa
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from test_studio import CHROMEDRIVER
+    from studio_support import CHROMEDRIVER
 
     options = webdriver.ChromeOptions()
     options.binary_location = binary

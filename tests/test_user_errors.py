@@ -20,12 +20,10 @@ from hydra import compose, initialize_config_dir
 from musicgen.config import CONF_DIR, USER_ERRORS, UserError, report_user_errors
 from musicgen.training.trainer import run_training
 
-from support import REPO, env, run_cli, single_error_line
+from support import REPO, env, run_cli, single_error_line, tiny_train_overrides
 
-TINY_TRAIN = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "train.seq_len=32",
-              "train.batch_size=2", "train.warmup_steps=1", "train.val_every=2", "train.val_batches=1",
-              "train.val_length_factor=0", "train.ckpt_every=2", "logger=none", "device=cpu", "data.num_workers=1",
-              "data.augment.transpose=0"]
+TINY_TRAIN = [o for o in tiny_train_overrides("-", "-", "-", 1, micro=True)
+              if not o.startswith(("data.root=", "data.cache_dir=", "train.ckpt_dir=", "train.max_steps="))]
 
 
 def _stderr_lines(capsys) -> list[str]:
