@@ -31,7 +31,7 @@ import torch
 from ..config import UserError
 from ..tokenizer import Bins, Phase, TokenType
 from .controls import ControlConfig, Controls
-from .form_plan import FormCursor, parse_form
+from .form_plan import DEFAULT_FORM_RECALL, FormCursor, parse_form
 from .guards import GuardConfig
 from .prompt import Prompt, load_prompt, unconditional_prompt
 from .rules import default_rules
@@ -111,7 +111,8 @@ class BarGenerator:
 
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig, guards: GuardConfig,
                  controls: ControlConfig, seed: int, prompt: Prompt | None = None,
-                 device: str | torch.device = "cpu", form: str | None = None, form_recall: float = 0.0) -> None:
+                 device: str | torch.device = "cpu", form: str | None = None,
+                 form_recall: float = DEFAULT_FORM_RECALL) -> None:
         self.tokenizer, self.vocab = tokenizer, tokenizer.vocab
         controls.check(self.vocab)
         self.controls = controls

@@ -20,7 +20,7 @@ from ..config import UserError, check_bool, check_float, check_int, require_know
 from ..inference import DEFAULT_CHECKPOINT
 from .controls import ControlConfig
 from .guards import CORPUS_OPTIONS, GuardConfig, resolve_guard_values
-from .form_plan import form_conflicts
+from .form_plan import DEFAULT_FORM_RECALL, form_conflicts
 from .infill import infill_ranges
 from ..tokenizer import parse_time_signature
 from .render import RENDER_CHOICES
@@ -47,7 +47,7 @@ class GenerateOptions:
     # a planned form (form_plan.py): sections such as "A8 B8 A8", and optionally each section's chord chart
     form: str | None = None
     form_chords: str | None = None
-    form_recall: float = 2.0
+    form_recall: float = DEFAULT_FORM_RECALL
     # StopConfig (bars: auto | N | null, resolved by `resolved_bars`)
     bars: int | str | None = "auto"
     tokens: int | None = StopConfig.tokens
