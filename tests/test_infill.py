@@ -107,6 +107,30 @@ def test_infill_keeps_every_other_bar(note_checkpoint: Path, pop909_dir: Path) -
     assert [p.ids for p in again] == [p.ids for p in pieces]  # same seed, same pieces
 
 
+def test_a_model_trained_for_infill_reads_the_fill_in_the_middle_layout(note_checkpoint: Path, pop909_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    """A checkpoint whose config says it was trained with fill-in-the-middle crops (train.fim_rate > 0) reads
+    [BOS] after [BOS] before: the session's grammar walk restarts at the second BOS, and every kept bar stays."""
+    import torch
+
+    from musicgen.generation.infill import trained_for_infill
+
+    data = torch.load(note_checkpoint, map_location="cpu", weights_only=True)
+    data["config"] = {**(data.get("config") or {}), "train": {**((data.get("config") or {}).get("train") or {}),
+                                                                "fim_rate": 0.3}}
+    fim = tmp_path / "fim.pt"
+    torch.save(data, fim)
+    assert trained_for_infill(data["config"]) and not trained_for_infill(
+        torch.load(note_checkpoint, map_location="cpu", weights_only=True).get("config"))
+    song = pop909_dir / "001.mid"
+    pieces = generate(fim, song, infill="9-12", prompt_time_signature="index", seed=2, infill_candidates=2,
+                      log=None, progress=False)
+    check_piece(song, pieces[0], [(9, 12)])
+    plain = generate(note_checkpoint, song, infill="9-12", prompt_time_signature="index", seed=2,
+                     infill_candidates=2, log=None, progress=False)
+    assert pieces[0].ids != plain[0].ids  # the same seed reads another context, so writes other bars
+
+
 def test_controls_apply_inside_the_gap(note_checkpoint: Path, pop909_dir: Path) -> None:
     song = pop909_dir / "002.mid"
     piece = generate(note_checkpoint, song, infill="3-6", prompt_time_signature="index", key="C", chords="C G Am F",

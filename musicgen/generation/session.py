@@ -176,13 +176,19 @@ class GenerationSession:
 
     # --- prompt ------------------------------------------------------------------------------------
     def _walk_prompt(self, prompt: Prompt) -> tuple[list[GrammarState], TokenClock]:
-        """The grammar state after each prompt token (a prompt must be grammatical) and its tempo clock."""
-        states, clock = [], TokenClock.for_config(self.tokenizer.config)
-        for _, token, state, allowed in self.grammar.walk(prompt.ids):
-            if not allowed:
-                raise RuntimeError(f"prompt token {self.vocab.tokens[token]} breaks the REMI grammar")
-            follow_tempo(clock, state, int(self.vocab.values[token]), self._bins)
-            states.append(state)
+        """The grammar state after each prompt token (a prompt must be grammatical) and its tempo clock. A BOS
+        after the first token is a fill-in-the-middle separator (`musicgen.data.fim`: the bars after a gap, then
+        the piece again from its earlier bars): the walk and the clock start again there."""
+        states: list[GrammarState] = []
+        ids = list(prompt.ids)
+        cuts = [0] + [i for i in range(1, len(ids)) if ids[i] == self.vocab.bos_id] + [len(ids)]
+        for begin, end in zip(cuts, cuts[1:]):
+            clock = TokenClock.for_config(self.tokenizer.config)
+            for _, token, state, allowed in self.grammar.walk(ids[begin:end]):
+                if not allowed:
+                    raise RuntimeError(f"prompt token {self.vocab.tokens[token]} breaks the REMI grammar")
+                follow_tempo(clock, state, int(self.vocab.values[token]), self._bins)
+                states.append(state)
         return states, clock
 
     def _start(self, prompt: Prompt, state: GrammarState) -> tuple[int, np.ndarray | None]:
