@@ -104,39 +104,41 @@ def test_typed_config_is_validated_once_at_the_edge() -> None:
         ModelConfig.from_mapping({"pe": 3})
 
 
+def shipped_logits(path: Path) -> dict:
+    """What tests/model_shipped_logits.json records of a checkpoint: its config and parameter names, and its
+    log-probabilities (the stack and the recall head together) on one random sequence in both forms, the
+    parallel pass and the recurrent step. `python tests/test_model_config.py` rewrites the file from the shipped
+    checkpoint (only when a new model is shipped)."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    config = json.loads(json.dumps(data["model_config"]))
+    model = build_model(config, config["vocab_size"])
+    model.load_state_dict({k: v.float() for k, v in data["model_state"].items()})
+    model.eval()
+    x = torch.randint(1, config["vocab_size"], (1, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        forward = model(x, generator=torch.Generator().manual_seed(1))
+        state = model.init_state(1, generator=torch.Generator().manual_seed(1))
+        steps = torch.stack([model.step(x[:, i], state)[0] for i in range(64)])
+    return {"model_config": config, "state_keys": list(model.state_dict()),
+            "forward": forward[0, ::8, :6].tolist(), "step": steps[[0, 31, 63], 0, :6].tolist(),
+            "forward_sum": forward.double().sum().item(), "step_sum": steps.double().sum().item()}
+
+
 def test_shipped_checkpoint_loads_with_the_same_names_config_and_logits() -> None:
-    """checkpoints/musicgen-small.pt is the stack recorded before the model's config and step were restructured
-    (tests/model_shipped_logits.json) plus a recall head trained with that stack frozen: the same config but the
-    head, the same parameter names, and without its head exactly the recorded logits, in both forms."""
-    ref = json.loads((ROOT / "tests" / "model_shipped_logits.json").read_text())
+    """checkpoints/musicgen-small.pt computes exactly what was recorded when it was shipped
+    (tests/model_shipped_logits.json): the same config, parameter names and log-probabilities in both forms, so a
+    refactoring that changes what the shipped model computes fails here."""
     path = ROOT / "checkpoints" / "musicgen-small.pt"
     if not path.is_file():
         pytest.skip("no shipped checkpoint")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    # a checkpoint from before attention.local_window gets the option's "off" defaults; name, dropout (the head
-    # trained without) and recall are the head's
-    later = {"attention": {**ref["model_config"]["attention"], "local_window": 0, "local_heads": 2}}
-    stack = {k: v for k, v in {**ref["model_config"], **later}.items() if k not in ("name", "dropout")}
-    assert {k: v for k, v in data["model_config"].items() if k not in ("name", "dropout", "recall")} == stack
-    assert data["model_config"]["recall"]["window"] == 4096 and data["model_config"]["recall"]["bar_clock"]
-    model = build_model(data["model_config"], data["model_config"]["vocab_size"])
-    assert [k for k in model.state_dict() if not k.startswith("recall.")] == ref["state_keys"]
-    model.load_state_dict({k: v.float() for k, v in data["model_state"].items()})
-    model.eval()
-    vocab = ref["model_config"]["vocab_size"]
-    x = torch.randint(1, vocab, (1, 64), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        with_head = model(x, generator=torch.Generator().manual_seed(1))
-        model.recall = None  # the stack alone
-        logits = model(x, generator=torch.Generator().manual_seed(1))
-        state = model.init_state(1, generator=torch.Generator().manual_seed(1))
-        steps = [model.step(x[:, i], state)[0] for i in range(64)]
-    assert not torch.allclose(with_head, torch.log_softmax(logits, -1), atol=1e-3)  # the head takes part
-    torch.testing.assert_close(logits[0, ::8, :6], torch.tensor(ref["forward"]), atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(torch.stack([steps[i][0, :6] for i in (0, 31, 63)]), torch.tensor(ref["step"]),
-                               atol=1e-4, rtol=1e-5)
-    assert abs(logits.double().sum().item() - ref["forward_sum"]) < 1e-5 * max(1.0, abs(ref["forward_sum"]))
-    assert abs(torch.stack(steps).double().sum().item() - ref["step_sum"]) < 1e-5 * max(1.0, abs(ref["step_sum"]))
+    ref = json.loads((ROOT / "tests" / "model_shipped_logits.json").read_text())
+    now = shipped_logits(path)
+    assert now["model_config"] == ref["model_config"] and now["state_keys"] == ref["state_keys"]
+    assert now["model_config"]["recall"]["window"] == 4096 and now["model_config"]["recall"]["bar_clock"]
+    torch.testing.assert_close(torch.tensor(now["forward"]), torch.tensor(ref["forward"]), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(now["step"]), torch.tensor(ref["step"]), atol=1e-4, rtol=1e-5)
+    for key in ("forward_sum", "step_sum"):
+        assert abs(now[key] - ref[key]) < 1e-5 * max(1.0, abs(ref[key])), key
 
 
 def test_small_presets_have_the_same_size() -> None:
@@ -266,3 +268,8 @@ def test_forward_backward_default_small_batch() -> None:
     assert logits.shape == (3, 50, VOCAB) and logits.dtype == torch.float32
     torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten(), ignore_index=0).backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "embed" not in n)
+
+
+if __name__ == "__main__":  # only when a new model is shipped: record what it computes
+    (ROOT / "tests" / "model_shipped_logits.json").write_text(
+        json.dumps(shipped_logits(ROOT / "checkpoints" / "musicgen-small.pt"), indent=1) + "\n")

@@ -33,7 +33,7 @@ from .rules import DecodeRule, StepContext
 class SamplingConfig:
     """Sampling settings (see the module docstring for what each does and in which order)."""
 
-    temperature: float = 0.9  # below 1: a restatement, once begun, is followed through (docs/form.md)
+    temperature: float = 1.0  # the model's own distribution (why, and what 0.9 did: docs/form.md, round 4)
     top_k: int = 0  # 0 = off
     top_p: float = 0.95  # 1.0 = off (why 0.95: docs/decoding.md)
     repetition_penalty: float = 1.0  # 1.0 = off
