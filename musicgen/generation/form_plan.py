@@ -34,7 +34,7 @@ from .session import GenerationSession, SampleResult
 
 _SECTION = re.compile(r"^([A-Za-z])(\d+)$")
 #: how much the recall head is pointed at a returning section's earlier bars (``form_recall``; docs/compose.md
-#: measures 0, 2 and 3)
+#: measures it): 0, since the shipped model's own recall brings a returning section back
 DEFAULT_FORM_RECALL = 0.0
 #: token cap per planned bar (generation's default cap, 4,096 tokens, would end a long plan early)
 TOKENS_PER_BAR = 300
