@@ -26,6 +26,20 @@ from .bar_stream import Bar, BarGenerator, check_steer, decode_bars, midi_bytes
 
 __all__ = ["LiveStream"]
 
+def wait_for_bars(cond: threading.Condition, bars: deque[Bar], index: int, timeout: float,
+                  alive: Callable[[], bool]) -> list[Bar]:
+    """The bars of ``bars`` from ``index`` on, waiting on ``cond`` up to ``timeout`` seconds for the first one
+    while ``alive()``: how a thread's stream and a process's stream both serve their readers."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while True:
+            out = [bar for bar in bars if bar.index >= index]
+            left = deadline - time.monotonic()
+            if out or left <= 0 or not alive():
+                return out
+            cond.wait(left)
+
+
 class LiveStream:
     """A :class:`BarGenerator` on its own thread, at most ``ahead_bars`` bars ahead of its consumer."""
 
@@ -111,14 +125,7 @@ class LiveStream:
     def bars_from(self, index: int, timeout: float = 0.0) -> list[Bar]:
         """Finished bars from ``index`` on (from the oldest kept when ``index`` is older), waiting up to
         ``timeout`` seconds for the first one."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                out = [bar for bar in self._bars if bar.index >= index]
-                left = deadline - time.monotonic()
-                if out or left <= 0 or not self.alive:
-                    return out
-                self._cond.wait(left)
+        return wait_for_bars(self._cond, self._bars, index, timeout, lambda: self.alive)
 
     def steer(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Queue a change for the first bar line after the music already written; returns ``from_bar`` (the

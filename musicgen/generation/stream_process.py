@@ -20,7 +20,7 @@ from ..config import UserError
 from .prompt import Prompt
 
 from .bar_stream import Bar, BarGenerator, decode_bars, midi_bytes
-from .stream import LiveStream
+from .stream import LiveStream, wait_for_bars
 
 __all__ = ["ProcessStream", "start_fork_server"]
 
@@ -183,14 +183,7 @@ class ProcessStream:
             self._send(("played", self._played))
 
     def bars_from(self, index: int, timeout: float = 0.0) -> list[Bar]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                out = [bar for bar in self._bars if bar.index >= index]
-                left = deadline - time.monotonic()
-                if out or left <= 0 or not self.alive:
-                    return out
-                self._cond.wait(left)
+        return wait_for_bars(self._cond, self._bars, index, timeout, lambda: self.alive)
 
     def steer(self, settings: Mapping[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         with self._cond:
