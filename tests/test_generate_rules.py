@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
 
 from musicgen.generation import GenerationSession, SamplingConfig, StopConfig, unconditional_prompt
 from musicgen.generation.guards import GuardConfig, MusicGuards
-from musicgen.generation.rules import DecodeRule, default_rules
+from musicgen.generation.rules import DEFAULT_RULES, DecodeRule, RuleSpec, build_rules
 from musicgen.generation.tonal import TonalMemory
 from musicgen.tokenizer import REMITokenizer, TokenType
 
@@ -24,6 +26,13 @@ class UniformModel:
 
     def step(self, tokens: torch.Tensor, state):
         return self.logits.expand(tokens.shape[0], -1).clone(), state
+
+
+@dataclass(frozen=True)
+class CeilingConfig:
+    """The new rule's own settings group."""
+
+    ceiling: int = 127
 
 
 class NoPitchAbove(DecodeRule):
@@ -54,6 +63,10 @@ class NoPitchAbove(DecodeRule):
         return {"ceiling": self.ceiling, "pitches": self.seen[row]}
 
 
+#: the new rule as the session knows it: its settings group and how it is built from it
+CEILING = RuleSpec("no_pitch_above", "ceiling", lambda vocab, batch, config: NoPitchAbove(vocab, batch, config.ceiling))
+
+
 @pytest.fixture(scope="module")
 def tokenizer() -> REMITokenizer:
     return REMITokenizer()
@@ -64,11 +77,11 @@ def _pitches(tokenizer: REMITokenizer, ids: list[int]) -> list[int]:
     return [int(vocab.values[t]) for t in ids if int(vocab.types[t]) == TokenType.PITCH]
 
 
-def test_a_new_rule_is_one_class_and_one_list_entry(tokenizer: REMITokenizer) -> None:
+def test_a_new_rule_is_one_class_one_spec_and_its_settings_group(tokenizer: REMITokenizer) -> None:
     sampling, guards = SamplingConfig(), GuardConfig()
-    rules = default_rules(sampling, guards, None) + [lambda vocab, batch: NoPitchAbove(vocab, batch, 60)]
     session = GenerationSession(UniformModel(len(tokenizer.vocab)), tokenizer, sampling,
-                                StopConfig(tokens=300, allow_eos=False), seed=1, guards=guards, rules=rules)
+                                StopConfig(tokens=300, allow_eos=False), seed=1, guards=guards,
+                                rules=DEFAULT_RULES + (CEILING,), rule_settings={"ceiling": CeilingConfig(60)})
     results = session.run(unconditional_prompt(tokenizer), 2, progress=False)
     for result in results:
         pitches = _pitches(tokenizer, result.ids)
@@ -80,9 +93,9 @@ def test_a_new_rule_is_one_class_and_one_list_entry(tokenizer: REMITokenizer) ->
 
 def test_settings_are_replaced_between_two_steps_and_the_state_is_kept(tokenizer: REMITokenizer) -> None:
     sampling, guards = SamplingConfig(), GuardConfig()
-    rules = default_rules(sampling, guards, None) + [lambda vocab, batch: NoPitchAbove(vocab, batch, 50)]
     session = GenerationSession(UniformModel(len(tokenizer.vocab)), tokenizer, sampling,
-                                StopConfig(tokens=2000, allow_eos=False), seed=2, guards=guards, rules=rules)
+                                StopConfig(tokens=2000, allow_eos=False), seed=2, guards=guards,
+                                rules=DEFAULT_RULES + (CEILING,), rule_settings={"ceiling": CeilingConfig(50)})
     logits, tracks, _ = session.feed_prompt(unconditional_prompt(tokenizer), 1)
     for _ in range(300):
         logits = session.step(logits, tracks)
@@ -118,3 +131,26 @@ def test_prompt_is_read_once_and_forked_to_every_row(tokenizer: REMITokenizer) -
     guards.fork(0, 1)
     guards.rows[1].notes_in_bar += 1
     assert guards.rows[0].notes_in_bar == 5  # a copy, not a shared row
+
+
+def test_rules_are_built_in_order_and_only_when_their_settings_switch_them_on(tokenizer: REMITokenizer) -> None:
+    from musicgen.generation.controls import ControlConfig, Controls
+    from musicgen.generation.sampling import RepetitionPenalty
+
+    vocab = tokenizer.vocab
+    settings = {"sampling": SamplingConfig(), "guards": GuardConfig(), "controls": None}
+    names = [type(rule) for rule in build_rules(vocab, 2, DEFAULT_RULES, settings)]
+    assert names == [TonalMemory, MusicGuards, RepetitionPenalty]  # no control set: no Controls rule
+    kept = build_rules(vocab, 2, DEFAULT_RULES, settings, keep=("controls",))
+    assert [type(rule) for rule in kept] == [TonalMemory, Controls, MusicGuards, RepetitionPenalty]
+    charted = build_rules(vocab, 2, DEFAULT_RULES, {**settings, "controls": ControlConfig(chords="C G")})
+    assert isinstance(charted[1], Controls)
+    off = build_rules(vocab, 2, DEFAULT_RULES, {**settings, "guards": GuardConfig(enabled=False)})
+    assert MusicGuards not in [type(rule) for rule in off]
+    with pytest.raises(KeyError, match="ceiling"):  # a spec whose settings group the session was not given
+        build_rules(vocab, 1, DEFAULT_RULES + (CEILING,), settings)
+    with pytest.raises(ValueError, match="no rule named"):
+        build_rules(vocab, 1, DEFAULT_RULES, settings, keep=("chords",))
+    with pytest.raises(ValueError, match="own groups"):
+        GenerationSession(UniformModel(len(vocab)), tokenizer, SamplingConfig(), StopConfig(tokens=10), 0,
+                          rule_settings={"sampling": SamplingConfig(temperature=2.0)})

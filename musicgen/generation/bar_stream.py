@@ -34,7 +34,6 @@ from .controls import ControlConfig, Controls
 from .form_plan import DEFAULT_FORM_RECALL, FormCursor, parse_form
 from .guards import GuardConfig
 from .prompt import Prompt, load_prompt, unconditional_prompt
-from .rules import default_rules
 from .sampling import SamplingConfig
 from .session import GenerationSession, StopConfig
 from .tonal import TonalMemory
@@ -116,13 +115,9 @@ class BarGenerator:
         self.tokenizer, self.vocab = tokenizer, tokenizer.vocab
         controls.check(self.vocab)
         self.controls = controls
-        rules = default_rules(sampling, guards, controls)
         # the controls rule always runs (inactive until a control is set), so a stream can be steered
-        rules = [(lambda vocab, batch: Controls(vocab, self.controls, batch)) if getattr(f, "__name__", "") ==
-                 "control" else f for f in rules]
-        assert len(rules) == len(default_rules(sampling, guards, None)), "default_rules changed its factories"
         self.session = GenerationSession(model, tokenizer, sampling, StopConfig(max_tokens=ENDLESS, allow_eos=False),
-                                         seed, device, guards, controls, rules=rules)
+                                         seed, device, guards, controls, keep_rules=("controls",))
         self.prompt = prompt if prompt is not None and not prompt.is_empty else unconditional_prompt(tokenizer)
         self._bins = Bins(tokenizer.config)
         self._types = self.vocab.types

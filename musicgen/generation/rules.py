@@ -7,10 +7,11 @@ with every accepted token (:meth:`~DecodeRule.observe`), a prompt read once and 
 the other rows of the batch (:meth:`~DecodeRule.fork`), logits in, logits out (:meth:`~DecodeRule.process`),
 a per-row narrowing of the grammar mask (:meth:`~DecodeRule.restrict`), a report for the piece's .json
 (:meth:`~DecodeRule.report`) and settings that may be replaced between two steps
-(:meth:`~DecodeRule.replace`, what a live stream steers with). A new rule is one class and one entry in
-:func:`default_rules`; the session does not change.
+(:meth:`~DecodeRule.replace`, what a live stream steers with). A new rule is one class, one :class:`RuleSpec`
+(the settings group it reads and how it is built from it) and its settings: a session is given
+``rules=DEFAULT_RULES + (spec,)`` and ``rule_settings={group: settings}``; the session does not change.
 
-Order (:func:`default_rules`, the order of the list): the tonal memory, the controls, the guards' soft rules
+Order (:data:`DEFAULT_RULES`, the order of the tuple): the tonal memory, the controls, the guards' soft rules
 (which count the probability they move, so they see the logits after the others), then the repetition
 penalty; the masks come from the controls, then the guards (always last: they may overrule a control).
 """
@@ -18,7 +19,7 @@ penalty; the masks come from the controls, then the guards (always last: they ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import torch
 if TYPE_CHECKING:
     from ..tokenizer import GrammarState, Vocabulary
 
-__all__ = ["DecodeRule", "StepContext", "RuleFactory", "default_rules"]
+__all__ = ["DEFAULT_RULES", "DecodeRule", "RuleSettings", "RuleSpec", "StepContext", "build_rules"]
 
 
 @dataclass
@@ -70,34 +71,88 @@ class DecodeRule:
         raise ValueError(f"{type(self).__name__} has no settings that can change while generating")
 
 
-#: builds one rule for a batch (vocabulary, batch size), or None when the rule is off
-RuleFactory = Callable[["Vocabulary", int], "DecodeRule | None"]
+#: the settings a session's rules read, by group: "sampling" (:class:`~.sampling.SamplingConfig`), "guards"
+#: (:class:`~.guards.GuardConfig`), "controls" (one :class:`~.controls.ControlConfig`, one per sample, or None),
+#: and the group of every rule added beyond these
+RuleSettings = Mapping[str, Any]
 
 
-def default_rules(sampling: Any, guards: Any, controls: Any) -> list[RuleFactory]:
-    """The session's rules, in order, from its settings (:class:`~.sampling.SamplingConfig`,
-    :class:`~.guards.GuardConfig`, one :class:`~.controls.ControlConfig` or one per sample, or None)."""
+@dataclass(frozen=True)
+class RuleSpec:
+    """How a session builds one rule: the settings group it reads, ``build(vocab, batch, settings)`` the rule for
+    a batch, and ``active(settings)`` whether those settings switch it on (an inactive rule is not built, so it
+    costs nothing; a session may keep a rule on anyway, as a stream does with the controls it will be steered by).
+
+    Why a spec and not a class attribute: a rule is a plain :class:`DecodeRule` that knows nothing of the options;
+    the spec is the one place that says which settings it is built from."""
+
+    name: str
+    group: str
+    build: Callable[["Vocabulary", int, Any], DecodeRule]
+    active: Callable[[Any], bool] = lambda settings: True
+
+    def make(self, vocab: "Vocabulary", batch: int, settings: RuleSettings, keep: bool = False) -> DecodeRule | None:
+        """The rule for a batch, or None when its settings switch it off (and ``keep`` is false)."""
+        if self.group not in settings:
+            raise KeyError(f"rule {self.name!r} reads the settings group {self.group!r}, which the session lacks")
+        value = settings[self.group]
+        return self.build(vocab, batch, value) if keep or self.active(value) else None
+
+
+def _tonal(vocab: "Vocabulary", batch: int, sampling: Any) -> DecodeRule:
     from ..tokenizer import TokenType
-    from .controls import ControlConfig, Controls
-    from .guards import MusicGuards
-    from .sampling import RepetitionPenalty
     from .tonal import TonalMemory
 
-    def tonal(vocab: "Vocabulary", batch: int) -> DecodeRule:
-        pitches = vocab.ids_of_type(TokenType.PITCH)
-        return TonalMemory(batch, pitches, np.asarray(vocab.values[pitches.start:pitches.stop]),
-                           sampling.tonal_memory, sampling.tonal_half_life)
+    pitches = vocab.ids_of_type(TokenType.PITCH)
+    return TonalMemory(batch, pitches, np.asarray(vocab.values[pitches.start:pitches.stop]), sampling.tonal_memory,
+                       sampling.tonal_half_life)
 
-    def control(vocab: "Vocabulary", batch: int) -> DecodeRule | None:
-        active = controls is not None and (controls.active if isinstance(controls, ControlConfig)
-                                           else any(c.active for c in controls))
-        return Controls(vocab, controls, batch) if active else None
 
-    def guard(vocab: "Vocabulary", batch: int) -> DecodeRule | None:
-        return MusicGuards(vocab, guards, batch) if guards.enabled else None
+def _controls(vocab: "Vocabulary", batch: int, controls: Any) -> DecodeRule:
+    from .controls import ControlConfig, Controls
 
-    def repetition(vocab: "Vocabulary", batch: int) -> DecodeRule:
-        return RepetitionPenalty(batch, len(vocab), vocab.ids_of_type(TokenType.PITCH),
-                                 int(sampling.repetition_window), float(sampling.repetition_penalty))
+    return Controls(vocab, controls if controls is not None else ControlConfig(), batch)
 
-    return [tonal, control, guard, repetition]
+
+def _controls_active(controls: Any) -> bool:
+    from .controls import ControlConfig
+
+    if controls is None:
+        return False
+    return controls.active if isinstance(controls, ControlConfig) else any(c.active for c in controls)
+
+
+def _guards(vocab: "Vocabulary", batch: int, guards: Any) -> DecodeRule:
+    from .guards import MusicGuards
+
+    return MusicGuards(vocab, guards, batch)
+
+
+def _repetition(vocab: "Vocabulary", batch: int, sampling: Any) -> DecodeRule:
+    from ..tokenizer import TokenType
+    from .sampling import RepetitionPenalty
+
+    return RepetitionPenalty(batch, len(vocab), vocab.ids_of_type(TokenType.PITCH),
+                             int(sampling.repetition_window), float(sampling.repetition_penalty))
+
+
+#: the built-in rules, in the session's order (see the module docstring)
+DEFAULT_RULES: tuple[RuleSpec, ...] = (
+    RuleSpec("tonal_memory", "sampling", _tonal),
+    RuleSpec("controls", "controls", _controls, _controls_active),
+    RuleSpec("guards", "guards", _guards, lambda guards: bool(guards.enabled)),
+    RuleSpec("repetition_penalty", "sampling", _repetition),
+)
+
+
+def build_rules(vocab: "Vocabulary", batch: int, specs: Sequence[RuleSpec], settings: RuleSettings,
+                keep: Collection[str] = ()) -> list[DecodeRule]:
+    """The rules of ``specs`` for a batch, in order, each from its settings group; those named in ``keep`` are
+    built even when their settings switch them off."""
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two rules share a name: {names}")
+    unknown = set(keep) - set(names)
+    if unknown:
+        raise ValueError(f"no rule named {', '.join(sorted(unknown))} (rules: {', '.join(names)})")
+    return [rule for spec in specs if (rule := spec.make(vocab, batch, settings, spec.name in keep)) is not None]

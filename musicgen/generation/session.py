@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from ..tokenizer import Bins, GrammarState, Phase, REMITokenizer, TokenType
 from .controls import ControlConfig
 from .guards import GuardConfig
 from .prompt import Prompt
-from .rules import DecodeRule, RuleFactory, StepContext, default_rules
+from .rules import DEFAULT_RULES, DecodeRule, RuleSettings, RuleSpec, StepContext, build_rules
 from .sampling import SamplingConfig, grammar_mask, sample_next
 from .timeline import TokenClock, event_step, follow_tempo
 
@@ -143,14 +143,23 @@ class GenerationSession:
     def __init__(self, model: Any, tokenizer: REMITokenizer, sampling: SamplingConfig, stop: StopConfig,
                  seed: int, device: str | torch.device = "cpu", guards: GuardConfig | None = None,
                  controls: ControlConfig | list[ControlConfig] | None = None,
-                 rules: list[RuleFactory] | None = None) -> None:
+                 rules: Sequence[RuleSpec] = DEFAULT_RULES, rule_settings: RuleSettings | None = None,
+                 keep_rules: Collection[str] = ()) -> None:
         """``controls``: the musician's controls (chord chart, bpm, metre, density, key), one config or one per
-        sample. ``rules``: the decode-time rules' factories, in order (default: :func:`~.rules.default_rules`
-        of the sampling, guard and control settings)."""
+        sample. ``rules``: the decode-time rules, in order (:data:`~.rules.DEFAULT_RULES`); each is built from
+        its settings group: "sampling", "guards" and "controls" are the arguments above, ``rule_settings`` holds
+        the groups of rules beyond those. ``keep_rules``: rules built even when their settings switch them off
+        (a stream keeps the controls it may be steered by)."""
         self.model, self.tokenizer = model, tokenizer
         self.sampling, self.stop = sampling, stop
         self.guard_config = guards or GuardConfig()
-        self.rule_factories = rules if rules is not None else default_rules(sampling, self.guard_config, controls)
+        self.rule_specs = tuple(rules)
+        self.rule_settings: dict[str, Any] = {"sampling": sampling, "guards": self.guard_config, "controls": controls}
+        clash = set(rule_settings or {}) & set(self.rule_settings)
+        if clash:
+            raise ValueError(f"rule_settings may not replace the session's own groups: {', '.join(sorted(clash))}")
+        self.rule_settings.update(rule_settings or {})
+        self.keep_rules = frozenset(keep_rules)
         self.rules: list[DecodeRule] = []  # built for the batch by feed_prompt
         self._fed = False
         self.device = torch.device(device)
@@ -210,7 +219,7 @@ class GenerationSession:
         start_step, first_mask = self._start(prompt, gstate)
         start_seconds = clock.seconds_at(start_step)
         tracks = [_Track(gstate, clock.copy(), first_mask, start_seconds) for _ in range(batch_size)]
-        self.rules = [rule for factory in self.rule_factories if (rule := factory(self.vocab, batch_size)) is not None]
+        self.rules = build_rules(self.vocab, batch_size, self.rule_specs, self.rule_settings, self.keep_rules)
         for rule in self.rules:  # the prompt is read once, by row 0, then copied to the others
             for token, state in zip(prompt.ids, states):
                 rule.observe(0, state, token, continuation=False)
