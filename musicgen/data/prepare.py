@@ -22,12 +22,13 @@ from typing import Any, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from ..config import UserError, check_bool, make_dir
+from ..config import UserError, make_dir
 from ..tokenizer import MidiReadError, REMITokenizer, TokenizerConfig, Vocabulary, load_midi
 from .beat_phase import BEAT_PHASE_VERSION, align_beats
 from .cache import TokenCache, cache_lock, write_cache
 from .download import download_pop909
 from .sources import SourceFile, list_sources
+from .options import DataOptions, data_options
 from .stats import read_corpus_statistics
 
 _worker_tokenizer: REMITokenizer | None = None
@@ -103,11 +104,10 @@ def song_key(file_sha1: str, tokenizer_cfg: TokenizerConfig, time_signature: tup
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-def _settings(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig) -> dict[str, Any]:
+def _settings(data: DataOptions, tokenizer_cfg: TokenizerConfig) -> dict[str, Any]:
     """What the cached ids depend on besides the files themselves."""
-    return {"root": str(Path(str(data_cfg["root"])).resolve()), "time_signature": str(data_cfg.get("time_signature")),
-            "split": str(data_cfg.get("split")), "tokenizer": tokenizer_cfg.to_dict(),
-            "align_beats": bool(data_cfg.get("align_beats") or False)}
+    return {"root": str(Path(data.root).resolve()), "time_signature": data.time_signature, "split": data.split,
+            "tokenizer": tokenizer_cfg.to_dict(), "align_beats": data.align_beats}
 
 
 def _previous_results(cache_dir: Path, tokenizer: REMITokenizer, progress: bool, replace_other_vocabulary: bool = True
@@ -178,7 +178,7 @@ def _tokenize_in_workers(todo: list[SourceFile], workers: int, tokenizer_cfg: di
         isolate = True
 
 
-def _prepare_locked(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig, tokenizer: REMITokenizer,
+def _prepare_locked(data: DataOptions, tokenizer_cfg: TokenizerConfig, tokenizer: REMITokenizer,
                     sources: list[SourceFile], cache_dir: Path, settings: dict[str, Any], root: Path,
                     progress: bool, replace_other_vocabulary: bool = True,
                     skipped: list[tuple[str, str]] = ()):
@@ -202,7 +202,7 @@ def _prepare_locked(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig,
             results[s.relpath] = previous[keys[s.relpath]]
     unchanged = len(sources) - len(todo)
     if todo:
-        workers = int(data_cfg.get("num_workers") or 0) or os.cpu_count() or 1
+        workers = data.num_workers or os.cpu_count() or 1
         workers = min(workers, len(todo))
         desc = f"tokenize {root.name or root}"
         if workers > 1:
@@ -230,36 +230,37 @@ def _prepare_locked(data_cfg: Mapping[str, Any], tokenizer_cfg: TokenizerConfig,
     return cache, songs, bad, todo, unchanged
 
 
-def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] | TokenizerConfig,
+def prepare_corpus(data: DataOptions | Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] | TokenizerConfig,
                    progress: bool = True, replace_other_vocabulary: bool = True) -> TokenCache:
-    """Make sure `data_cfg.cache_dir` holds an up-to-date token cache of `data_cfg.root`, and open it.
+    """Make sure `data.cache_dir` holds an up-to-date token cache of `data.root`, and open it.
 
     A damaged or outdated cache there is rebuilt. One of another vocabulary is replaced too (training with new
     tokenizer settings), unless `replace_other_vocabulary` is false (evaluate): then it is a UserError.
     """
+    data = data_options(data)
     if not isinstance(tokenizer_cfg, TokenizerConfig):
         tokenizer_cfg = TokenizerConfig.from_mapping(tokenizer_cfg)
-    root = Path(str(data_cfg["root"]))
-    if check_bool("data.download", data_cfg.get("download") or False) and not any(root.glob("*.mid")):
-        if data_cfg.get("name") != "pop909":
+    root = Path(data.root)
+    if data.download and not any(root.glob("*.mid")):
+        if data.name != "pop909":
             raise ValueError("data.download=true is only available for data=pop909")
         download_pop909(root)
     skipped: list[tuple[str, str]] = []
-    sources = list_sources(data_cfg, skipped)
-    cache_dir = Path(str(data_cfg["cache_dir"]))
-    settings = _settings(data_cfg, tokenizer_cfg)
+    sources = list_sources(data, skipped)
+    cache_dir = Path(data.cache_dir)
+    settings = _settings(data, tokenizer_cfg)
     tokenizer = REMITokenizer(tokenizer_cfg)
     forced = {s.time_signature for s in sources if s.time_signature is not None}
-    if str(data_cfg.get("time_signature", "file")) not in ("file", "index") and forced:
+    if data.time_signature not in ("file", "index") and forced:
         metre = next(iter(forced))
         if metre not in tokenizer.vocab.time_signatures:
-            raise UserError(f"data.time_signature={data_cfg.get('time_signature')}: a grid of {tokenizer_cfg.grid} "
+            raise UserError(f"data.time_signature={data.time_signature}: a grid of {tokenizer_cfg.grid} "
                             "steps per whole note cannot represent that metre (a bar must be a whole number of "
                             "steps, at most four whole notes); use e.g. 4/4, 3/4 or file")
 
     make_dir(cache_dir, "data.cache_dir")
     with cache_lock(cache_dir, exclusive=True, message=f"waiting for another process preparing {cache_dir} ..."):
-        cache, songs, bad, todo, unchanged = _prepare_locked(data_cfg, tokenizer_cfg, tokenizer, sources, cache_dir,
+        cache, songs, bad, todo, unchanged = _prepare_locked(data, tokenizer_cfg, tokenizer, sources, cache_dir,
                                                             settings, root, progress, replace_other_vocabulary,
                                                             skipped)
         stats = read_corpus_statistics(cache)  # the decoding bounds of this corpus (written when stale)
@@ -277,20 +278,21 @@ def prepare_corpus(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]
     return cache
 
 
-def current_cache(data_cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] | TokenizerConfig,
+def current_cache(data: DataOptions | Mapping[str, Any], tokenizer_cfg: Mapping[str, Any] | TokenizerConfig,
                   ) -> TokenCache | None:
-    """The cache in `data_cfg.cache_dir` when it is exactly what `prepare_corpus` would write now (same
+    """The cache in `data.cache_dir` when it is exactly what `prepare_corpus` would write now (same
     vocabulary; every file present with the same cache key and split), opened and verified; else None.
 
     Read-only: nothing is written, so it is safe on a folder named by a loaded checkpoint (evaluate).
     """
+    data = data_options(data)
     if not isinstance(tokenizer_cfg, TokenizerConfig):
         tokenizer_cfg = TokenizerConfig.from_mapping(tokenizer_cfg)
-    cache_dir = Path(str(data_cfg["cache_dir"]))
+    cache_dir = Path(data.cache_dir)
     if not (cache_dir / "manifest.json").is_file():
         return None
     skipped: list[tuple[str, str]] = []
-    sources = list_sources(data_cfg, skipped)
+    sources = list_sources(data, skipped)
     try:
         cache = TokenCache(cache_dir)
     except (OSError, ValueError):

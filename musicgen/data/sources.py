@@ -6,10 +6,12 @@ import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from ..config import check_bool, check_int
 from ..tokenizer import find_midi_files, parse_time_signature
+
+if TYPE_CHECKING:
+    from .options import DataOptions
 
 SPLITS = ("train", "valid", "test")
 
@@ -78,26 +80,26 @@ def readable_name(relpath: str) -> str | None:
     return None
 
 
-def list_sources(data_cfg: Mapping[str, Any], skipped: list[tuple[str, str]] | None = None) -> list[SourceFile]:
+def list_sources(data: "DataOptions | Mapping[str, Any]",
+                 skipped: list[tuple[str, str]] | None = None) -> list[SourceFile]:
     """The corpus described by a data config (see conf/data/*.yaml), sorted by relative path.
 
     A file whose name is not valid UTF-8 (it could not be stored in the cache's manifest) is left out and, with
     `skipped`, listed there as (its name with \\xNN escapes, the reason), so one such file never stops a corpus.
     """
-    # A count of files or null (all): -1 would silently drop the last file and 0 would mean all.
-    max_files = check_int("data.max_files", data_cfg.get("max_files"), minimum=1, allow_none=True)
-    root = Path(str(data_cfg["root"]))
+    from .options import data_options
+
+    data = data_options(data)
+    root = Path(data.root)
     if not root.exists():
-        hint = " (or set data.download=true)" if data_cfg.get("name") == "pop909" else ""
+        hint = " (or set data.download=true)" if data.name == "pop909" else ""
         raise FileNotFoundError(f"data.root={root}: no such folder{hint}")
     files = find_midi_files(root)
     if not files:
         raise FileNotFoundError(f"data.root={root}: no MIDI files (.mid/.midi/.kar) found")
-    if max_files is not None:
-        files = files[:max_files]
-    ts_option = str(data_cfg.get("time_signature", "file"))
-    align = check_bool("data.align_beats", data_cfg.get("align_beats") or False)
-    split_rule = str(data_cfg.get("split", "hash"))
+    if data.max_files is not None:
+        files = files[:data.max_files]
+    ts_option, align, split_rule = data.time_signature, data.align_beats, data.split
     metres: dict[int, tuple[int, int]] = {}
     forced: tuple[int, int] | None = None
     if ts_option == "index":
@@ -106,9 +108,7 @@ def list_sources(data_cfg: Mapping[str, Any], skipped: list[tuple[str, str]] | N
         forced = parse_time_signature(ts_option)
     held_out: set[str] = set()
     if split_rule == "folder":  # a small folder of one's own: a fixed share of its files validates (at least one)
-        fraction = float(data_cfg.get("valid_fraction") or 0.1)
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"data.valid_fraction={fraction}: must be in (0, 1)")
+        fraction = data.valid_fraction
         names = [p.relative_to(root).as_posix() if p != root else p.name for p in files]
         ranked = sorted(names, key=lambda n: hashlib.sha1(n.encode("utf-8", "surrogateescape")).hexdigest())
         count = max(1, round(fraction * len(ranked))) if len(ranked) >= 2 else 0

@@ -3,6 +3,7 @@ folder a loaded checkpoint names (see `open_eval_cache`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -30,9 +31,13 @@ def eval_data_config(ckpt_config: Mapping[str, Any], root: str | None = None,
     user's folder when given, else the checkpoint's own; `open_eval_cache` only *reads* the latter (paths
     that are written never come from a loaded file).
     """
-    data = dict(ckpt_config.get("data") or {})
-    if not data:
+    from ..data.options import DataOptions
+
+    stored = dict(ckpt_config.get("data") or {})
+    if not stored:
         raise UserError("the checkpoint carries no data config; pass data.root=... and data.cache_dir=...")
+    known = {f.name for f in dataclasses.fields(DataOptions)}
+    data = {k: v for k, v in stored.items() if k in known}  # an older checkpoint's retired keys are not options
     data.setdefault("cache_dir", f"cache/{data.get('name', 'data')}")
     own_root = _existing_path(data.get("root", ""))
     data["cache_dir"] = str(cache_dir) if cache_dir is not None else str(_existing_path(data["cache_dir"]))

@@ -19,11 +19,11 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -38,6 +38,7 @@ from .loggers import RunLogger
 from ..inference.parameters import positional_parameters
 from .optim import make_optimizer
 from .options import TrainOptions
+from .run_config import RunConfig
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import ckpt_dir_of, guard_checkpoint_dir, resume_path
 from .schedule import warmup_cosine
@@ -71,9 +72,9 @@ def batch_indices(step: int, micro: int, grad_accum: int, batch_size: int, rank:
     return list(range(base, base + batch_size))
 
 
-def validate_train_config(cfg: DictConfig) -> TrainOptions:
-    """Every training option checked before anything runs, each error naming its option (`TrainOptions`)."""
-    return TrainOptions.from_config(cfg)
+def validate_train_config(cfg: RunConfig | Mapping[str, Any]) -> RunConfig:
+    """Every option of the run checked before anything runs, each error naming its option (`RunConfig`)."""
+    return RunConfig.from_mapping(cfg)
 
 
 def _check_compatible(ckpt: Checkpoint, model_config: dict[str, Any], vocab_tokens: list[str]) -> None:
@@ -94,18 +95,19 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def run_training(cfg: DictConfig, run_dir: str | Path, progress: bool = True) -> TrainResult:
-    """Train according to `cfg` (conf/config.yaml); checkpoints go to train.ckpt_dir or run_dir/checkpoints.
+def run_training(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path, progress: bool = True) -> TrainResult:
+    """Train according to `cfg` (conf/config.yaml composed: a `RunConfig` or the Hydra config it is made from);
+    checkpoints go to train.ckpt_dir or run_dir/checkpoints.
 
-    Options are validated (`TrainOptions`) and the checkpoint folder guarded (`guard_checkpoint_dir`) before
+    Options are validated (`RunConfig`) and the checkpoint folder guarded (`guard_checkpoint_dir`) before
     anything is built, so a run that would fail or destroy work stops at once with a one-line error.
     """
-    opts = validate_train_config(cfg)
-    info = init_distributed(str(cfg.device))
+    config = validate_train_config(cfg)
+    info = init_distributed(config.device)
     lock = None
     try:
-        lock = guard_checkpoint_dir(opts, ckpt_dir_of(opts, Path(run_dir)), info.is_main)
-        return _train(cfg, opts, info, Path(run_dir), progress)
+        lock = guard_checkpoint_dir(config.train, ckpt_dir_of(config.train, Path(run_dir)), info.is_main)
+        return _train(config, info, Path(run_dir), progress)
     finally:
         if lock is not None:
             lock.release()
@@ -121,7 +123,8 @@ class _NonFiniteLoss(UserError):
 class _Run:
     """Everything one training run holds, built by `_setup` (and `_resume`), used by the loop's parts."""
 
-    opts: TrainOptions
+    config: RunConfig
+    opts: TrainOptions  # config.train
     info: DistInfo
     ckpt_dir: Path
     precision: str
@@ -145,9 +148,10 @@ class _Run:
     bad_validations: int = 0  # validations in a row without a new best (train.early_stop_patience)
 
 
-def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, progress: bool) -> _Run:
+def _setup(config: RunConfig, info: DistInfo, run_dir: Path, progress: bool) -> _Run:
     """Corpus, model, optimizer, schedule, the resumed state, the datasets and the logger (in this order, so the
     random draws, and hence the run, do not depend on whether it was resumed)."""
+    opts = config.train
     device = info.device
     precision = opts.precision
     if precision != "fp32" and device.type != "cuda":
@@ -158,15 +162,15 @@ def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
 
     # Corpus: rank 0 prepares (or validates) the cache, the others wait and open it.
     if info.is_main:
-        cache = prepare_corpus(cfg.data, cfg.tokenizer, progress=progress)
+        cache = prepare_corpus(config.data, config.tokenizer, progress=progress)
     barrier(info)
     if not info.is_main:
-        cache = TokenCache(str(cfg.data.cache_dir))
+        cache = TokenCache(config.data.cache_dir)
     vocab = cache.vocab
     corpus_stats = read_corpus_statistics(cache) if info.is_main else None
 
-    seed_everything(opts.seed)
-    model = build_model(cfg.model, len(vocab), time_markers=vocab.time_markers()).to(device)
+    seed_everything(config.seed)
+    model = build_model(config.model, len(vocab), time_markers=vocab.time_markers()).to(device)
     positional_init = positional_parameters(model)  # where the positional parameters started (diagnostics)
     if opts.init_from and resume_path(opts, ckpt_dir) is None:
         positional_init = _init_from(model, opts.init_from, vocab.tokens, info.is_main)
@@ -175,17 +179,17 @@ def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
     optimizer = make_optimizer(model, opts.lr, opts.weight_decay, opts.betas, opts.pe_lr_scale or 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, opts.warmup_steps, opts.max_steps, opts.min_lr_ratio))
-    run = _Run(opts, info, ckpt_dir, precision, vocab, model, dict(model.config), optimizer, scheduler,
-               torch.amp.GradScaler("cuda", enabled=precision == "fp16"), OmegaConf.to_container(cfg, resolve=True),
+    run = _Run(config, opts, info, ckpt_dir, precision, vocab, model, dict(model.config), optimizer, scheduler,
+               torch.amp.GradScaler("cuda", enabled=precision == "fp16"), config.to_dict(),
                positional_init)
     run.corpus_stats = corpus_stats
     resume_from = resume_path(opts, ckpt_dir)
     if resume_from is not None:
         _resume(run, resume_from)
 
-    run.train_set = RandomCrops(cache, "train", opts.seq_len, Augmenter(vocab, opts.transpose, opts.tempo_shift),
-                                seed=opts.seed, metre_context=opts.crop_metre,
-                                fim_rate=opts.fim_rate)
+    augment = config.data.augment
+    run.train_set = RandomCrops(cache, "train", opts.seq_len, Augmenter(vocab, augment.transpose, augment.tempo_shift),
+                                seed=config.seed, metre_context=config.data.crop_metre, fim_rate=opts.fim_rate)
     run.val_set = SequentialCrops(cache, "valid", opts.seq_len) if cache.split("valid") else None
     run.factor = opts.val_length_factor or 0
     if run.val_set and run.factor > 1:
@@ -195,9 +199,9 @@ def _setup(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
         run.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if info.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (ckpt_dir / "config.yaml").write_text(yaml.safe_dump(run.config_dict, sort_keys=False))
         vocab.save(ckpt_dir / "vocab.json")
-    run.logger = RunLogger(cfg.logger, run_dir, run.config_dict, enabled=info.is_main)
+    run.logger = RunLogger(config.logger, run_dir, run.config_dict, enabled=info.is_main)
     return run
 
 
@@ -296,9 +300,10 @@ def _validate_and_keep_best(run: _Run, step: int) -> None:
         run.bad_validations += 1
 
 
-def _train(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, progress: bool) -> TrainResult:
+def _train(config: RunConfig, info: DistInfo, run_dir: Path, progress: bool) -> TrainResult:
     """The loop: step, log, validate, save, and stop at max_steps, train.stop_at_step or a signal."""
-    run = _setup(cfg, opts, info, run_dir, progress)
+    run = _setup(config, info, run_dir, progress)
+    opts = run.opts
     max_steps, stop_at, logger = opts.max_steps, opts.stop_at_step, run.logger
     losses: list[float] = []
     step, interrupted, last_loss, stop_reason = run.start_step, False, float("nan"), "finished"
@@ -321,7 +326,7 @@ def _train(cfg: DictConfig, opts: TrainOptions, info: DistInfo, run_dir: Path, p
             losses.append(loss_value)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
-            if step % opts.log_every == 0 or step == max_steps:
+            if step % config.logger.log_every == 0 or step == max_steps:
                 elapsed = time.perf_counter() - t0
                 logger.log({"train/loss_nats": loss_value, "train/loss_bits": loss_value / NATS_PER_BIT,
                             "lr": run.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
