@@ -34,9 +34,22 @@ def plain(values: Any) -> Any:
     return values
 
 
-def typed_group(cls: type[T], values: Mapping[str, Any] | None, prefix: str) -> T:
-    """``values`` as a ``cls`` (a dataclass): unknown keys and values of the wrong type are a `UserError` naming
-    ``prefix.key``; keys left out take the dataclass' defaults (a required one left out is an error too)."""
+def typed_group(cls: type[T], values: Mapping[str, Any] | None, prefix: str,
+                error: type[Exception] = UserError) -> T:
+    """``values`` as a ``cls`` (a dataclass): unknown keys and values of the wrong type are an error naming
+    ``prefix.key``; keys left out take the dataclass' defaults (a required one left out is an error too).
+
+    ``error``: the exception raised (a `UserError`, one line for the user, by default; a stored config read
+    from a checkpoint raises ValueError, which its loader reports as a damaged file)."""
+    try:
+        return _typed_group(cls, values, prefix)
+    except UserError as exc:
+        if error is UserError:
+            raise
+        raise error(str(exc)) from None
+
+
+def _typed_group(cls: type[T], values: Mapping[str, Any] | None, prefix: str) -> T:
     values = plain(values)
     if values is None:
         values = {}
@@ -69,7 +82,7 @@ def _coerce(option: str, hint: Any, value: Any) -> Any:
             raise UserError(f"{option}: give a value (null is not allowed)")
         return _coerce(option, others[0], value) if len(others) == 1 else value
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return typed_group(hint, value, option)
+        return _typed_group(hint, value, option)
     if hint is bool:
         return check_bool(option, value)
     if hint is int:

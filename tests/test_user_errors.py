@@ -155,7 +155,7 @@ def test_export_of_a_checkpoint_with_a_typo_in_its_model_config_is_one_line(tiny
     data = torch.load(tiny_checkpoint, weights_only=True)
     config = dict(data["model_config"])
     config["n_layer"] = config.pop("n_layers")
-    with pytest.raises(KeyError):  # what the export path hit before
+    with pytest.raises(ValueError, match=r"model\.n_layer\b"):  # what the export path meets: a typo named
         positional_names_of_config(config)
     bad = tmp_path / "typo.pt"
     torch.save({**data, "model_config": config}, bad)

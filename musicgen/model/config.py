@@ -123,10 +123,12 @@ class ModelConfig:
         if isinstance(cfg, ModelConfig):
             out = cfg
         else:
+            from ..typed_config import typed_group
+
             plain = _to_plain(cfg) or {}
-            if "model" in plain and "n_layers" not in plain:
+            if isinstance(plain, Mapping) and "model" in plain and "n_layers" not in plain:
                 plain = plain["model"]
-            out = _build(cls, dict(plain), "")
+            out = typed_group(cls, plain, "model", error=ValueError)
         size = vocab_size if vocab_size is not None else out.vocab_size
         out = dataclasses.replace(out, vocab_size=int(size) if (vocab_size or out.vocab_size) else None)
         if time_markers is not None and out.recall.bar_clock and not out.recall.bar_token:
@@ -215,44 +217,6 @@ def _to_plain(cfg: Any) -> Any:
     if isinstance(cfg, Mapping):
         return {str(k): _to_plain(v) for k, v in cfg.items()}
     return cfg
-
-
-def _build(cls: type, values: Mapping, path: str) -> Any:
-    """A dataclass of type ``cls`` from a (partial) mapping: unknown keys are errors, values are checked
-    against the field types (an integer-valued float is an int, an int a float; nothing else is converted)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, val in values.items():
-        where = f"{path}{key}"
-        if key not in fields:
-            raise KeyError(f"unknown model config key {where!r}")
-        sub = _SECTIONS.get(key) if not path else None
-        if sub is not None:
-            if not isinstance(val, Mapping):
-                raise TypeError(f"model config key {where!r} must be a mapping")
-            kwargs[key] = _build(sub, val, where + ".")
-        else:
-            kwargs[key] = _typed(fields[key].type, val, where)
-    return cls(**kwargs)
-
-
-def _typed(kind: str, val: Any, where: str) -> Any:
-    if kind == "int" or (kind == "int | None" and val is not None):
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or int(val) != val:
-            raise ValueError(f"model.{where}={val!r}: expected an integer")
-        return int(val)
-    if kind == "float":
-        if isinstance(val, bool) or not isinstance(val, (int, float)):
-            raise ValueError(f"model.{where}={val!r}: expected a number")
-        return float(val)
-    if kind == "bool":
-        if not isinstance(val, bool):
-            raise ValueError(f"model.{where}={val!r}: expected true or false")
-        return val
-    return val  # str choices (checked by validate), chunk_size (int or "auto", kept as written), vocab_size None
-
-
-_SECTIONS = {"attention": AttentionConfig, "pe": PEConfig, "recall": RecallConfig}
 
 
 # presets ---------------------------------------------------------------------------------------------

@@ -63,9 +63,8 @@ class TokenizerConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "TokenizerConfig":
-        """Build from a dict or OmegaConf node; unknown keys are an error that names them."""
-        from ..config import require_known_keys
+        """Build from a dict or OmegaConf node (the `tokenizer` group, or a checkpoint's stored one); unknown keys
+        and wrong types are a ValueError naming the option."""
+        from ..typed_config import typed_group
 
-        values = dict(values or {})
-        require_known_keys(cls, values, "tokenizer", list_known=True, error=ValueError)
-        return cls(**values)
+        return typed_group(cls, values, "tokenizer", error=ValueError)

@@ -49,9 +49,8 @@ class RunConfig:
         try:
             tokenizer = TokenizerConfig.from_mapping(values.get("tokenizer"))
             model = ModelConfig.from_mapping(values.get("model") or {})  # every model option now, not later
-        except (ValueError, KeyError, TypeError) as exc:
-            message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise UserError(message) from None
+        except ValueError as exc:  # what both raise for a stored config too (a damaged checkpoint's)
+            raise UserError(str(exc)) from None
         logger = LoggerOptions.from_mapping(values.get("logger"))
         return cls(data, tokenizer, model, train, logger, seed, str(values.get("device", "auto")))
 
