@@ -1,5 +1,9 @@
 """Shared fixtures. Real MIDI comes from MUSICGEN_SHARED_DATA (default: ../shared/data beside the repo). Shared
-helpers that are not fixtures (the tiny model's config, the tiny training command line, fakes) are in support.py."""
+helpers that are not fixtures (the tiny model's config, the tiny training command line, fakes) are in support.py.
+
+Tiny checkpoints, each made once per session (a test that needs another one changes a copy of these):
+`tiny_checkpoint` (untrained, support.TINY), `note_checkpoint` (untrained, leaned towards notes) and
+`trained_run` (trained for 10 steps: a finished run folder with its token cache)."""
 
 from __future__ import annotations
 
@@ -91,3 +95,21 @@ def note_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_checkpoint(path, model_config=model.config, model_state=model.state_dict(), vocab=tokenizer.vocab,
                     config={"model": TINY}, step=0, best_val_nll=None, train_seq_len=None)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(pop909_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The one trained tiny checkpoint of the tests (support.TrainedRun): support.tiny_train_overrides with
+    TRAINED_RUN_SETTINGS, 10 steps on POP909's first 20 files (training length 64), trained once per session.
+    For every test that needs "some trained tiny model" or a finished run folder; tests that damage or resume it
+    work on a copy (TrainedRun.copy_to) and reuse its token cache (TrainedRun.overrides)."""
+    from musicgen.training.trainer import run_training
+    from support import TrainedRun, compose_cfg
+
+    root = tmp_path_factory.mktemp("trained")
+    run = TrainedRun(pop909_dir, root / "cache", root / "ckpt")
+    result = run_training(compose_cfg(run.overrides(run.ckpt_dir)), root / "run", progress=False)
+    assert result.step == run.steps and result.stop_reason == "finished"
+    for name in ("best.pt", "last.pt", "config.yaml", "vocab.json"):
+        assert (run.ckpt_dir / name).is_file(), name
+    return run

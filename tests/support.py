@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,25 @@ MICRO_TRAINING = {**TINY_TRAINING, "data.max_files": None, "model.n_layers": 1, 
                   "data.augment.transpose": 0, "device": "cpu"}
 
 
+#: what a fine-tune of a tiny checkpoint (python -m musicgen.finetune, musicgen.finetune.cli.compose_config) takes
+#: of the tiny run: the training options only (the model is the checkpoint's, the data the folder's), on 64-token
+#: crops (the fine-tune tests' tunes are a few hundred tokens) and a higher learning rate
+FINETUNE_TRAINING = {"train.seq_len": 64, "train.batch_size": TINY_TRAINING["train.batch_size"],
+                     "train.val_batches": TINY_TRAINING["train.val_batches"], "train.lr": 3e-3}
+
+#: the shared trained tiny run (conftest's `trained_run`): TINY_TRAINING for 10 steps on 64-token crops (training
+#: length L = 64: evaluate's buckets are [0,64) and [64,128)), a cheap validation, no dropout, on the CPU
+TRAINED_RUN_STEPS = 10
+TRAINED_RUN_SETTINGS = {"train__seq_len": 64, "train__val_batches": 1, "train__val_length_factor": 0,
+                        "train__val_long_batches": None, "model__dropout": None, "device": "cpu"}
+
+
+def _as_overrides(values: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """`key=value` for each of `values` updated with `settings` (dots as double underscores); None leaves a key out."""
+    values = {**values, **{key.replace("__", "."): value for key, value in settings.items()}}
+    return [f"{key}={value}" for key, value in values.items() if value is not None]
+
+
 def tiny_train_overrides(pop909_dir: Path, cache: Path, ckpt: Path, steps: int = 20, micro: bool = False,
                          **settings: Any) -> list[str]:
     """The one command line of a tiny training run (seconds on a CPU): on `pop909_dir` (20 files) or another
@@ -41,8 +62,44 @@ def tiny_train_overrides(pop909_dir: Path, cache: Path, ckpt: Path, steps: int =
     double underscores (``train__seq_len=64``); None leaves a key out."""
     values: dict[str, Any] = {"data.root": pop909_dir, "data.cache_dir": cache, "train.ckpt_dir": ckpt,
                               **(MICRO_TRAINING if micro else TINY_TRAINING), "train.max_steps": steps}
-    values.update({key.replace("__", "."): value for key, value in settings.items()})
-    return [f"{key}={value}" for key, value in values.items() if value is not None]
+    return _as_overrides(values, settings)
+
+
+def tiny_finetune_overrides(**settings: Any) -> list[str]:
+    """The tiny run's options for a fine-tune (FINETUNE_TRAINING), as overrides after the fine-tune command's own
+    arguments; ``settings`` as in tiny_train_overrides."""
+    return _as_overrides(FINETUNE_TRAINING, settings)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished tiny training run (conftest's session fixture `trained_run`, TRAINED_RUN_SETTINGS): its data
+    folder, token cache and checkpoint folder (best.pt, last.pt, config.yaml, vocab.json). Shared by every test
+    module: read it, never write into it (copy `ckpt_dir` to damage or resume it)."""
+
+    root: Path
+    cache: Path
+    ckpt_dir: Path
+    steps: int = TRAINED_RUN_STEPS
+
+    @property
+    def last(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.ckpt_dir / "best.pt"
+
+    def overrides(self, ckpt: Path, steps: int | None = None, *extra: str) -> list[str]:
+        """This run's command line with checkpoints in `ckpt` and `steps` steps (default: the run's own), then
+        `extra`: to resume a copy of the run (``train.resume=true``) or to train another run on its cache."""
+        return tiny_train_overrides(self.root, self.cache, ckpt, self.steps if steps is None else steps,
+                                    **TRAINED_RUN_SETTINGS) + list(extra)
+
+    def copy_to(self, dest: Path) -> Path:
+        """A copy of the checkpoint folder at `dest` (for a test that changes or resumes it)."""
+        shutil.copytree(self.ckpt_dir, dest)
+        return dest
 
 
 def compose_cfg(overrides: list[str]):

@@ -1,4 +1,5 @@
-"""evaluate.py and musicgen.evaluation.report on a tiny model trained for 10 steps on 20 POP909 files."""
+"""evaluate.py and musicgen.evaluation.report on a tiny model trained for 10 steps on 20 POP909 files (conftest's
+`trained_run`)."""
 
 from __future__ import annotations
 
@@ -18,29 +19,14 @@ from musicgen.evaluation.report import EvaluateOptions, evaluate
 from musicgen.evaluation.tables import nll_by_position_line
 from musicgen.evaluation.unigram import unigram_log_probs
 from musicgen.evaluation.windows import WindowDecoder
-from support import compose_cfg, tiny_train_overrides
+from support import TrainedRun
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(pop909_dir: Path, tmp_path_factory) -> Path:
-    """A 2-layer, d_model 64 model trained for 10 steps on 64-token crops (training length L = 64)."""
-    from musicgen.training.trainer import run_training
-
-    root = tmp_path_factory.mktemp("eval")
-    overrides = tiny_train_overrides(pop909_dir, root / "cache", root / "ckpt", 10, train__seq_len=64,
-                                     train__val_batches=1, train__val_length_factor=0, train__val_long_batches=None,
-                                     model__dropout=None, device="cpu")
-    run_training(compose_cfg(overrides), root / "run", progress=False)
-    return root / "ckpt" / "last.pt"
-
-
-def test_evaluate_likelihood_music_and_drift(tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_evaluate_likelihood_music_and_drift(trained_run: TrainedRun, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = evaluate(EvaluateOptions(checkpoint=str(tiny_ckpt), max_files=3, length_factor=2, batch_size=2,
+    result = evaluate(EvaluateOptions(checkpoint=str(trained_run.last), max_files=3, length_factor=2, batch_size=2,
                                       device="cpu", drift_tokens=150, drift_samples=1, drift_window=64,
                                       output_dir=str(out), progress=False), log=None)
     lik = result.likelihood
@@ -59,7 +45,7 @@ def test_evaluate_likelihood_music_and_drift(tiny_ckpt: Path, tmp_path: Path) ->
     windows = result.drift.samples[0]
     assert len(windows) >= 2 and all(w["skipped_share"] == 0 for w in windows)
     # Music statistics: the drift pieces (with generate.py's .json beside them) against the train split.
-    music = evaluate(EvaluateOptions(checkpoint=str(tiny_ckpt), split="train", max_files=2, length_factor=1,
+    music = evaluate(EvaluateOptions(checkpoint=str(trained_run.last), split="train", max_files=2, length_factor=1,
                                      device="cpu", generated=str(out / "drift"), output_dir=str(tmp_path / "m"),
                                      progress=False), log=None).music
     assert music is not None and len(music["generated"]) == 1 and len(music["reference"]) == 2
@@ -67,18 +53,18 @@ def test_evaluate_likelihood_music_and_drift(tiny_ckpt: Path, tmp_path: Path) ->
     assert (tmp_path / "m" / "music_statistics.json").exists()
 
 
-def test_unigram_is_a_distribution_without_pad(tiny_ckpt: Path) -> None:
+def test_unigram_is_a_distribution_without_pad(trained_run: TrainedRun) -> None:
     from musicgen.data import TokenCache
     from musicgen.inference import load_checkpoint
 
-    cache = TokenCache(load_checkpoint(tiny_ckpt).config["data"]["cache_dir"])
+    cache = TokenCache(load_checkpoint(trained_run.last).config["data"]["cache_dir"])
     logp = unigram_log_probs(cache)
     assert logp[cache.vocab.pad_id] == -np.inf
     assert np.exp(logp).sum() == pytest.approx(1.0)
     assert np.isfinite(np.delete(logp, cache.vocab.pad_id)).all()
 
 
-def test_window_decoder_keeps_metre_and_counts_no_false_skips(tiny_ckpt: Path) -> None:
+def test_window_decoder_keeps_metre_and_counts_no_false_skips(trained_run: TrainedRun) -> None:
     """Windows cut mid-bar of a grammatical song: nothing counts as skipped, and a later window keeps the
     song's metre (POP909 is mostly 2/4, stated once after the first Bar)."""
     from musicgen.data import TokenCache
@@ -86,7 +72,7 @@ def test_window_decoder_keeps_metre_and_counts_no_false_skips(tiny_ckpt: Path) -
     from musicgen.tokenizer import REMITokenizer, TokenType
     from musicgen.inference import load_checkpoint
 
-    cache = TokenCache(load_checkpoint(tiny_ckpt).config["data"]["cache_dir"])
+    cache = TokenCache(load_checkpoint(trained_run.last).config["data"]["cache_dir"])
     tok, vocab = REMITokenizer(cache.vocab.config), cache.vocab
     ids = cache.song_tokens(cache.songs[0]).tolist()[:700]
     rows = windowed_statistics(ids, WindowDecoder(tok, ids), window=250)
@@ -119,8 +105,8 @@ def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_last_line_is_machine_readable(tiny_ckpt: Path, tmp_path: Path) -> None:
-    proc = _run_cli([f"checkpoint={tiny_ckpt}", "max_files=3", "length_factor=2", "device=cpu", "progress=false",
+def test_cli_last_line_is_machine_readable(trained_run: TrainedRun, tmp_path: Path) -> None:
+    proc = _run_cli([f"checkpoint={trained_run.last}", "max_files=3", "length_factor=2", "device=cpu", "progress=false",
                      f"output_dir={tmp_path / 'out'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
@@ -128,13 +114,13 @@ def test_cli_last_line_is_machine_readable(tiny_ckpt: Path, tmp_path: Path) -> N
     assert "unigram" in proc.stdout and (tmp_path / "out" / "nll.json").exists()
 
 
-def test_cli_bad_input_gives_one_line_errors(tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_cli_bad_input_gives_one_line_errors(trained_run: TrainedRun, tmp_path: Path) -> None:
     proc = _run_cli([f"checkpoint={tmp_path / 'missing.pt'}"], tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "missing.pt" in errors[0]
     (tmp_path / "empty").mkdir()
-    proc = _run_cli([f"checkpoint={tiny_ckpt}", f"data.root={tmp_path / 'empty'}",
+    proc = _run_cli([f"checkpoint={trained_run.last}", f"data.root={tmp_path / 'empty'}",
                      f"data.cache_dir={tmp_path / 'c'}"], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")], proc.stderr

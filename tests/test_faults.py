@@ -43,11 +43,9 @@ from musicgen.training.rng import set_rng_state
 from musicgen.training.rundir import CheckpointDirLock
 from musicgen.training.trainer import run_training, validate_train_config
 
-from support import compose_cfg, env, run_cli, single_error_line, tiny_train_overrides
+from support import TINY, TrainedRun, compose_cfg, env, run_cli, single_error_line, tiny_train_overrides
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"name": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
-        "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
 CORPUS_IDS = (1, 2, 3, 5)  # 001 valid, the rest train
 
 
@@ -86,6 +84,8 @@ def assert_cache_matches(cache: TokenCache, references: dict[tuple[str, str], li
 
 
 def train_overrides(root: Path, cache: Path, ckpt: Path, steps: int = 4, *extra: str) -> list[str]:
+    """The micro run (support.tiny_train_overrides) on the 4-file corpus, for the tests whose run is what they
+    check (options refused, SIGTERM); a finished run folder to refuse, copy or resume is conftest's trained_run."""
     return tiny_train_overrides(root, cache, ckpt, steps, micro=True) + list(extra)
 
 
@@ -99,28 +99,6 @@ def train_cache(corpus: Path, tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("train_cache")
     prepare_corpus(data_cfg(corpus, cache), {}, progress=False)
     return cache
-
-
-@pytest.fixture(scope="module")
-def used_ckpt_dir(corpus: Path, train_cache: Path, tmp_path_factory) -> Path:
-    """A finished 4-step run: best.pt, last.pt, config.yaml, vocab.json."""
-    root = tmp_path_factory.mktemp("used")
-    run_training(compose_cfg(train_overrides(corpus, train_cache, root / "ckpt")), root / "run", progress=False)
-    assert (root / "ckpt" / "best.pt").is_file() and (root / "ckpt" / "last.pt").is_file()
-    return root / "ckpt"
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory, corpus: Path) -> Path:
-    """A random tiny model whose config points at the test corpus (training length 32)."""
-    tok = REMITokenizer()
-    torch.manual_seed(0)
-    model = build_model(TINY, len(tok.vocab))
-    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
-    save_checkpoint(path, model_config=model.config, model_state=model.state_dict(), vocab=tok.vocab,
-                    config={"model": TINY, "data": data_cfg(corpus, corpus.parent / "never-written"),
-                            "tokenizer": {}}, step=0, best_val_nll=None, train_seq_len=32)
-    return path
 
 
 class _Evil:
@@ -312,10 +290,10 @@ def test_fault_malicious_checkpoint_is_refused_and_its_payload_never_runs(evil_c
     assert not marker.exists()
 
 
-def test_fault_checkpoints_hold_only_safe_types(used_ckpt_dir: Path) -> None:
+def test_fault_checkpoints_hold_only_safe_types(trained_run: TrainedRun) -> None:
     """What the trainer writes loads with plain torch.load(weights_only=True) (no allow-list), and so does
     the shipped model; RNG states are tensors and lists."""
-    data = torch.load(used_ckpt_dir / "last.pt", weights_only=True)
+    data = torch.load(trained_run.last, weights_only=True)
     assert isinstance(data["rng"][0]["numpy"]["keys"], torch.Tensor)
     assert "optimizer" in data and "positional_init" in data
     shipped = REPO / "checkpoints" / "musicgen-small.pt"
@@ -324,8 +302,8 @@ def test_fault_checkpoints_hold_only_safe_types(used_ckpt_dir: Path) -> None:
         assert load_checkpoint(shipped).step > 0
 
 
-def test_fault_older_checkpoint_with_numpy_rng_state_still_resumes(used_ckpt_dir: Path, tmp_path: Path) -> None:
-    data = torch.load(used_ckpt_dir / "last.pt", weights_only=True)
+def test_fault_older_checkpoint_with_numpy_rng_state_still_resumes(trained_run: TrainedRun, tmp_path: Path) -> None:
+    data = torch.load(trained_run.last, weights_only=True)
     np.random.seed(123)
     random.seed(5)
     data["rng"][0]["numpy"] = np.random.get_state()  # the format written before: a numpy array inside
@@ -358,30 +336,30 @@ def test_fault_resume_with_nothing_to_resume_fails_clearly(corpus: Path, train_c
     assert result.step == 2 and result.stop_reason == "finished"
 
 
-def test_fault_fresh_run_into_a_used_folder_is_refused_and_best_is_untouched(
-        corpus: Path, train_cache: Path, used_ckpt_dir: Path, tmp_path: Path) -> None:
-    before = {name: file_sha256(used_ckpt_dir / name) for name in ("best.pt", "last.pt")}
-    fresh = compose_cfg(train_overrides(corpus, train_cache, used_ckpt_dir, 8))
+def test_fault_fresh_run_into_a_used_folder_is_refused_and_best_is_untouched(trained_run: TrainedRun,
+                                                                              tmp_path: Path) -> None:
+    used, steps = trained_run.ckpt_dir, trained_run.steps + 4
+    before = {name: file_sha256(used / name) for name in ("best.pt", "last.pt")}
+    fresh = compose_cfg(trained_run.overrides(used, steps))
     with pytest.raises(UserError, match="already holds best.pt, last.pt"):
         run_training(fresh, tmp_path / "run", progress=False)
     # A folder with a best.pt but no last.pt (killed before the first last.pt): auto does not start over it.
     only_best = tmp_path / "only_best"
     only_best.mkdir()
-    shutil.copy(used_ckpt_dir / "best.pt", only_best / "best.pt")
-    auto = compose_cfg(train_overrides(corpus, train_cache, only_best, 8, "train.resume=auto"))
+    shutil.copy(used / "best.pt", only_best / "best.pt")
+    auto = compose_cfg(trained_run.overrides(only_best, steps, "train.resume=auto"))
     with pytest.raises(UserError, match="already holds best.pt"):
         run_training(auto, tmp_path / "run2", progress=False)
     assert file_sha256(only_best / "best.pt") == before["best.pt"]
-    assert {name: file_sha256(used_ckpt_dir / name) for name in before} == before
+    assert {name: file_sha256(used / name) for name in before} == before
 
 
-def test_fault_two_runs_cannot_write_one_folder_and_orphans_are_removed(
-        corpus: Path, train_cache: Path, used_ckpt_dir: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "ckpt"
-    shutil.copytree(used_ckpt_dir, folder)
+def test_fault_two_runs_cannot_write_one_folder_and_orphans_are_removed(trained_run: TrainedRun,
+                                                                         tmp_path: Path) -> None:
+    folder = trained_run.copy_to(tmp_path / "ckpt")
     orphan = folder / ".last.pt.tmp-99999999"  # a save killed by SIGKILL (no such process)
     orphan.write_bytes(b"half a checkpoint")
-    cfg = compose_cfg(train_overrides(corpus, train_cache, folder, 5, "train.resume=true"))
+    cfg = compose_cfg(trained_run.overrides(folder, trained_run.steps + 1, "train.resume=true"))
     lock = CheckpointDirLock(folder).acquire()  # another run holds the folder
     try:
         with pytest.raises(UserError, match="in use by another training run"):
@@ -390,7 +368,7 @@ def test_fault_two_runs_cannot_write_one_folder_and_orphans_are_removed(
         lock.release()
     assert orphan.exists()  # nothing was touched while the other run held it
     result = run_training(cfg, tmp_path / "run", progress=False)
-    assert result.step == 5 and len(result.losses) == 1  # resumed at step 4
+    assert result.step == trained_run.steps + 1 and len(result.losses) == 1  # resumed at the run's last step
     assert not orphan.exists()
 
 
@@ -445,30 +423,30 @@ def _fail(*_args, **_kwargs):
     raise AssertionError("reached a step that should not run")
 
 
-def test_fault_generate_checks_output_dir_before_loading_or_sampling(tiny_ckpt: Path, tmp_path: Path,
+def test_fault_generate_checks_output_dir_before_loading_or_sampling(tiny_checkpoint: Path, tmp_path: Path,
                                                                      monkeypatch) -> None:
     import musicgen.generation.api as api
 
     monkeypatch.setattr(api, "load_model", _fail)
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(UserError, match="output_dir"):
-        generate(tiny_ckpt, tokens=3000, output_dir=str(tmp_path / "file" / "out"), progress=False, log=None)
+        generate(tiny_checkpoint, tokens=3000, output_dir=str(tmp_path / "file" / "out"), progress=False, log=None)
     with pytest.raises(UserError, match="device=cuda:999"):
-        generate(tiny_ckpt, device="cuda:999", progress=False, log=None)
+        generate(tiny_checkpoint, device="cuda:999", progress=False, log=None)
 
 
-def test_fault_generate_refuses_what_it_cannot_do_before_sampling(tiny_ckpt: Path, tmp_path: Path, pop909_dir: Path,
-                                                                  monkeypatch) -> None:
+def test_fault_generate_refuses_what_it_cannot_do_before_sampling(tiny_checkpoint: Path, tmp_path: Path,
+                                                                  pop909_dir: Path, monkeypatch) -> None:
     import musicgen.generation.api as api
 
     monkeypatch.setattr(api, "GenerationSession", _fail)
     with pytest.raises(UserError, match="prompt_time_signature=7/1"):
-        generate(tiny_ckpt, pop909_dir / "001.mid", prompt_time_signature="7/1", progress=False, log=None,
+        generate(tiny_checkpoint, pop909_dir / "001.mid", prompt_time_signature="7/1", progress=False, log=None,
                  device="cpu")
     with pytest.raises(UserError, match=r"num_samples=10000000: .* use num_samples <= \d+"):
-        generate(tiny_ckpt, num_samples=10_000_000, progress=False, log=None, device="cpu")
+        generate(tiny_checkpoint, num_samples=10_000_000, progress=False, log=None, device="cpu")
     with pytest.raises(UserError, match="seed must be an integer"):
-        generate(tiny_ckpt, seed="abc")
+        generate(tiny_checkpoint, seed="abc")
 
 
 def test_fault_a_piece_without_notes_is_warned_about_and_marked(tmp_path: Path) -> None:
@@ -499,14 +477,14 @@ def test_fault_a_piece_without_notes_is_warned_about_and_marked(tmp_path: Path) 
     assert any(line.startswith("warning: sample_00: the continuation has no notes") for line in logged)
 
 
-def test_fault_evaluate_reads_generated_first_and_skips_unreadable_files(tiny_ckpt: Path, tmp_path: Path,
+def test_fault_evaluate_reads_generated_first_and_skips_unreadable_files(tiny_checkpoint: Path, tmp_path: Path,
                                                                          pop909_dir: Path, monkeypatch) -> None:
     import musicgen.evaluation.report as report
 
     monkeypatch.setattr(report, "load_model", _fail)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no .mid/.midi files"):
-        evaluate(EvaluateOptions(checkpoint=str(tiny_ckpt), generated=str(tmp_path / "empty"), device="cpu",
+        evaluate(EvaluateOptions(checkpoint=str(tiny_checkpoint), generated=str(tmp_path / "empty"), device="cpu",
                                  output_dir=str(tmp_path / "out"), progress=False), log=None)
     gen = tmp_path / "gen"
     gen.mkdir()
@@ -520,19 +498,19 @@ def test_fault_evaluate_reads_generated_first_and_skips_unreadable_files(tiny_ck
         generated_statistics(gen)
 
 
-def test_fault_checkpoint_config_never_steers_where_evaluate_writes(tiny_ckpt: Path, corpus: Path, tmp_path: Path,
-                                                                     monkeypatch) -> None:
+def test_fault_checkpoint_config_never_steers_where_evaluate_writes(tiny_checkpoint: Path, corpus: Path,
+                                                                     tmp_path: Path, monkeypatch) -> None:
     """A checkpoint whose stored data.cache_dir names another folder (here: a cache of another vocabulary):
     evaluate never writes there; it builds its own cache under cache/ in the working directory. Given as
     data.cache_dir by the user, a cache of another vocabulary is refused rather than overwritten."""
     victim = tmp_path / "victim"
     prepare_corpus(data_cfg(corpus, victim), TokenizerConfig(chords=False), progress=False)
     snapshot = {p.name: p.read_bytes() for p in victim.iterdir() if p.is_file()}
-    ckpt = load_checkpoint(tiny_ckpt)
+    ckpt = load_checkpoint(tiny_checkpoint)
     steered = tmp_path / "steered.pt"
     save_checkpoint(steered, model_config=ckpt.model_config, model_state=ckpt.model_state, vocab=ckpt.vocab,
-                    config={**ckpt.config, "data": data_cfg(corpus, victim)}, step=0, best_val_nll=None,
-                    train_seq_len=32)
+                    config={**ckpt.config, "tokenizer": {}, "data": data_cfg(corpus, victim)}, step=0,
+                    best_val_nll=None, train_seq_len=32)
     monkeypatch.chdir(tmp_path)
     result = evaluate(EvaluateOptions(checkpoint=str(steered), split="valid", max_files=1, length_factor=1,
                                       batch_size=1, device="cpu", output_dir=str(tmp_path / "out"), progress=False),
@@ -590,13 +568,14 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("tool, args, message", CLI_CASES, ids=[f"{t}-{a[-1]}" for t, a, _ in CLI_CASES])
 def test_fault_cli_cases_give_one_error_line(tool: str, args: list[str], message: str, tmp_path: Path,
-                                             tiny_ckpt: Path, evil_ckpt, used_ckpt_dir: Path,
+                                             tiny_checkpoint: Path, evil_ckpt, trained_run: TrainedRun,
                                              pop909_dir: Path) -> None:
     evil, marker = evil_ckpt
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("not a folder")
-    before = {p.name: file_sha256(p) for p in used_ckpt_dir.glob("*.pt")}
-    values = {"tmp": tmp_path, "tiny": tiny_ckpt, "evil": evil, "used": used_ckpt_dir, "pop": pop909_dir}
+    used = trained_run.ckpt_dir
+    before = {p.name: file_sha256(p) for p in used.glob("*.pt")}
+    values = {"tmp": tmp_path, "tiny": tiny_checkpoint, "evil": evil, "used": used, "pop": pop909_dir}
     args = [a.format(**values) for a in args]
     if tool == "check":
         cmd = ["-m", "musicgen.tokenizer", "check", *args]
@@ -607,5 +586,5 @@ def test_fault_cli_cases_give_one_error_line(tool: str, args: list[str], message
     line = single_error_line(run_cli(cmd, tmp_path))
     assert message in line, line
     assert not marker.exists()
-    assert {p.name: file_sha256(p) for p in used_ckpt_dir.glob("*.pt")} == before
+    assert {p.name: file_sha256(p) for p in used.glob("*.pt")} == before
     assert not (tmp_path / "file").is_dir()

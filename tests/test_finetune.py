@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from support import REPO, compose_cfg, run_cli
+from support import REPO, compose_cfg, run_cli, tiny_finetune_overrides
 
 from musicgen.generation import GenerateOptions, generate_with
 from musicgen.generation.guards import CORPUS_OPTIONS, GuardConfig, resolve_guard_values
@@ -161,7 +161,7 @@ def test_crops_state_their_metre_when_asked(folder: Path, tmp_path: Path) -> Non
 # --------------------------------------------------------------------------------------------------------- #
 # The command, end to end (a tiny model: machinery, not music)
 # --------------------------------------------------------------------------------------------------------- #
-TINY_RUN = ["train.seq_len=64", "train.batch_size=4", "train.val_batches=2", "train.lr=3e-3"]
+TINY_RUN = tiny_finetune_overrides()  # support.FINETUNE_TRAINING: the tiny run's training options
 
 
 def test_finetune_command_writes_a_checkpoint_that_generates_by_its_corpus(folder: Path, tiny_checkpoint: Path,

@@ -19,25 +19,10 @@ from musicgen.evaluation.report import EvaluateOptions
 from musicgen.generation import GenerateOptions
 from musicgen.model import build_model
 from musicgen.tokenizer import REMITokenizer, TokenizerConfig
-from musicgen.inference.checkpoint import save_checkpoint
 
-from support import env, run_cli, serve_studio, single_error_line
+from support import TINY, env, run_cli, serve_studio, single_error_line
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"name": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
-        "attention": {"n_features": 16}, "pe": {"realizations": 16, "sines": 3}}
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """A random tiny model (no data config: nothing here trains or evaluates on a corpus)."""
-    tok = REMITokenizer()
-    torch.manual_seed(0)
-    model = build_model(TINY, len(tok.vocab))
-    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
-    save_checkpoint(path, model_config=model.config, model_state=model.state_dict(), vocab=tok.vocab,
-                    config={"model": TINY, "tokenizer": {}}, step=0, best_val_nll=None, train_seq_len=32)
-    return path
 
 
 # --------------------------------------------------------------------------------------------------------- #
@@ -70,21 +55,21 @@ def test_hostile_yes_no_options_refuse_anything_else(option: str, word) -> None:
     ("generate", ["allow_eos=maybe"], "allow_eos"), ("generate", ["include_prompt=perhaps"], "include_prompt"),
     ("generate", ["pianoroll=sometimes"], "pianoroll"), ("evaluate", ["progress=kinda"], "progress"),
 ])
-def test_hostile_yes_no_words_on_the_command_line(tool: str, args: list[str], option: str, tiny_ckpt: Path,
+def test_hostile_yes_no_words_on_the_command_line(tool: str, args: list[str], option: str, tiny_checkpoint: Path,
                                                   tmp_path: Path) -> None:
-    proc = run_cli([str(REPO / f"{tool}.py"), f"checkpoint={tiny_ckpt}", f"output_dir={tmp_path / 'out'}", *args],
+    proc = run_cli([str(REPO / f"{tool}.py"), f"checkpoint={tiny_checkpoint}", f"output_dir={tmp_path / 'out'}", *args],
                    tmp_path)
     assert option in single_error_line(proc)
     assert not (tmp_path / "out").exists()
 
 
-def test_hostile_allow_eos_no_really_never_ends(tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_hostile_allow_eos_no_really_never_ends(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """`allow_eos=no` on the command line: every sample runs to its token limit and the .json records false."""
     import json
 
-    proc = run_cli([str(REPO / "generate.py"), f"checkpoint={tiny_ckpt}", f"output_dir={tmp_path}", "allow_eos=no",
-                    "include_prompt=off", "pianoroll=off", "bars=null", "tokens=40", "seed=3", "device=cpu",
-                    "progress=no"], tmp_path)
+    proc = run_cli([str(REPO / "generate.py"), f"checkpoint={tiny_checkpoint}", f"output_dir={tmp_path}",
+                    "allow_eos=no", "include_prompt=off", "pianoroll=off", "bars=null", "tokens=40", "seed=3",
+                    "device=cpu", "progress=no"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((tmp_path / "sample_00.json").read_text())
     assert meta["stop"]["allow_eos"] is False and meta["include_prompt"] is False
@@ -123,15 +108,15 @@ def test_hostile_impossible_model_never_trains(override: str, option: str, tmp_p
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "cache").exists()
 
 
-def _crafted(tiny_ckpt: Path, dest: Path, **edits) -> Path:
-    data = torch.load(tiny_ckpt, weights_only=True)
+def _crafted(tiny_checkpoint: Path, dest: Path, **edits) -> Path:
+    data = torch.load(tiny_checkpoint, weights_only=True)
     for key, value in edits.items():
         data[key] = value(data[key]) if callable(value) else value
     torch.save(data, dest)
     return dest
 
 
-def test_hostile_nan_weights_are_refused_naming_the_file(tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_hostile_nan_weights_are_refused_naming_the_file(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from musicgen.inference import load_checkpoint
 
     for bad in (float("nan"), float("inf")):
@@ -141,7 +126,7 @@ def test_hostile_nan_weights_are_refused_naming_the_file(tiny_ckpt: Path, tmp_pa
             state["embed.weight"][3, 1] = bad
             return state
 
-        path = _crafted(tiny_ckpt, tmp_path / "nan.pt", model_state=poison)
+        path = _crafted(tiny_checkpoint, tmp_path / "nan.pt", model_state=poison)
         with pytest.raises(ValueError, match="NaN or infinite") as info:
             load_checkpoint(path)
         assert str(path) in str(info.value) and "embed.weight" in str(info.value)
@@ -172,7 +157,7 @@ def _address_space_limit(extra_mb: int) -> int:
 
 
 @pytest.mark.parametrize("edit", ["deep_and_wide", "wide", "tempo_bins", "vocab_size"])
-def test_hostile_config_bomb_checkpoint_is_refused_before_allocating(edit: str, tiny_ckpt: Path,
+def test_hostile_config_bomb_checkpoint_is_refused_before_allocating(edit: str, tiny_checkpoint: Path,
                                                                       tmp_path: Path) -> None:
     """A small file whose stored config claims a model of gigabytes (or a vocabulary of 200 M tempo bins) is
     refused before anything is built, under an address-space limit of 1 GiB above the interpreter's own."""
@@ -184,7 +169,7 @@ def test_hostile_config_bomb_checkpoint_is_refused_before_allocating(edit: str, 
         edits = {"vocab": lambda v: {**v, "tokenizer": {**v["tokenizer"], "tempo_bins": 200_000_000}}}
     else:
         edits = {"model_config": lambda c: {**c, "vocab_size": 50_000_000}}
-    path = _crafted(tiny_ckpt, tmp_path / "bomb.pt", **edits)
+    path = _crafted(tiny_checkpoint, tmp_path / "bomb.pt", **edits)
     assert path.stat().st_size < 2_000_000
     proc = subprocess.run([sys.executable, "-c", _BOMB_SCRIPT, str(path), str(_address_space_limit(1024))],
                           env=env(), capture_output=True, text=True, timeout=300)
@@ -192,17 +177,17 @@ def test_hostile_config_bomb_checkpoint_is_refused_before_allocating(edit: str, 
     assert str(path) in proc.stdout and "\n" not in proc.stdout.strip()
 
 
-def test_hostile_checkpoint_shapes_are_compared_before_building(tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_hostile_checkpoint_shapes_are_compared_before_building(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from musicgen.inference import load_model
 
-    path = _crafted(tiny_ckpt, tmp_path / "wide.pt", model_config=lambda c: {**c, "d_ff": 128})
+    path = _crafted(tiny_checkpoint, tmp_path / "wide.pt", model_config=lambda c: {**c, "d_ff": 128})
     with pytest.raises(ValueError, match=r"weights do not fit its model config \(blocks.0.ff.0.bias: \[64\] in the "
                                          r"file, \[128\] in the config"):
         load_model(path)
-    path = _crafted(tiny_ckpt, tmp_path / "zero.pt", model_config=lambda c: {**c, "n_layers": 0})
+    path = _crafted(tiny_checkpoint, tmp_path / "zero.pt", model_config=lambda c: {**c, "n_layers": 0})
     with pytest.raises(ValueError, match="impossible model config .*n_layers"):
         load_model(path)
-    assert load_model(tiny_ckpt).model.config["n_layers"] == 1
+    assert load_model(tiny_checkpoint).model.config["n_layers"] == TINY["n_layers"]
 
 
 def test_hostile_grid_bomb_on_the_check_command_is_one_line(tmp_path: Path, pop909_dir: Path) -> None:
@@ -260,11 +245,11 @@ def _form(fields: dict[str, str], file: tuple[str, bytes] | None = None, close: 
 
 
 @pytest.fixture()
-def guarded_studio(tiny_ckpt: Path):
+def guarded_studio(tiny_checkpoint: Path):
     pytest.importorskip("uvicorn")
     from musicgen.studio import StudioConfig
 
-    app, server, thread, port = _studio_server(StudioConfig(checkpoint=str(tiny_ckpt), device="cpu",
+    app, server, thread, port = _studio_server(StudioConfig(checkpoint=str(tiny_checkpoint), device="cpu",
                                                             token="s3cret-token", workers=1))
     try:
         yield app, port
@@ -321,15 +306,16 @@ def test_hostile_studio_refuses_other_hosts_origins_and_missing_tokens(guarded_s
     assert _http(port, "GET", f"/api/jobs/{job['id']}", {"Host": "evil.example", "Cookie": cookie})[0] == 403
 
 
-def test_hostile_studio_prints_a_url_with_its_token(tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_hostile_studio_prints_a_url_with_its_token(tiny_checkpoint: Path, tmp_path: Path) -> None:
     import os
     import time
     import urllib.request
 
     pytest.importorskip("uvicorn")
-    proc = subprocess.Popen([sys.executable, "-m", "musicgen.studio", "--port", "0", "--checkpoint", str(tiny_ckpt),
-                             "--device", "cpu"], cwd=tmp_path, env=dict(env(), PYTHONUNBUFFERED="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "musicgen.studio", "--port", "0", "--checkpoint",
+                             str(tiny_checkpoint), "--device", "cpu"], cwd=tmp_path,
+                            env=dict(env(), PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         line = proc.stdout.readline()
         url = line.split()[2]
@@ -353,7 +339,7 @@ def test_hostile_studio_prints_a_url_with_its_token(tiny_ckpt: Path, tmp_path: P
     assert os.path.isdir(tmp_path)
 
 
-def test_hostile_guarded_studio_page_still_works_in_a_browser(tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_hostile_guarded_studio_page_still_works_in_a_browser(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """The page opened from the token URL: its GETs carry the cookie, its POST its own Origin (skips where
     headless Chromium is missing, as the studio's browser test does)."""
     pytest.importorskip("uvicorn")
@@ -372,7 +358,7 @@ def test_hostile_guarded_studio_page_still_works_in_a_browser(tiny_ckpt: Path, t
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--mute-audio"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    app, server, thread, port = _studio_server(StudioConfig(checkpoint=str(tiny_ckpt), device="cpu",
+    app, server, thread, port = _studio_server(StudioConfig(checkpoint=str(tiny_checkpoint), device="cpu",
                                                             token="browser-token", workers=1))
     not_midi = tmp_path / "notes.mid"
     not_midi.write_text("these are my notes, not MIDI")
@@ -719,7 +705,7 @@ def test_hostile_fault_undecodable_name_and_unreadable_file_are_skipped(tmp_path
 # --------------------------------------------------------------------------------------------------------- #
 # (9) seed=-1
 # --------------------------------------------------------------------------------------------------------- #
-def test_hostile_negative_seed_is_refused_up_front(tiny_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+def test_hostile_negative_seed_is_refused_up_front(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
     import musicgen.generation.api as api
     from musicgen.studio.params import build_options
 
@@ -730,14 +716,14 @@ def test_hostile_negative_seed_is_refused_up_front(tiny_ckpt: Path, tmp_path: Pa
     with pytest.raises(UserError, match=r"^seed must be an integer >= 0 or null, got -1"):
         GenerateOptions(seed=-1)
     with pytest.raises(UserError, match="^seed must be"):
-        api.generate(tiny_ckpt, seed=-1, progress=False, log=None)
+        api.generate(tiny_checkpoint, seed=-1, progress=False, log=None)
     with pytest.raises(UserError, match="^seed must be an integer >= 0"):
         EvaluateOptions(seed=-1)
     with pytest.raises(UserError, match="^seed must be"):  # the studio's form: a 400 at Generate, not a failed job
-        build_options({"seed": "-1"}, None, str(tiny_ckpt), "cpu")
+        build_options({"seed": "-1"}, None, str(tiny_checkpoint), "cpu")
     assert GenerateOptions(seed=0).seed == 0 and GenerateOptions(seed=2**40).seed == 2**40
     for tool in ("generate", "evaluate", "train"):
-        proc = run_cli([str(REPO / f"{tool}.py"), f"checkpoint={tiny_ckpt}", "seed=-1",
+        proc = run_cli([str(REPO / f"{tool}.py"), f"checkpoint={tiny_checkpoint}", "seed=-1",
                         f"hydra.run.dir={tmp_path / 'run'}"] if tool != "train" else
                        [str(REPO / "train.py"), "seed=-1", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"],
                        tmp_path)
@@ -798,12 +784,12 @@ def test_hostile_studio_loose_ends_over_http(guarded_studio) -> None:
     assert "/tmp" not in job["error"] and "prompt.mid" not in job["error"] and "musicgen-studio" not in job["error"]
 
 
-def test_hostile_studio_refuses_a_damaged_checkpoint_at_start(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+def test_hostile_studio_refuses_a_damaged_checkpoint_at_start(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     from musicgen.studio.__main__ import main
 
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(tiny_ckpt.read_bytes()[:5000])
-    poisoned = _crafted(tiny_ckpt, tmp_path / "nan.pt",
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    poisoned = _crafted(tiny_checkpoint, tmp_path / "nan.pt",
                         model_state=lambda s: {**s, "embed.weight": s["embed.weight"] * float("nan")})
     for bad in (truncated, poisoned):
         assert main(["--checkpoint", str(bad), "--port", "0", "--device", "cpu"]) == 2
@@ -811,7 +797,8 @@ def test_hostile_studio_refuses_a_damaged_checkpoint_at_start(tiny_ckpt: Path, t
         assert err.startswith(f"error: checkpoint {bad}") and "\n" not in err, err
 
 
-def test_hostile_studio_cleans_job_folders_of_killed_studios(tmp_path: Path, tiny_ckpt: Path, monkeypatch) -> None:
+def test_hostile_studio_cleans_job_folders_of_killed_studios(tmp_path: Path, tiny_checkpoint: Path,
+                                                              monkeypatch) -> None:
     import os
     import tempfile
 
@@ -827,7 +814,7 @@ def test_hostile_studio_cleans_job_folders_of_killed_studios(tmp_path: Path, tin
     live.mkdir()
     other = tmp_path / "musicgen-studio-notapid"
     other.mkdir()
-    create_app(StudioConfig(checkpoint=str(tiny_ckpt), device="cpu"))
+    create_app(StudioConfig(checkpoint=str(tiny_checkpoint), device="cpu"))
     assert not stale.exists() and live.exists() and other.exists()
 
 

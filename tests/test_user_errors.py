@@ -8,22 +8,17 @@ a checkpoint whose model config has a typo'd key (export), a checkpoint whose tr
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from musicgen.config import CONF_DIR, USER_ERRORS, UserError, report_user_errors
+from musicgen.config import USER_ERRORS, UserError, report_user_errors
 from musicgen.training.trainer import run_training
 
-from support import REPO, env, run_cli, single_error_line, tiny_train_overrides
-
-TINY_TRAIN = [o for o in tiny_train_overrides("-", "-", "-", 1, micro=True)
-              if not o.startswith(("data.root=", "data.cache_dir=", "train.ckpt_dir=", "train.max_steps="))]
+from support import REPO, TrainedRun, compose_cfg, env, run_cli, single_error_line
 
 
 def _stderr_lines(capsys) -> list[str]:
@@ -191,35 +186,6 @@ def test_failed_download_is_one_line_naming_the_url(tmp_path: Path, capsys, monk
         assert lines[-1].startswith("error: data.download=true: ") and url in lines[-1], lines
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, pop909_dir: Path) -> Path:
-    dest = tmp_path_factory.mktemp("corpus") / "pop"
-    dest.mkdir()
-    for i in (1, 2, 3, 5):  # 001 valid, the rest train
-        shutil.copy(pop909_dir / f"{i:03d}.mid", dest / f"{i:03d}.mid")
-    shutil.copy(pop909_dir / "index.tsv", dest / "index.tsv")
-    return dest
-
-
-def _overrides(corpus: Path, cache: Path, ckpt: Path, steps: int, *extra: str) -> list[str]:
-    return [f"data.root={corpus}", f"data.cache_dir={cache}", f"train.max_steps={steps}", f"train.ckpt_dir={ckpt}",
-            *TINY_TRAIN, *extra]
-
-
-def _cfg(overrides: list[str]):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
-@pytest.fixture(scope="module")
-def trained(corpus: Path, tmp_path_factory) -> tuple[Path, Path]:
-    """(token cache, last.pt of a finished 2-step run)."""
-    root = tmp_path_factory.mktemp("trained")
-    run_training(_cfg(_overrides(corpus, root / "cache", root / "ckpt", 2)), root / "run", progress=False)
-    assert (root / "ckpt" / "last.pt").is_file()
-    return root / "cache", root / "ckpt" / "last.pt"
-
-
 def _damaged_run(tmp_path: Path, last: Path, damage) -> Path:
     """A checkpoint folder whose last.pt (otherwise intact) has been damaged by `damage(data)`."""
     folder = tmp_path / "ckpt"
@@ -236,22 +202,20 @@ def _rename_a_weight(data: dict) -> None:
     state[name + "_renamed"] = state.pop(name)
 
 
-def test_resume_from_damaged_weights_is_a_user_error(corpus: Path, trained, tmp_path: Path) -> None:
+def test_resume_from_damaged_weights_is_a_user_error(trained_run: TrainedRun, tmp_path: Path) -> None:
     """The weights' names no longer match (model.load_state_dict raised RuntimeError: a traceback now)."""
-    cache, last = trained
-    folder = _damaged_run(tmp_path, last, _rename_a_weight)
-    cfg = _cfg(_overrides(corpus, cache, folder, 4, "train.resume=true"))
+    folder = _damaged_run(tmp_path, trained_run.last, _rename_a_weight)
+    cfg = compose_cfg(trained_run.overrides(folder, trained_run.steps + 2, "train.resume=true"))
     with pytest.raises(UserError, match=rf"checkpoint {folder / 'last.pt'}: its training state cannot be restored "
                                         r"\(RuntimeError: .*Missing key"):
         run_training(cfg, tmp_path / "run", progress=False)
 
 
-def test_resume_from_a_damaged_optimizer_state_is_one_line_on_the_command_line(corpus: Path, trained,
+def test_resume_from_a_damaged_optimizer_state_is_one_line_on_the_command_line(trained_run: TrainedRun,
                                                                                tmp_path: Path) -> None:
     """The optimizer state lacks `param_groups` (torch raised KeyError): one `error:` line naming the file."""
-    cache, last = trained
-    folder = _damaged_run(tmp_path, last, lambda data: data["optimizer"].pop("param_groups"))
-    args = [str(REPO / "train.py"), *_overrides(corpus, cache, folder, 4, "train.resume=true"),
+    folder = _damaged_run(tmp_path, trained_run.last, lambda data: data["optimizer"].pop("param_groups"))
+    args = [str(REPO / "train.py"), *trained_run.overrides(folder, trained_run.steps + 2, "train.resume=true"),
             f"hydra.run.dir={tmp_path / 'run'}"]
     proc = run_cli(args, tmp_path, timeout=300)
     assert proc.returncode == 1
@@ -260,14 +224,13 @@ def test_resume_from_a_damaged_optimizer_state_is_one_line_on_the_command_line(c
                            "(KeyError: param_groups)"), line
 
 
-def test_a_diverged_run_is_a_user_error(corpus: Path, trained, tmp_path: Path, monkeypatch) -> None:
+def test_a_diverged_run_is_a_user_error(trained_run: TrainedRun, tmp_path: Path, monkeypatch) -> None:
     """A NaN loss (too high a learning rate) stopped the run with a RuntimeError subclass; now a UserError."""
     import torch.nn.functional as F
 
-    cache, _ = trained
     real = F.cross_entropy
     monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
-    cfg = _cfg(_overrides(corpus, cache, tmp_path / "ckpt", 2))
+    cfg = compose_cfg(trained_run.overrides(tmp_path / "ckpt", 2))  # a fresh run on the shared run's cache
     with pytest.raises(UserError, match="loss is nan at step 1.*lower train.lr") as caught:
         run_training(cfg, tmp_path / "run", progress=False)
     assert not isinstance(caught.value, RuntimeError)
