@@ -135,18 +135,21 @@ def test_prompt_is_read_once_and_forked_to_every_row(tokenizer: REMITokenizer) -
 
 def test_rules_are_built_in_order_and_only_when_their_settings_switch_them_on(tokenizer: REMITokenizer) -> None:
     from musicgen.generation.controls import ControlConfig, Controls
+    from musicgen.generation.loops import LoopBreaker
     from musicgen.generation.sampling import RepetitionPenalty
 
     vocab = tokenizer.vocab
     settings = {"sampling": SamplingConfig(), "guards": GuardConfig(), "controls": None}
     names = [type(rule) for rule in build_rules(vocab, 2, DEFAULT_RULES, settings)]
-    assert names == [TonalMemory, MusicGuards, RepetitionPenalty]  # no control set: no Controls rule
+    assert names == [TonalMemory, MusicGuards, LoopBreaker, RepetitionPenalty]  # no control set: no Controls rule
     kept = build_rules(vocab, 2, DEFAULT_RULES, settings, keep=("controls",))
-    assert [type(rule) for rule in kept] == [TonalMemory, Controls, MusicGuards, RepetitionPenalty]
+    assert [type(rule) for rule in kept] == [TonalMemory, Controls, MusicGuards, LoopBreaker, RepetitionPenalty]
+    unlooped = build_rules(vocab, 2, DEFAULT_RULES, {**settings, "guards": GuardConfig(max_copied_bars=0)})
+    assert LoopBreaker not in [type(rule) for rule in unlooped]
     charted = build_rules(vocab, 2, DEFAULT_RULES, {**settings, "controls": ControlConfig(chords="C G")})
     assert isinstance(charted[1], Controls)
     off = build_rules(vocab, 2, DEFAULT_RULES, {**settings, "guards": GuardConfig(enabled=False)})
-    assert MusicGuards not in [type(rule) for rule in off]
+    assert {MusicGuards, LoopBreaker}.isdisjoint(type(rule) for rule in off)
     with pytest.raises(KeyError, match="ceiling"):  # a spec whose settings group the session was not given
         build_rules(vocab, 1, DEFAULT_RULES + (CEILING,), settings)
     with pytest.raises(ValueError, match="no rule named"):

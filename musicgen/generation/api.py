@@ -54,6 +54,7 @@ class GeneratedPiece:
     guards: dict[str, Any] = field(default_factory=dict)  # how often each musical rule acted (guards.py)
     controls: dict[str, Any] = field(default_factory=dict)  # chord chart, bpm, ... as applied (controls.py)
     tonal_memory: dict[str, Any] = field(default_factory=dict)  # the pitch-class prior as applied (tonal.py)
+    rules: dict[str, Any] = field(default_factory=dict)  # the other decode rules' reports, by key (e.g. "loops")
     continuation_notes: int = 0  # notes the model wrote after the prompt (one Duration token per note)
     warnings: list[str] = field(default_factory=list)  # e.g. a continuation without a single note
     infilled: list[tuple[int, int]] = field(default_factory=list)  # regenerated (start, end) ticks (infill)
@@ -100,7 +101,8 @@ def _generated_piece(index: int, name: str, result: SampleResult, tokenizer: REM
     notes = int((vocab.types[result.ids[result.prompt_length:]] == TokenType.DURATION).sum())
     piece = GeneratedPiece(index, name, result.ids, result.prompt_length, midi, report, start_tick,
                            result.stop_reason, result.n_bars, midi_seconds(midi), guards=result.guards,
-                           controls=result.controls, tonal_memory=result.tonal_memory, continuation_notes=notes)
+                           controls=result.controls, tonal_memory=result.tonal_memory, rules=result.other_rules,
+                           continuation_notes=notes)
     warning = no_notes_warning(piece, vocab)
     if warning:
         piece.warnings.append(warning)
@@ -113,7 +115,7 @@ def _infilled_piece(index: int, name: str, filled: InfilledPiece, tokenizer: REM
     _, report = tokenizer.decode_with_report(filled.ids)
     gaps = [{"bars": str(g.range), "ticks": list(span), "notes": notes, "candidates": len(g.scores),
              "suffix_logprob": g.scores, "chosen": g.chosen, "guards": g.result.guards,
-             "controls": g.result.controls, "tonal_memory": g.result.tonal_memory}
+             "controls": g.result.controls, "tonal_memory": g.result.tonal_memory, **g.result.other_rules}
             for g, span, notes in zip(filled.gaps, filled.spans, filled.notes)]
     piece = GeneratedPiece(index, name, filled.ids, len(filled.ids), filled.midi, report, filled.spans[0][0],
                            "infill", sum(g.range.count for g in filled.gaps), midi_seconds(filled.midi),
@@ -154,6 +156,7 @@ def _metadata(piece: GeneratedPiece, options: GenerateOptions, seed: int, ckpt_p
         "guards": piece.guards,
         "controls": piece.controls or options.controls.to_dict(),
         "tonal_memory": piece.tonal_memory,
+        **piece.rules,
         "n_notes": piece.n_notes,
         "continuation_notes": piece.continuation_notes,
         "no_notes": piece.continuation_notes == 0,

@@ -106,6 +106,8 @@ class GuardConfig:
     max_mean_pitch: float = DEFAULT_MAX_MEAN_PITCH
     min_mean_pitch: float = DEFAULT_MIN_MEAN_PITCH
     register_window_notes: int = DEFAULT_REGISTER_WINDOW_NOTES  # 0 = off
+    max_copied_bars: int = 2  # no endless loops (loops.py): bars in a row copying the bar before; 0 = off
+    copy_penalty: float = 16.0
     enabled: bool = True  # False: no guard at all (benchmarks time the loop with and without them)
 
     def __post_init__(self) -> None:
@@ -123,6 +125,8 @@ class GuardConfig:
             object.__setattr__(self, name, check_float(name, getattr(self, name), minimum=0.0, maximum=127.0))
         object.__setattr__(self, "register_window_notes", check_int("register_window_notes",
                                                                     self.register_window_notes, minimum=0))
+        object.__setattr__(self, "max_copied_bars", check_int("max_copied_bars", self.max_copied_bars, minimum=0))
+        object.__setattr__(self, "copy_penalty", check_float("copy_penalty", self.copy_penalty, minimum=1.0))
         if self.min_mean_pitch >= self.max_mean_pitch:
             raise UserError(f"min_mean_pitch={self.min_mean_pitch} must be below max_mean_pitch={self.max_mean_pitch}")
 

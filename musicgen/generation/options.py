@@ -75,6 +75,8 @@ class GenerateOptions:
     max_mean_pitch: float | None = None
     min_mean_pitch: float | None = None
     register_window_notes: int = GuardConfig.register_window_notes
+    max_copied_bars: int = GuardConfig.max_copied_bars
+    copy_penalty: float = GuardConfig.copy_penalty
     # ControlConfig
     chords: str | None = ControlConfig.chords
     bpm: float | None = ControlConfig.bpm

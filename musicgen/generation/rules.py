@@ -12,8 +12,8 @@ a per-row narrowing of the grammar mask (:meth:`~DecodeRule.restrict`), a report
 ``rules=DEFAULT_RULES + (spec,)`` and ``rule_settings={group: settings}``; the session does not change.
 
 Order (:data:`DEFAULT_RULES`, the order of the tuple): the tonal memory, the controls, the guards' soft rules
-(which count the probability they move, so they see the logits after the others), then the repetition
-penalty; the masks come from the controls, then the guards (always last: they may overrule a control).
+(which count the probability they move, so they see the logits after the others), the rule against endless
+loops (:mod:`.loops`), then the repetition penalty; the masks come from the controls, then the guards (always last: they may overrule a control).
 """
 
 from __future__ import annotations
@@ -128,6 +128,12 @@ def _guards(vocab: "Vocabulary", batch: int, guards: Any) -> DecodeRule:
     return MusicGuards(vocab, guards, batch)
 
 
+def _loops(vocab: "Vocabulary", batch: int, guards: Any) -> DecodeRule:
+    from .loops import LoopBreaker
+
+    return LoopBreaker(vocab, guards.max_copied_bars, guards.copy_penalty, batch)
+
+
 def _repetition(vocab: "Vocabulary", batch: int, sampling: Any) -> DecodeRule:
     from ..tokenizer import TokenType
     from .sampling import RepetitionPenalty
@@ -141,6 +147,7 @@ DEFAULT_RULES: tuple[RuleSpec, ...] = (
     RuleSpec("tonal_memory", "sampling", _tonal),
     RuleSpec("controls", "controls", _controls, _controls_active),
     RuleSpec("guards", "guards", _guards, lambda guards: bool(guards.enabled)),
+    RuleSpec("loops", "guards", _loops, lambda guards: bool(guards.enabled and guards.max_copied_bars)),
     RuleSpec("repetition_penalty", "sampling", _repetition),
 )
 
