@@ -38,6 +38,8 @@ def typed_group(cls: type[T], values: Mapping[str, Any] | None, prefix: str,
                 error: type[Exception] = UserError) -> T:
     """``values`` as a ``cls`` (a dataclass): unknown keys and values of the wrong type are an error naming
     ``prefix.key``; keys left out take the dataclass' defaults (a required one left out is an error too).
+    A flat group, whose options are top-level (generate's and evaluate's ``seed=1``), has the prefix ``":NAME"``:
+    its options are named as they are written and the unknown ones as "unknown NAME option(s)".
 
     ``error``: the exception raised (a `UserError`, one line for the user, by default; a stored config read
     from a checkpoint raises ValueError, which its loader reports as a damaged file)."""
@@ -56,16 +58,18 @@ def _typed_group(cls: type[T], values: Mapping[str, Any] | None, prefix: str) ->
     if not isinstance(values, Mapping):
         raise UserError(f"{prefix}: expected a group of options, got {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    flat = prefix.startswith(":")
+    option = (lambda key: str(key)) if flat else (lambda key: f"{prefix}.{key}")
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise UserError(f"unknown option(s) {', '.join(f'{prefix}.{k}' for k in unknown)} "
-                        f"(known: {', '.join(sorted(known))})")
+        what = f"unknown {prefix[1:]} option(s): " if flat else "unknown option(s) "
+        raise UserError(f"{what}{', '.join(option(k) for k in unknown)} (known: {', '.join(sorted(known))})")
     hints = typing.get_type_hints(cls)
-    typed = {name: _coerce(f"{prefix}.{name}", hints[name], value) for name, value in values.items()}
+    typed = {name: _coerce(option(name), hints[name], value) for name, value in values.items()}
     missing = [name for name, f in known.items() if name not in typed
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise UserError(f"missing option(s) {', '.join(f'{prefix}.{k}' for k in missing)}")
+        raise UserError(f"missing option(s) {', '.join(option(k) for k in missing)}")
     return cls(**typed)
 
 
@@ -90,6 +94,8 @@ def _coerce(option: str, hint: Any, value: Any) -> Any:
     if hint is float:
         return check_float(option, value)
     if hint is str:
+        if isinstance(value, bool):  # a yes/no word where a choice is expected (render=false): the group decides
+            return value
         if value is None or isinstance(value, (list, tuple, dict, Mapping)):
             raise UserError(f"{option}={value!r}: expected a single value")
         return str(value)

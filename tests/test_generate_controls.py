@@ -163,7 +163,7 @@ def test_other_options() -> None:
     assert cfg.density_factor == 3.0 and cfg.bpm == 96.0 and cfg.metre == (3, 4)
     assert ControlConfig(density=2).density_factor == 2.0 and ControlConfig(density="low").density_factor == 1 / 3
     for bad, message in [({"key": "H"}, "key="), ({"chord_tones": "loose"}, "chord_tones="), ({"density": "loud"}, "density="), ({"density": 0}, "density="),
-                         ({"bpm": -3}, "bpm="), ({"bpm": "fast"}, "bpm="), ({"time_signature": "3-4"}, "time_sig")]:
+                         ({"bpm": -3}, "bpm="), ({"bpm": "fast"}, "bpm must be a number"), ({"time_signature": "3-4"}, "time_sig")]:
         with pytest.raises(UserError, match=message):
             GenerateOptions.from_mapping(bad)
     vocab = REMITokenizer().vocab

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import UserError, check_bool, check_float, check_int, require_known_keys
+from ..config import UserError, check_bool, check_float, check_int
 from ..generation.sampling import SamplingConfig
 
 
@@ -42,7 +42,9 @@ class EvaluateOptions:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "EvaluateOptions":
         """From the Hydra config (conf/evaluate.yaml; `data.root`/`data.cache_dir` nest) or a flat dict."""
-        values = {k: v for k, v in dict(values).items() if k != "hydra"}
+        from ..typed_config import plain
+
+        values = {k: v for k, v in dict(plain(values)).items() if k != "hydra"}
         data = values.pop("data", None) or {}
         unknown_data = sorted(set(data) - {"root", "cache_dir", "align_beats"})
         if unknown_data:
@@ -54,8 +56,9 @@ class EvaluateOptions:
             values["data_root"] = data["root"]
         if data.get("cache_dir") is not None:
             values["data_cache_dir"] = data["cache_dir"]
-        require_known_keys(cls, values, "evaluate")
-        return cls(**values)
+        from ..typed_config import typed_group
+
+        return typed_group(cls, values, ":evaluate")
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "valid", "test"):

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
-from ..config import UserError, check_bool, check_float, check_int, require_known_keys
+from ..config import UserError, check_bool, check_float, check_int
 from ..inference import DEFAULT_CHECKPOINT
 from .controls import ControlConfig
 from .guards import CORPUS_OPTIONS, GuardConfig, resolve_guard_values
@@ -96,9 +96,9 @@ class GenerateOptions:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "GenerateOptions":
         """From a dict or the Hydra config; unknown keys are an error naming them."""
-        values = {k: v for k, v in dict(values).items() if k != "hydra"}
-        require_known_keys(cls, values, "generate", list_known=True)
-        return cls(**values)
+        from ..typed_config import plain, typed_group
+
+        return typed_group(cls, {k: v for k, v in dict(plain(values)).items() if k != "hydra"}, ":generate")
 
     def __post_init__(self) -> None:
         # Types first, each error naming its option (seed=abc, top_k=1.5, temperature=hot, allow_eos=maybe ...).
