@@ -7,7 +7,8 @@
 1. **Free generation**: one piece per seed of ``--tokens`` tokens with EOS off and no bar limit (the README's
    long-piece command), then statistics per window of 16 four-beat bars (musicgen/evaluation/bar_windows.py):
    notes per bar, H4, groove, share of notes in the best diatonic scale, loop detectors; bars reached; how often
-   the decoding guards acted. The first piece's piano roll is written beside the JSON.
+   the decoding guards acted; and the form measures of every 64-bar window (one every 32 bars): loops, the
+   longest run of them, bars in repeated passages. The first piece's piano roll is written beside the JSON.
 2. **Continuations**: the first ``--prompts`` POP909 test songs (id % 20 == 0) with at least 24 bars; prompt =
    their first 8 bars, ``--samples`` continuations of 16 bars each; key / register / density / groove /
    out-of-scale distances to the prompt (musicgen/evaluation/continuation.py) next to the same distances for
@@ -32,6 +33,7 @@ from benchmarks.common import RESULTS, parse_options, print_table, sem, shared_d
 from musicgen.config import UserError
 from musicgen.evaluation.bar_windows import bar_window_statistics, within_range
 from musicgen.evaluation.continuation import FIDELITY_KEYS, fidelity, note_arrays
+from musicgen.evaluation.form import form_report
 from musicgen.generation import generate
 from musicgen.generation.pianoroll import plot_pianoroll
 from musicgen.generation.prompt import load_prompt
@@ -39,6 +41,21 @@ from musicgen.tokenizer import REMITokenizer
 
 REPO_OUTPUTS = Path(__file__).resolve().parents[1] / "outputs" / "long_pieces"
 WINDOW_KEYS = ("notes_per_bar", "h4", "groove", "scale_share", "max_same_onset_pitch", "max_notes_per_onset")
+#: form past song length: the form measures (musicgen/evaluation/form.py) of every FORM_WINDOW four-beat bars,
+#: one window every FORM_HOP bars: does the piece keep restating, and does it settle into copying the bar before?
+FORM_WINDOW, FORM_HOP = 64, 32
+
+
+def form_windows(midi) -> list[dict]:
+    """Loop share, longest loop run and share of bars in repeated passages of each whole window of the piece."""
+    ends = [n.end for inst in midi.instruments for n in inst.notes]
+    bars = int(max(ends, default=0) / midi.ticks_per_beat // 4)
+    out = []
+    for start in range(0, bars - FORM_WINDOW + 1, FORM_HOP):
+        r = form_report(midi, start, FORM_WINDOW)
+        out.append({"start_bar": start, "loop_share": round(r["loop_share"], 4), "longest_loop": r["longest_loop"],
+                    "passage_share": round(r["passage_share"], 4)})
+    return out
 
 
 def _window_summary(stats) -> dict:
@@ -62,6 +79,7 @@ def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str, o
         pieces[str(seed)] = {"tokens": len(piece.ids), "bars_4_beats": int(beats // 4), "notes": piece.n_notes,
                              "seconds": round(piece.seconds, 1), "wall_s": round(elapsed, 1),
                              "guards": piece.guards, "windows": [s.to_dict() for s in stats],
+                             "form_windows": form_windows(piece.midi),
                              "summary": _window_summary(stats)}
         folder = REPO_OUTPUTS / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -177,6 +195,10 @@ def main() -> None:
     write_results(args.name, result)  # the free pieces are kept even if the continuations fail
     print_table(["seed", "bars", "notes/bar (min-max)", "H4 max", "groove min", "scale min", "same (onset,pitch) max",
                  "notes/onset max", "all windows in range", "guard actions"], rows)
+    print_table(["seed", f"form of each {FORM_WINDOW}-bar window from bar 0, {FORM_HOP}, ...: loop share / longest "
+                 "loop / share in repeated passages"],
+                [[seed, "  ".join(f"{w['loop_share']:.2f}/{w['longest_loop']}/{w['passage_share']:.2f}"
+                                  for w in r["form_windows"])] for seed, r in result["free"].items()])
     if args.prompts and (shared_data() / "pop909").is_dir():
         result["continuation"] = continuations(args.checkpoint, args.prompts, args.seed, args.samples, options)
         result["pop909_test_windows"] = reference_windows(args.prompts)

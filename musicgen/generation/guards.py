@@ -107,7 +107,7 @@ class GuardConfig:
     min_mean_pitch: float = DEFAULT_MIN_MEAN_PITCH
     register_window_notes: int = DEFAULT_REGISTER_WINDOW_NOTES  # 0 = off
     max_copied_bars: int = 2  # no endless loops (loops.py): bars in a row copying the bar before; 0 = off
-    copy_penalty: float = 16.0
+    copy_penalty: float = 64.0
     enabled: bool = True  # False: no guard at all (benchmarks time the loop with and without them)
 
     def __post_init__(self) -> None:
