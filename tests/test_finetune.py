@@ -270,3 +270,18 @@ def test_finetune_preset_composes_with_train_py() -> None:
     assert cfg.data.split == "folder" and cfg.train.init_from.endswith("musicgen-small.pt")
     assert cfg.train.early_stop_patience >= 1
     assert shutil.which  # noqa: B018 - keep the import used on every path
+
+
+def test_steps_follow_the_folder_size_within_the_preset_and_the_time_budget() -> None:
+    """`choose_steps`: TARGET_EPOCHS passes over the folder's tokens, at least MIN_STEPS, at most the preset's
+    train.max_steps and what `--minutes` allows at the measured seconds per step; the reason names the bound."""
+    from musicgen.finetune.cli import MIN_STEPS, TARGET_EPOCHS, choose_steps
+
+    batch = 8 * 512
+    tokens = 46_034  # the chorales benchmark folder: 225 steps at 20 passes
+    steps, why = choose_steps(tokens, batch, seconds_per_step=1.5, minutes=10, maximum=300)
+    assert steps == int(np.ceil(TARGET_EPOCHS * tokens / batch)) and "passes" in why
+    assert choose_steps(1_000, batch, 1.5, 10, 300) == (MIN_STEPS, f"{TARGET_EPOCHS:g} passes over 1,000 tokens")
+    assert choose_steps(377_573, batch, 1.5, 10, 300) == (300, "train.max_steps=300")
+    steps, why = choose_steps(377_573, batch, seconds_per_step=6.0, minutes=10, maximum=300)
+    assert steps == 100 and "10-minute budget" in why

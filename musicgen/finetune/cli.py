@@ -22,7 +22,7 @@ from typing import Any
 os.environ.setdefault("WANDB_SILENT", "true")
 
 #: passes over the training tokens the step count aims at (docs/finetune.md: chosen by benchmarks/finetune.py)
-TARGET_EPOCHS = 12.0
+TARGET_EPOCHS = 20.0
 MIN_STEPS = 30
 #: validation, the final saves and the sample pieces, on top of the training steps (measured, 2-core CPU)
 OVERHEAD_S = 30.0
