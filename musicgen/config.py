@@ -7,8 +7,6 @@ import functools
 import math
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -26,20 +24,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 class UserError(Exception):
     """A problem with the user's input, already phrased for them."""
-
-
-def require_known_keys(cls: type, values: Mapping[str, Any], what: str, list_known: bool = False,
-                       error: type[Exception] = UserError) -> None:
-    """Raise `error` naming the keys of `values` that are not fields of the dataclass `cls`.
-
-    One check for every options dataclass (tokenizer, generate, evaluate), so a typo in any option is reported
-    the same way instead of surfacing as a TypeError from the constructor.
-    """
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        hint = f" (known: {', '.join(sorted(known))})" if list_known else ""
-        raise error(f"unknown {what} option(s): {', '.join(unknown)}{hint}")
 
 
 def _out_of_memory(exc: BaseException) -> str | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import UserError, check_bool, check_float, check_int
+from ..typed_config import plain, typed_group
 from ..generation.sampling import SamplingConfig
 
 
@@ -42,8 +43,6 @@ class EvaluateOptions:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "EvaluateOptions":
         """From the Hydra config (conf/evaluate.yaml; `data.root`/`data.cache_dir` nest) or a flat dict."""
-        from ..typed_config import plain
-
         values = {k: v for k, v in dict(plain(values)).items() if k != "hydra"}
         data = values.pop("data", None) or {}
         unknown_data = sorted(set(data) - {"root", "cache_dir", "align_beats"})
@@ -56,8 +55,6 @@ class EvaluateOptions:
             values["data_root"] = data["root"]
         if data.get("cache_dir") is not None:
             values["data_cache_dir"] = data["cache_dir"]
-        from ..typed_config import typed_group
-
         return typed_group(cls, values, ":evaluate")
 
     def __post_init__(self) -> None:

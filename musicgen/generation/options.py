@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from ..config import UserError, check_bool, check_float, check_int
+from ..typed_config import plain, typed_group
 from ..inference import DEFAULT_CHECKPOINT
 from .controls import ControlConfig
 from .guards import CORPUS_OPTIONS, GuardConfig, resolve_guard_values
@@ -96,8 +97,6 @@ class GenerateOptions:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "GenerateOptions":
         """From a dict or the Hydra config; unknown keys are an error naming them."""
-        from ..typed_config import plain, typed_group
-
         return typed_group(cls, {k: v for k, v in dict(plain(values)).items() if k != "hydra"}, ":generate")
 
     def __post_init__(self) -> None:
