@@ -46,10 +46,9 @@ WINDOW_KEYS = ("notes_per_bar", "h4", "groove", "scale_share", "max_same_onset_p
 FORM_WINDOW, FORM_HOP = 64, 32
 
 
-def form_windows(midi) -> list[dict]:
-    """Loop share, longest loop run and share of bars in repeated passages of each whole window of the piece."""
-    ends = [n.end for inst in midi.instruments for n in inst.notes]
-    bars = int(max(ends, default=0) / midi.ticks_per_beat // 4)
+def form_windows(midi, bars: int) -> list[dict]:
+    """Loop share, longest loop run and share of bars in repeated passages of each whole window of the piece's
+    ``bars`` four-beat bars."""
     out = []
     for start in range(0, bars - FORM_WINDOW + 1, FORM_HOP):
         r = form_report(midi, start, FORM_WINDOW)
@@ -79,7 +78,7 @@ def free_generation(checkpoint: str, tokens: int, seeds: list[int], name: str, o
         pieces[str(seed)] = {"tokens": len(piece.ids), "bars_4_beats": int(beats // 4), "notes": piece.n_notes,
                              "seconds": round(piece.seconds, 1), "wall_s": round(elapsed, 1),
                              "guards": piece.guards, "windows": [s.to_dict() for s in stats],
-                             "form_windows": form_windows(piece.midi),
+                             "form_windows": form_windows(piece.midi, int(beats // 4)),
                              "summary": _window_summary(stats)}
         folder = REPO_OUTPUTS / name
         folder.mkdir(parents=True, exist_ok=True)
